@@ -1,0 +1,3 @@
+fn main() {
+    println!("calico-node-rs: not yet wired");
+}

@@ -1,0 +1,1 @@
+//! calico-rs node daemon library.
