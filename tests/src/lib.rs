@@ -1,1 +1,16 @@
-//! calico-rs network-namespace lab.
+//! calico-rs network-namespace lab: the library every integration test uses.
+//!
+//! - [`lab`]: [`Lab`](lab::Lab) owns namespaces (`crs{PID}-{TAG}-{name}`), veth links, bridged segments
+//!   and a temp dir; it sweeps leftovers of dead runs on creation and removes everything on drop.
+//! - [`proc`]: commands with deadlines and background processes ([`Proc`](proc::Proc)) killed on drop.
+//! - [`wait`]: [`eventually`](wait::eventually) and friends instead of fixed sleeps.
+//!
+//! Nothing here ever changes the root network namespace. Tests need root.
+
+pub mod lab;
+pub mod proc;
+pub mod wait;
+
+pub use lab::{Lab, Netns, Segment};
+pub use proc::Proc;
+pub use wait::eventually;

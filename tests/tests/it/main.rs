@@ -1,0 +1,4 @@
+//! The one integration-test binary of calico-rs: each end-to-end area is a module here.
+//! Tests need root and create their own network namespaces (see `calico_tests::lab`).
+
+mod lab_selftest;
