@@ -33,7 +33,10 @@ impl Afi {
 }
 
 /// The (AFI, SAFI) pairs this speaker negotiates. Only unicast is carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Family {
     Ipv4Unicast,
     Ipv6Unicast,
@@ -109,7 +112,9 @@ impl Open {
             .collect()
     }
     pub fn has_route_refresh(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::RouteRefresh))
     }
     pub fn graceful_restart(&self) -> Option<&GracefulRestartCap> {
         self.capabilities.iter().find_map(|c| match c {
@@ -118,7 +123,9 @@ impl Open {
         })
     }
     pub fn four_octet_as(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::FourOctetAs(_)))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::FourOctetAs(_)))
     }
 }
 
@@ -208,7 +215,9 @@ impl AsPath {
     /// Prepends `asn` as eBGP export does (RFC 4271 5.1.2), splitting at 255 ASNs per segment.
     pub fn prepend(&mut self, asn: u32) {
         match self.segments.first_mut() {
-            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => s.asns.insert(0, asn),
+            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => {
+                s.asns.insert(0, asn)
+            }
             _ => self.segments.insert(
                 0,
                 AsSegment {
@@ -326,7 +335,11 @@ impl Update {
     /// The family this UPDATE marks End-of-RIB for, if it is such a marker.
     pub fn is_end_of_rib(&self) -> Option<Family> {
         let no_attrs = self.attrs == PathAttrs::default();
-        if !no_attrs || !self.withdrawn.is_empty() || !self.nlri.is_empty() || self.mp_reach.is_some() {
+        if !no_attrs
+            || !self.withdrawn.is_empty()
+            || !self.nlri.is_empty()
+            || self.mp_reach.is_some()
+        {
             return None;
         }
         match &self.mp_unreach {
@@ -336,7 +349,9 @@ impl Update {
         }
     }
     pub fn treat_as_withdraw(&self) -> bool {
-        self.errors.iter().any(|e| e.treatment == Treatment::TreatAsWithdraw)
+        self.errors
+            .iter()
+            .any(|e| e.treatment == Treatment::TreatAsWithdraw)
     }
     /// Every prefix announced by this UPDATE, any family.
     pub fn announced(&self) -> impl Iterator<Item = IpNet> + '_ {
@@ -347,10 +362,11 @@ impl Update {
     }
     /// Every prefix withdrawn by this UPDATE, any family.
     pub fn withdrawn_all(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.withdrawn
-            .iter()
-            .map(|p| IpNet::V4(*p))
-            .chain(self.mp_unreach.iter().flat_map(|m| m.withdrawn.iter().copied()))
+        self.withdrawn.iter().map(|p| IpNet::V4(*p)).chain(
+            self.mp_unreach
+                .iter()
+                .flat_map(|m| m.withdrawn.iter().copied()),
+        )
     }
 }
 
@@ -371,7 +387,11 @@ impl Notification {
         }
     }
     pub fn with_data(code: u8, subcode: u8, data: Vec<u8>) -> Notification {
-        Notification { code, subcode, data }
+        Notification {
+            code,
+            subcode,
+            data,
+        }
     }
 }
 
@@ -381,7 +401,11 @@ impl std::fmt::Display for Notification {
         if self.code == 6 && (self.subcode == 2 || self.subcode == 4) && !self.data.is_empty() {
             // RFC 8203 / 9003 shutdown communication: length octet then UTF-8.
             let len = self.data[0] as usize;
-            if let Some(msg) = self.data.get(1..1 + len).and_then(|b| std::str::from_utf8(b).ok()) {
+            if let Some(msg) = self
+                .data
+                .get(1..1 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+            {
                 write!(f, ": \"{msg}\"")?;
             }
         }

@@ -1,0 +1,600 @@
+//! One task per peer: owns the TCP connection, the FSM and the timers; the speaker task owns the routes.
+//!
+//! ```text
+//!   speaker ──ToSession──▶ session task ──Bytes──▶ writer task ──▶ TCP
+//!      ▲                      │  ▲
+//!      └────FromSession───────┘  └── FramedRead<BgpCodec> ◀── TCP
+//! ```
+//! The session feeds socket events and decoded messages to the pure [`Fsm`] and carries out its
+//! actions. Writes go through a separate writer task so a slow peer never stalls the FSM (keepalives,
+//! hold timer); the writer flushes what was queued (a final NOTIFICATION included) before it closes.
+//!
+//! Connection collision (RFC 4271 6.8): a connection the peer opens while ours is in OpenSent or
+//! OpenConfirm runs as a second FSM until its OPEN shows the peer's BGP Identifier; then the
+//! connection opened by the speaker with the higher identifier stays and the other is closed with
+//! Cease/Connection Collision Resolution. A new connection while Established closes the new one,
+//! unless both sides did graceful restart: then the peer has restarted (RFC 4724 4.2), the old
+//! session is treated as lost and the new one taken.
+
+use std::future::pending;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use ipnet::IpNet;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+use crate::config::PeerCfg;
+use crate::fsm::{collision_winner, Action, DownReason, Event, Fsm, Negotiated, State};
+use crate::rib::{RouteAttrs, SourceId};
+use crate::sockopt;
+use crate::wire::{
+    self, code, subcode, BgpCodec, CodecError, Family, Message, Notification, RouteRefresh,
+    SessionCaps, Update,
+};
+
+/// Commands from the speaker.
+#[derive(Debug)]
+pub(crate) enum ToSession {
+    /// An accepted connection from the peer's address.
+    Inbound(TcpStream),
+    /// Announce `prefixes` with `attrs` (next hop already resolved) on session `epoch`.
+    Announce {
+        epoch: u64,
+        attrs: Arc<RouteAttrs>,
+        prefixes: Vec<IpNet>,
+    },
+    Withdraw {
+        epoch: u64,
+        prefixes: Vec<IpNet>,
+    },
+    EndOfRib {
+        epoch: u64,
+        family: Family,
+    },
+    /// Ask the peer to send its routes again (RFC 2918).
+    RequestRefresh(Family),
+    /// End the session with this NOTIFICATION (e.g. Cease/1 max prefixes); the FSM restarts later.
+    Notify(Notification),
+    /// Stop for good. `graceful`: close without a NOTIFICATION so graceful-restart peers keep our
+    /// routes; else send `notification` (default Cease/Administrative Shutdown).
+    Shutdown {
+        graceful: bool,
+        notification: Option<Notification>,
+    },
+}
+
+/// Reports to the speaker.
+#[derive(Debug)]
+pub(crate) enum FromSession {
+    State {
+        from: State,
+        to: State,
+    },
+    Established {
+        epoch: u64,
+        negotiated: Negotiated,
+        local: SocketAddr,
+    },
+    Down {
+        reason: DownReason,
+    },
+    Update(Update),
+    RouteRefresh(Family),
+}
+
+/// One live TCP connection.
+struct Link {
+    reader: FramedRead<OwnedReadHalf, BgpCodec>,
+    writer: mpsc::UnboundedSender<Bytes>,
+    outbound: bool,
+    local: SocketAddr,
+}
+
+impl Link {
+    fn new(stream: TcpStream, outbound: bool, write_timeout: Duration) -> io::Result<Link> {
+        let local = stream.local_addr()?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(w, rx, write_timeout));
+        Ok(Link {
+            reader: FramedRead::with_capacity(r, BgpCodec::new(SessionCaps::default()), 64 * 1024),
+            writer: tx,
+            outbound,
+            local,
+        })
+    }
+
+    fn send_bytes(&self, b: Bytes) {
+        // The writer only goes away after an I/O error, which the reader reports too.
+        let _ = self.writer.send(b);
+    }
+
+    fn send(&self, m: &Message, caps: &SessionCaps) {
+        let mut buf = BytesMut::with_capacity(64);
+        match wire::encode_message(m, caps, &mut buf) {
+            Ok(()) => self.send_bytes(buf.freeze()),
+            Err(e) => warn!(error = %e, "cannot encode message"),
+        }
+    }
+}
+
+async fn writer(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    limit: Duration,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(b) = rx.recv().await {
+        match tokio::time::timeout(limit, w.write_all(&b)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "write failed");
+                return;
+            }
+            Err(_) => {
+                debug!("write timed out");
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+}
+
+async fn next_msg(link: &mut Option<Link>) -> Option<Result<Message, CodecError>> {
+    match link {
+        Some(l) => l.reader.next().await,
+        None => pending().await,
+    }
+}
+
+fn to_event(r: Option<Result<Message, CodecError>>) -> Event {
+    match r {
+        Some(Ok(m)) => Event::Message(m),
+        Some(Err(CodecError::Wire(e))) => Event::DecodeError(e),
+        Some(Err(e)) => {
+            debug!(error = %e, "connection error");
+            Event::TcpFailed
+        }
+        None => Event::TcpFailed,
+    }
+}
+
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<TcpStream>> + Send>>;
+
+async fn poll_connect(c: &mut Option<Connecting>) -> io::Result<TcpStream> {
+    match c {
+        Some(f) => f.await,
+        None => pending().await,
+    }
+}
+
+/// The session task's state.
+pub(crate) struct Session {
+    id: SourceId,
+    cfg: PeerCfg,
+    fsm: Fsm,
+    link: Option<Link>,
+    /// A second connection during collision detection: its own FSM and link.
+    cand: Option<(Fsm, Link)>,
+    connecting: Option<Connecting>,
+    caps: SessionCaps,
+    epoch: u64,
+    rx: mpsc::UnboundedReceiver<ToSession>,
+    tx: mpsc::UnboundedSender<(SourceId, FromSession)>,
+    done: bool,
+}
+
+impl Session {
+    pub(crate) fn spawn(
+        id: SourceId,
+        cfg: PeerCfg,
+        fsm: Fsm,
+        tx: mpsc::UnboundedSender<(SourceId, FromSession)>,
+    ) -> mpsc::UnboundedSender<ToSession> {
+        let (ctx, rx) = mpsc::unbounded_channel();
+        let s = Session {
+            id,
+            cfg,
+            fsm,
+            link: None,
+            cand: None,
+            connecting: None,
+            caps: SessionCaps::default(),
+            epoch: 0,
+            rx,
+            tx,
+            done: false,
+        };
+        let span = tracing::info_span!("peer", addr = %s.cfg.address);
+        tokio::spawn(tracing::Instrument::instrument(s.run(), span));
+        ctx
+    }
+
+    fn report(&self, m: FromSession) {
+        let _ = self.tx.send((self.id, m));
+    }
+
+    async fn run(mut self) {
+        let now = Instant::now().into_std();
+        let actions = self.fsm.handle(Event::Start, now);
+        self.apply(actions);
+        while !self.done {
+            let deadline = [
+                self.fsm.next_deadline(),
+                self.cand.as_ref().and_then(|c| c.0.next_deadline()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+                    None => pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => {
+                        // The speaker is gone: close quietly (as a graceful shutdown).
+                        self.done = true;
+                    }
+                },
+                r = poll_connect(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.on_connected(r);
+                }
+                m = next_msg(&mut self.link) => {
+                    let ev = to_event(m);
+                    if ev == Event::TcpFailed {
+                        self.link = None;
+                    }
+                    self.feed(ev);
+                }
+                m = async { match &mut self.cand { Some((_, l)) => l.reader.next().await, None => pending().await } } => {
+                    self.on_cand(to_event(m));
+                }
+                _ = sleep => {
+                    self.feed(Event::Tick);
+                    if self.cand.is_some() {
+                        self.on_cand(Event::Tick);
+                    }
+                }
+            }
+        }
+    }
+
+    fn now() -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    fn feed(&mut self, ev: Event) {
+        let actions = self.fsm.handle(ev, Self::now());
+        self.apply(actions);
+    }
+
+    fn on_cmd(&mut self, cmd: ToSession) {
+        match cmd {
+            ToSession::Inbound(stream) => self.on_inbound(stream),
+            ToSession::Announce {
+                epoch,
+                attrs,
+                prefixes,
+            } => {
+                if let Some(l) = self.live_link(epoch) {
+                    let Some(first) = prefixes.first() else {
+                        return;
+                    };
+                    let family = Family::of(first);
+                    let mut hops = vec![attrs.next_hop];
+                    hops.extend(attrs.link_local.map(IpAddr::V6));
+                    let updates = wire::pack_announcements(
+                        &attrs.attrs,
+                        family,
+                        &hops,
+                        &prefixes,
+                        &self.caps,
+                    );
+                    send_updates(l, updates, &self.caps);
+                }
+            }
+            ToSession::Withdraw { epoch, prefixes } => {
+                if let Some(l) = self.live_link(epoch) {
+                    for family in Family::ALL {
+                        let of: Vec<IpNet> = prefixes
+                            .iter()
+                            .copied()
+                            .filter(|p| Family::of(p) == family)
+                            .collect();
+                        if !of.is_empty() {
+                            send_updates(
+                                l,
+                                wire::pack_withdrawals(family, &of, &self.caps),
+                                &self.caps,
+                            );
+                        }
+                    }
+                }
+            }
+            ToSession::EndOfRib { epoch, family } => {
+                if let Some(l) = self.live_link(epoch) {
+                    l.send(&Message::Update(Update::end_of_rib(family)), &self.caps);
+                }
+            }
+            ToSession::RequestRefresh(family) => {
+                if let (Some(l), State::Established) = (&self.link, self.fsm.state()) {
+                    l.send(&Message::RouteRefresh(RouteRefresh { family }), &self.caps);
+                }
+            }
+            ToSession::Notify(n) => self.feed(Event::SendNotification(n)),
+            ToSession::Shutdown {
+                graceful,
+                notification,
+            } => {
+                if graceful {
+                    self.link = None;
+                    self.cand = None;
+                } else {
+                    self.feed(Event::Stop(notification));
+                }
+                self.done = true;
+            }
+        }
+    }
+
+    /// The link, if the session is Established in `epoch`.
+    fn live_link(&self, epoch: u64) -> Option<&Link> {
+        (self.fsm.state() == State::Established && epoch == self.epoch)
+            .then_some(self.link.as_ref())
+            .flatten()
+    }
+
+    fn prepare_socket(&self, s: &impl std::os::fd::AsRawFd, ipv6: bool) -> io::Result<()> {
+        if let Some(pw) = &self.cfg.password {
+            sockopt::set_md5(s, self.cfg.address, Some(pw.as_bytes()), ipv6)?;
+        }
+        if let Some(hops) = self.cfg.ttl_security {
+            sockopt::set_ttl(s, ipv6, 255)?;
+            sockopt::set_min_ttl(s, ipv6, 255 - hops + 1)?;
+        }
+        Ok(())
+    }
+
+    fn start_connect(&mut self) {
+        if self.cfg.passive {
+            return;
+        }
+        let remote = SocketAddr::new(self.cfg.address, self.cfg.port);
+        let ipv6 = remote.is_ipv6();
+        let sock = match if ipv6 {
+            TcpSocket::new_v6()
+        } else {
+            TcpSocket::new_v4()
+        } {
+            Ok(s) => s,
+            Err(e) => return self.connect_failed(e),
+        };
+        if let Err(e) = self.prepare_socket(&sock, ipv6) {
+            return self.connect_failed(e);
+        }
+        if let Some(local) = self.cfg.local_address {
+            if let Err(e) = sock.bind(SocketAddr::new(local, 0)) {
+                return self.connect_failed(e);
+            }
+        }
+        let limit = self.cfg.connect_retry.max(Duration::from_secs(1));
+        self.connecting = Some(Box::pin(async move {
+            tokio::time::timeout(limit, sock.connect(remote))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                })
+        }));
+    }
+
+    fn connect_failed(&mut self, e: io::Error) {
+        debug!(error = %e, "connect failed");
+        self.feed(Event::TcpFailed);
+    }
+
+    fn on_connected(&mut self, r: io::Result<TcpStream>) {
+        match r.and_then(|s| Link::new(s, true, self.write_timeout())) {
+            Ok(link) => {
+                if self.link.is_some() {
+                    return; // an inbound connection won meanwhile
+                }
+                self.link = Some(link);
+                self.feed(Event::TcpConnected);
+            }
+            Err(e) => self.connect_failed(e),
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.cfg.hold_time.max(30)))
+    }
+
+    fn on_inbound(&mut self, stream: TcpStream) {
+        let ipv6 = stream.peer_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        if let Some(hops) = self.cfg.ttl_security {
+            let _ = sockopt::set_ttl(&stream, ipv6, 255);
+            let _ = sockopt::set_min_ttl(&stream, ipv6, 255 - hops + 1);
+        }
+        let link = match Link::new(stream, false, self.write_timeout()) {
+            Ok(l) => l,
+            Err(e) => return debug!(error = %e, "inbound connection failed"),
+        };
+        match self.fsm.state() {
+            State::Idle | State::Connect | State::Active => {
+                self.connecting = None;
+                self.link = Some(link);
+                let actions = self.fsm.handle(Event::TcpConnected, Self::now());
+                if self.fsm.state() == State::OpenSent {
+                    self.apply(actions);
+                } else {
+                    // Administratively stopped: refuse.
+                    self.link = None;
+                }
+            }
+            State::OpenSent | State::OpenConfirm => {
+                let mut cfg = self.fsm.cfg.clone();
+                cfg.passive = true;
+                let mut f = Fsm::new(cfg);
+                let now = Self::now();
+                let mut actions = f.handle(Event::Start, now);
+                actions.extend(f.handle(Event::TcpConnected, now));
+                self.cand = Some((f, link));
+                self.apply_cand(actions);
+            }
+            State::Established => {
+                let restarted = self.fsm.negotiated().is_some_and(|n| n.graceful_restart());
+                if restarted {
+                    info!("new connection while Established: peer restarted (graceful restart)");
+                    self.link = None;
+                    self.feed(Event::TcpFailed);
+                    self.link = Some(link);
+                    self.feed(Event::TcpConnected);
+                } else {
+                    link.send(
+                        &Message::Notification(Notification::new(
+                            code::CEASE,
+                            subcode::CONNECTION_COLLISION_RESOLUTION,
+                        )),
+                        &SessionCaps::default(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_cand(&mut self, ev: Event) {
+        let Some((f, _)) = &mut self.cand else { return };
+        let actions = f.handle(ev, Self::now());
+        self.apply_cand(actions);
+    }
+
+    fn apply_cand(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            let Some((f, l)) = &self.cand else { return };
+            match a {
+                Action::Send(m) => l.send(&m, &SessionCaps::default()),
+                Action::Disconnect | Action::Down(_) => self.cand = None,
+                Action::StateChange {
+                    to: State::OpenConfirm,
+                    ..
+                } => {
+                    let remote_id = f
+                        .peer_open()
+                        .map(|o| o.bgp_id)
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                    self.resolve_collision(remote_id);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// RFC 4271 6.8, once the second connection's OPEN is in.
+    fn resolve_collision(&mut self, remote_id: std::net::Ipv4Addr) {
+        let Some((cand_fsm, cand_link)) = self.cand.take() else {
+            return;
+        };
+        let cease = Message::Notification(Notification::new(
+            code::CEASE,
+            subcode::CONNECTION_COLLISION_RESOLUTION,
+        ));
+        let main_outbound = self.link.as_ref().is_some_and(|l| l.outbound);
+        let keep_ours = collision_winner(self.fsm.cfg.router_id, remote_id);
+        if main_outbound && !keep_ours || self.link.is_none() {
+            info!("connection collision: keeping the connection the peer opened");
+            if let Some(l) = &self.link {
+                l.send(&cease, &SessionCaps::default());
+            }
+            let from = self.fsm.state();
+            let passive = self.fsm.cfg.passive;
+            self.fsm = cand_fsm;
+            self.fsm.cfg.passive = passive;
+            self.link = Some(cand_link);
+            self.report(FromSession::State {
+                from,
+                to: self.fsm.state(),
+            });
+        } else {
+            info!("connection collision: keeping our connection");
+            cand_link.send(&cease, &SessionCaps::default());
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Connect => self.start_connect(),
+                Action::Disconnect => {
+                    self.link = None;
+                    self.connecting = None;
+                }
+                Action::Send(m) => {
+                    if let Some(l) = &self.link {
+                        l.send(&m, &self.caps);
+                    }
+                }
+                Action::StateChange { from, to } => {
+                    info!(%from, %to, "state change");
+                    if to == State::OpenConfirm {
+                        if let (Some(n), Some(l)) = (self.fsm.negotiated(), &mut self.link) {
+                            self.caps = n.caps();
+                            l.reader.decoder_mut().caps = self.caps;
+                        }
+                    }
+                    self.report(FromSession::State { from, to });
+                }
+                Action::Established(negotiated) => {
+                    self.epoch += 1;
+                    let local = self
+                        .link
+                        .as_ref()
+                        .map(|l| l.local)
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    self.report(FromSession::Established {
+                        epoch: self.epoch,
+                        negotiated,
+                        local,
+                    });
+                }
+                Action::Down(reason) => {
+                    if !matches!(reason, DownReason::ConnectionLost) {
+                        info!(%reason, "session down");
+                    }
+                    self.caps = SessionCaps::default();
+                    self.report(FromSession::Down { reason });
+                }
+                Action::Update(u) => self.report(FromSession::Update(u)),
+                Action::RouteRefresh(f) => self.report(FromSession::RouteRefresh(f)),
+            }
+        }
+    }
+}
+
+fn send_updates(l: &Link, updates: Vec<Update>, caps: &SessionCaps) {
+    let mut buf = BytesMut::with_capacity(updates.len() * wire::MAX_MESSAGE_LEN);
+    for u in updates {
+        if let Err(e) = wire::encode_message(&Message::Update(u), caps, &mut buf) {
+            warn!(error = %e, "cannot encode UPDATE");
+        }
+    }
+    if !buf.is_empty() {
+        l.send_bytes(buf.freeze());
+    }
+}
