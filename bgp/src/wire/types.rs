@@ -71,6 +71,8 @@ impl Family {
 }
 
 /// One decoded BGP message.
+// UPDATE is the big, common variant; boxing it would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Open(Open),

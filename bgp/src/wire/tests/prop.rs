@@ -1,0 +1,1 @@
+//! Randomized round trips and mutation fuzzing.
