@@ -86,6 +86,10 @@ pub struct GracefulRestartCfg {
     /// We are coming back from a restart with forwarding state kept: set the R and F bits.
     #[serde(default)]
     pub restarting: bool,
+    /// Set the F bit: our forwarding state survives a restart of this speaker (e.g. the kernel
+    /// routes a node daemon leaves in place), so peers keep our routes until our End-of-RIB.
+    #[serde(default)]
+    pub forwarding_preserved: bool,
     /// How long to keep a restarted peer's stale routes waiting for its End-of-RIB.
     #[serde(default = "default_stale_time")]
     pub stale_time: u16,
@@ -124,7 +128,7 @@ impl SpeakerCfg {
         self.graceful_restart.as_ref().map(|g| GrCfg {
             restart_time: g.restart_time.min(4095),
             restarting: g.restarting,
-            forwarding_preserved: g.restarting,
+            forwarding_preserved: g.restarting || g.forwarding_preserved,
         })
     }
 }

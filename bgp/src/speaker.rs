@@ -141,6 +141,9 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// We hold this peer's routes as stale (graceful restart helper).
     pub gr_stale: bool,
+    /// The peer has sent End-of-RIB for every negotiated family since the session came up (its
+    /// initial table is complete).
+    pub end_of_rib: bool,
 }
 
 /// A snapshot of the whole speaker.
@@ -249,6 +252,8 @@ struct Peer {
     /// Families still waiting for End-of-RIB while stale routes are held.
     stale_families: HashSet<Family>,
     max_prefix_hit: bool,
+    /// Families the peer has sent End-of-RIB for in this session.
+    eor: HashSet<Family>,
 }
 
 impl Peer {
@@ -550,6 +555,7 @@ impl Speaker {
                 stale_until: None,
                 stale_families: HashSet::new(),
                 max_prefix_hit: false,
+                eor: HashSet::new(),
             },
         );
         self.by_addr.insert(addr, id);
@@ -730,6 +736,7 @@ impl Speaker {
         p.accepted = 0;
         p.rejected.clear();
         p.max_prefix_hit = false;
+        p.eor.clear();
         p.last_error = None;
         self.rib.set_source(
             id,
@@ -859,6 +866,9 @@ impl Speaker {
             return;
         }
         if let Some(f) = u.is_end_of_rib() {
+            if p.eor.insert(f) {
+                self.status_dirty = true;
+            }
             if p.stale_families.remove(&f) {
                 let gone = self.rib.remove_source(id, Some(f), true);
                 info!(peer = %p.cfg.address, family = ?f, routes = gone.len(), "End-of-RIB: stale routes removed");
@@ -1215,6 +1225,10 @@ impl Speaker {
                 prefixes_advertised: p.adj_out.len() as u64,
                 last_error: p.last_error.clone(),
                 gr_stale: p.stale_until.is_some(),
+                end_of_rib: p
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.families.iter().all(|f| p.eor.contains(f))),
             })
             .collect();
         peers.sort_by_key(|p| p.address);
