@@ -95,6 +95,8 @@ pub(crate) enum FromSession {
 struct Link {
     reader: FramedRead<OwnedReadHalf, BgpCodec>,
     writer: mpsc::UnboundedSender<Bytes>,
+    /// The writer task; it ends once the queue is flushed after `writer` is dropped.
+    flushing: tokio::task::JoinHandle<()>,
     outbound: bool,
     local: SocketAddr,
 }
@@ -105,10 +107,11 @@ impl Link {
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(w, rx, write_timeout));
+        let flushing = tokio::spawn(writer(w, rx, write_timeout));
         Ok(Link {
             reader: FramedRead::with_capacity(r, BgpCodec::new(SessionCaps::default()), 64 * 1024),
             writer: tx,
+            flushing,
             outbound,
             local,
         })
@@ -193,6 +196,8 @@ pub(crate) struct Session {
     rx: mpsc::UnboundedReceiver<ToSession>,
     tx: mpsc::UnboundedSender<(SourceId, FromSession)>,
     done: bool,
+    /// Writer tasks of closed connections, still flushing (a final NOTIFICATION).
+    closing: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -201,7 +206,10 @@ impl Session {
         cfg: PeerCfg,
         fsm: Fsm,
         tx: mpsc::UnboundedSender<(SourceId, FromSession)>,
-    ) -> mpsc::UnboundedSender<ToSession> {
+    ) -> (
+        mpsc::UnboundedSender<ToSession>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (ctx, rx) = mpsc::unbounded_channel();
         let s = Session {
             id,
@@ -215,10 +223,36 @@ impl Session {
             rx,
             tx,
             done: false,
+            closing: Vec::new(),
         };
         let span = tracing::info_span!("peer", addr = %s.cfg.address);
-        tokio::spawn(tracing::Instrument::instrument(s.run(), span));
-        ctx
+        let task = tokio::spawn(tracing::Instrument::instrument(s.run(), span));
+        (ctx, task)
+    }
+
+    fn retire(&mut self, link: Link) {
+        let Link {
+            reader,
+            writer,
+            flushing,
+            ..
+        } = link;
+        drop(writer);
+        drop(reader);
+        self.closing.retain(|h| !h.is_finished());
+        self.closing.push(flushing);
+    }
+
+    fn close_link(&mut self) {
+        if let Some(l) = self.link.take() {
+            self.retire(l);
+        }
+    }
+
+    fn close_cand(&mut self) {
+        if let Some((_, l)) = self.cand.take() {
+            self.retire(l);
+        }
     }
 
     fn report(&self, m: FromSession) {
@@ -258,7 +292,7 @@ impl Session {
                 m = next_msg(&mut self.link) => {
                     let ev = to_event(m);
                     if ev == Event::TcpFailed {
-                        self.link = None;
+                        self.close_link();
                     }
                     self.feed(ev);
                 }
@@ -273,6 +307,10 @@ impl Session {
                 }
             }
         }
+        self.close_link();
+        self.close_cand();
+        let flushing = futures::future::join_all(std::mem::take(&mut self.closing));
+        let _ = tokio::time::timeout(Duration::from_secs(1), flushing).await;
     }
 
     fn now() -> std::time::Instant {
@@ -343,8 +381,8 @@ impl Session {
                 notification,
             } => {
                 if graceful {
-                    self.link = None;
-                    self.cand = None;
+                    self.close_link();
+                    self.close_cand();
                 } else {
                     self.feed(Event::Stop(notification));
                 }
@@ -444,7 +482,7 @@ impl Session {
                     self.apply(actions);
                 } else {
                     // Administratively stopped: refuse.
-                    self.link = None;
+                    self.close_link();
                 }
             }
             State::OpenSent | State::OpenConfirm => {
@@ -461,7 +499,7 @@ impl Session {
                 let restarted = self.fsm.negotiated().is_some_and(|n| n.graceful_restart());
                 if restarted {
                     info!("new connection while Established: peer restarted (graceful restart)");
-                    self.link = None;
+                    self.close_link();
                     self.feed(Event::TcpFailed);
                     self.link = Some(link);
                     self.feed(Event::TcpConnected);
@@ -542,7 +580,7 @@ impl Session {
             match a {
                 Action::Connect => self.start_connect(),
                 Action::Disconnect => {
-                    self.link = None;
+                    self.close_link();
                     self.connecting = None;
                 }
                 Action::Send(m) => {

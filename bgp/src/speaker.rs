@@ -238,6 +238,7 @@ struct Peer {
     id: SourceId,
     cfg: PeerCfg,
     tx: mpsc::UnboundedSender<ToSession>,
+    task: tokio::task::JoinHandle<()>,
     state: State,
     since: SystemTime,
     epoch: u64,
@@ -385,7 +386,7 @@ impl Speaker {
         mut rx: mpsc::UnboundedReceiver<SpeakerMsg>,
         mut sess_rx: mpsc::UnboundedReceiver<(SourceId, FromSession)>,
     ) {
-        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        let mut shutdown: Option<(oneshot::Sender<()>, bool)> = None;
         self.publish_status();
         while shutdown.is_none() {
             let deadline = self.peers.values().filter_map(|p| p.stale_until).min();
@@ -424,12 +425,16 @@ impl Speaker {
         for t in &self.listener_tasks {
             t.abort();
         }
-        if let Some(done) = shutdown {
+        // Let sessions flush their last NOTIFICATION (or close quietly) before answering.
+        let tasks = self.peers.drain().map(|(_, p)| p.task);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
+        if let Some((done, _)) = shutdown {
             let _ = done.send(());
         }
     }
 
-    fn on_msg(&mut self, m: SpeakerMsg) -> Option<oneshot::Sender<()>> {
+    fn on_msg(&mut self, m: SpeakerMsg) -> Option<(oneshot::Sender<()>, bool)> {
         match m {
             SpeakerMsg::AddPeer(cfg, tx) => {
                 let _ = tx.send(self.add_peer(cfg));
@@ -493,7 +498,7 @@ impl Speaker {
                         notification: None,
                     });
                 }
-                return Some(done);
+                return Some((done, graceful));
             }
         }
         None
@@ -530,7 +535,7 @@ impl Speaker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let tx = Session::spawn(
+        let (tx, task) = Session::spawn(
             id,
             cfg.clone(),
             Fsm::new(self.fsm_cfg(&cfg)),
@@ -543,6 +548,7 @@ impl Speaker {
                 id,
                 cfg,
                 tx,
+                task,
                 state: State::Idle,
                 since: SystemTime::now(),
                 epoch: 0,
