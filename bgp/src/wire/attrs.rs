@@ -204,6 +204,9 @@ pub(super) fn decode_attrs(buf: &[u8], caps: &SessionCaps) -> Result<Decoded, Wi
     if !st.caps.four_octet_as {
         merge_as4(&mut st);
     }
+    // Attribute order carries no meaning; keep the canonical (encoding) order so that equal
+    // attribute sets compare equal.
+    st.out.attrs.unknown.sort_by_key(|u| u.code);
     Ok(st.out)
 }
 
