@@ -24,6 +24,17 @@
 //! `notification` (4.5, ROUTE-REFRESH RFC 2918/7313, NOTIFICATION names), `codec`
 //! (tokio-util framing).
 
+// Peer input must never panic the codec: no unchecked indexing or unwrapping outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 mod attrs;
 mod codec;
 mod header;

@@ -400,14 +400,11 @@ impl Notification {
 impl std::fmt::Display for Notification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", super::notification_text(self.code, self.subcode))?;
-        if self.code == 6 && (self.subcode == 2 || self.subcode == 4) && !self.data.is_empty() {
+        if self.code == 6 && (self.subcode == 2 || self.subcode == 4) {
             // RFC 8203 / 9003 shutdown communication: length octet then UTF-8.
-            let len = self.data[0] as usize;
-            if let Some(msg) = self
-                .data
-                .get(1..1 + len)
-                .and_then(|b| std::str::from_utf8(b).ok())
-            {
+            let len = usize::from(self.data.first().copied().unwrap_or_default());
+            let text = self.data.get(1..1 + len).filter(|_| len > 0);
+            if let Some(msg) = text.and_then(|b| std::str::from_utf8(b).ok()) {
                 write!(f, ": \"{msg}\"")?;
             }
         }
