@@ -20,7 +20,7 @@ use super::{
 pub enum CodecError {
     #[error("BGP socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("{} from peer: {}", .0.notification, .0.reason)]
+    #[error("bad message from peer ({}): {}", .0.notification, .0.reason)]
     Wire(#[from] WireError),
     #[error("encoding a BGP message: {0}")]
     Encode(#[from] EncodeError),

@@ -479,3 +479,21 @@ fn framing_consumes_exactly_what_the_header_says() {
         assert!(consumed <= stream.len());
     }
 }
+
+/// Writes the cargo-fuzz seed corpus (`bgp/fuzz/README.md`): each file is the capabilities
+/// byte the fuzz target expects, then one encoded message.
+#[test]
+#[ignore = "writes files; run with BGP_FUZZ_CORPUS=DIR"]
+fn write_fuzz_corpus() {
+    let Ok(dir) = std::env::var("BGP_FUZZ_CORPUS") else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, seed) in seeds().iter().enumerate() {
+        // seeds() cycles through ALL_CAPS: IBGP4, EBGP4, EBGP2, iBGP 2-octet.
+        let sel = [1u8, 3, 2, 0][i % 4];
+        let mut file = vec![sel];
+        file.extend_from_slice(seed);
+        std::fs::write(format!("{dir}/seed-{i:03}"), file).unwrap();
+    }
+}
