@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, input)) = data.split_first() else { return };
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
     let caps = SessionCaps {
         four_octet_as: sel & 1 != 0,
         ebgp: sel & 2 != 0,

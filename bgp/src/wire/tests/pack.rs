@@ -83,7 +83,10 @@ fn ipv4_announcements_100k() {
         let t = Instant::now();
         let updates = pack_announcements(&attrs(), Family::Ipv4Unicast, &nh, &prefixes, &caps);
         let took = t.elapsed();
-        eprintln!("packed 100k IPv4 /26 into {} UPDATEs in {took:?}", updates.len());
+        eprintln!(
+            "packed 100k IPv4 /26 into {} UPDATEs in {took:?}",
+            updates.len()
+        );
         // A few ms in release; debug builds are ~10x slower.
         assert!(took.as_millis() < 2000, "{took:?}");
         assert!(updates
