@@ -337,7 +337,10 @@ impl Update {
     /// The family this UPDATE marks End-of-RIB for, if it is such a marker.
     pub fn is_end_of_rib(&self) -> Option<Family> {
         let no_attrs = self.attrs == PathAttrs::default();
+        // `errors` is empty too: an UPDATE whose only attribute was an MP_(UN)REACH_NLRI for a
+        // family we do not carry (discarded by the decoder) is not an IPv4 End-of-RIB.
         if !no_attrs
+            || !self.errors.is_empty()
             || !self.withdrawn.is_empty()
             || !self.nlri.is_empty()
             || self.mp_reach.is_some()
