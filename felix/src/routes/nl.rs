@@ -67,8 +67,11 @@ pub(crate) const AF_INET6: u8 = 10;
 
 /// `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_IFADDR`,
 /// `RTNLGRP_IPV6_ROUTE` as a bind(2) group mask (bit n-1 for group n).
-const EVENT_GROUPS: u32 =
-    (1 << (1 - 1)) | (1 << (5 - 1)) | (1 << (7 - 1)) | (1 << (9 - 1)) | (1 << (11 - 1));
+const EVENT_GROUPS: u32 = group_bit(1) | group_bit(5) | group_bit(7) | group_bit(9) | group_bit(11);
+
+const fn group_bit(group: u32) -> u32 {
+    1 << (group - 1)
+}
 
 const RECV_BUF: usize = 256 * 1024;
 const SOCK_RCVBUF: usize = 4 * 1024 * 1024;

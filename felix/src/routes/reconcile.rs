@@ -328,53 +328,66 @@ impl Reconciler {
         }
     }
 
-    /// Replace the desired set; only prefixes whose route changed become dirty.
-    pub fn set_desired(&mut self, new: DesiredRoutes) {
+    /// Replace the desired set; only prefixes whose route changed become dirty. Returns the old set,
+    /// so the caller can free it off the latency path.
+    pub fn set_desired(&mut self, new: DesiredRoutes) -> BTreeMap<IpNet, DesiredRoute> {
+        use std::cmp::Ordering;
         let old = std::mem::take(&mut self.desired);
         let mut a = old.iter().peekable();
         let mut b = new.routes.iter().peekable();
+        // One merge walk over both sorted maps: changed prefixes become dirty and the
+        // interface index is updated in place.
         loop {
-            match (a.peek(), b.peek()) {
+            let (gone, came) = match (a.peek(), b.peek()) {
                 (None, None) => break,
-                (Some((ka, _)), None) => {
-                    self.dirty.insert(**ka);
-                    a.next();
-                }
-                (None, Some((kb, _))) => {
-                    self.dirty.insert(**kb);
-                    b.next();
-                }
-                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                    std::cmp::Ordering::Less => {
-                        self.dirty.insert(**ka);
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        self.dirty.insert(**kb);
-                        b.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if va != vb {
-                            self.dirty.insert(**ka);
+                (Some(_), None) => (a.next(), None),
+                (None, Some(_)) => (None, b.next()),
+                (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+                    Ordering::Less => (a.next(), None),
+                    Ordering::Greater => (None, b.next()),
+                    Ordering::Equal => {
+                        let (x, y) = (a.next(), b.next());
+                        if x.map(|e| e.1) == y.map(|e| e.1) {
+                            continue;
                         }
-                        a.next();
-                        b.next();
+                        (x, y)
                     }
                 },
+            };
+            if let Some((dst, r)) = gone {
+                self.dirty.insert(*dst);
+                if let Some(i) = r.needs_iface() {
+                    if let Some(set) = self.by_iface.get_mut(i) {
+                        set.remove(dst);
+                        if set.is_empty() {
+                            self.by_iface.remove(i);
+                        }
+                    }
+                }
+            }
+            if let Some((dst, r)) = came {
+                self.dirty.insert(*dst);
+                if let Some(i) = r.needs_iface() {
+                    match self.by_iface.get_mut(i) {
+                        Some(set) => {
+                            set.insert(*dst);
+                        }
+                        None => {
+                            self.by_iface.insert(i.to_string(), BTreeSet::from([*dst]));
+                        }
+                    }
+                }
             }
         }
         self.desired = new.routes;
-        self.by_iface.clear();
-        for (dst, r) in &self.desired {
-            if let Some(i) = r.needs_iface() {
-                self.by_iface.entry(i.to_string()).or_default().insert(*dst);
-            }
+        if !self.pending.is_empty() {
+            // Keep failed deletes: the stale route is still there and is retried on its timer.
+            self.pending.retain(|dst, p| {
+                self.desired.contains_key(dst)
+                    || matches!(p.error, RouteError::Kernel { op: "delete", .. })
+            });
         }
-        // Keep failed deletes: the stale route is still there and is retried on its timer.
-        self.pending.retain(|dst, p| {
-            self.desired.contains_key(dst)
-                || matches!(p.error, RouteError::Kernel { op: "delete", .. })
-        });
+        old
     }
 
     /// The desired routes.
@@ -582,16 +595,19 @@ impl Reconciler {
             dst,
             metric: u32::MAX,
         };
+        let want = self.desired.get(&dst);
         let mut current = None;
+        let mut deleting = false;
         for (k, r) in self.ours.range(lo..=hi) {
-            if self.desired.contains_key(&dst) && k.metric == want_metric && r.tos == 0 {
+            if want.is_some() && k.metric == want_metric && r.tos == 0 {
                 current = Some(r);
             } else {
                 deletes.push(RouteOp::Delete(r.clone()));
+                deleting = true;
             }
         }
-        let Some(want) = self.desired.get(&dst) else {
-            if !deletes.iter().any(|d| d.dst() == dst) {
+        let Some(want) = want else {
+            if !deleting {
                 self.pending.remove(&dst);
             }
             return;

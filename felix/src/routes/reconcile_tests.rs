@@ -527,3 +527,38 @@ fn gateway_routes_match_with_or_without_pinned_interface() {
     }
     assert!(!onlink.matches(&k));
 }
+
+#[test]
+fn one_changed_pod_plans_one_operation() {
+    let now = Instant::now();
+    let (mut rec, mut k) = started(&[link(5, "calia", true), link(6, "calib", true)]);
+    let mut i = input();
+    rec.set_desired(desired_routes(&i));
+    converge(&mut rec, &mut k, now);
+    i.workloads.push(WorkloadEndpoint {
+        id: "ns/c".into(),
+        iface: "calib".into(),
+        nets: vec![net("10.65.0.3/32")],
+    });
+    rec.set_desired(desired_routes(&i));
+    let ops = rec.plan(now);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0].dst(), net("10.65.0.3/32"));
+    // Removing it again: one delete, the index for calib still holds pod b.
+    i.workloads.pop();
+    for op in &ops {
+        let r = k.exec(op);
+        let _ = rec.apply_result(op, r, now);
+    }
+    rec.set_desired(desired_routes(&i));
+    let ops = rec.plan(now);
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].verb(), "delete");
+    for op in &ops {
+        let r = k.exec(op);
+        let _ = rec.apply_result(op, r, now);
+    }
+    // calib flaps: pod b's route is looked at again (it is still there, so nothing to do).
+    let _ = rec.link_changed(link(6, "calib", true));
+    assert!(rec.plan(now).is_empty());
+}
