@@ -1,1 +1,4 @@
 //! calico-rs node daemon library.
+
+pub mod datastore;
+pub mod ipam;

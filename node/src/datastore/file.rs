@@ -1,0 +1,376 @@
+//! The file datastore: a directory of `*.yaml` / `*.yml` files, watched with inotify.
+//!
+//! ```text
+//!  inotify (notify crate thread) --()--> std mpsc --> worker thread: debounce, scan_dir,
+//!                                                     publish if changed --> watch::Sender
+//! ```
+//! Only the directory's top level is read, in file-name order (so duplicates resolve the same way
+//! every time). Hidden files and editor leftovers are skipped; `DIR/ipam/` belongs to IPAM and is
+//! never read here (the watch is not recursive, so IPAM's writes cause no events). A burst of
+//! events is coalesced: the scan runs once the directory has been quiet for `debounce`, or after
+//! `max_delay` at the latest, so a change is published well within a second. A full rescan also
+//! runs every `resync_interval`, in case inotify lost events (queue overflow, directory replaced).
+//!
+//! If the directory itself becomes unreadable, the last good state is kept and the failure is
+//! added to the snapshot's errors: withdrawing every route because a mount blinked would be worse.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::watch;
+
+use super::parse::{parse_yaml, Ignored};
+use super::resources::{BgpPassword, Resource};
+use super::state::{ClusterState, StateBuilder};
+use super::{Datastore, DatastoreError, ResourceError, Severity, Snapshot};
+
+/// Files larger than this are rejected unread (a datastore file is a few KiB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The subdirectory IPAM owns.
+pub const IPAM_SUBDIR: &str = "ipam";
+
+/// Settings of the file backend.
+#[derive(Clone, Debug)]
+pub struct FileDatastoreCfg {
+    pub dir: PathBuf,
+    /// Quiet time after the last event before scanning.
+    pub debounce: Duration,
+    /// Longest wait from the first event of a burst to the scan.
+    pub max_delay: Duration,
+    /// Full rescan period, events or not.
+    pub resync_interval: Duration,
+}
+
+impl FileDatastoreCfg {
+    /// Defaults: 75 ms debounce, 300 ms max delay, 30 s resync.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileDatastoreCfg {
+            dir: dir.into(),
+            debounce: Duration::from_millis(75),
+            max_delay: Duration::from_millis(300),
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything one scan of the directory found.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub state: ClusterState,
+    pub errors: Vec<ResourceError>,
+    pub ignored: Vec<Ignored>,
+}
+
+/// A watched directory; dropping it stops the watch and closes the watch channel.
+pub struct FileDatastore {
+    inner: Arc<Inner>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tx: watch::Sender<Arc<Snapshot>>,
+    /// Serialises scan + publish, and remembers what was already logged.
+    logged: Mutex<HashSet<String>>,
+}
+
+/// Whether a file name is read as resources.
+pub fn is_resource_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Names editors create while saving, and IPAM's directory: no reason to rescan.
+fn is_noise(name: &str) -> bool {
+    name == IPAM_SUBDIR
+        || name == "4913"
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.starts_with(".#")
+        || (name.starts_with('#') && name.ends_with('#'))
+}
+
+fn is_relevant(dir: &Path, ev: &notify::Event) -> bool {
+    if ev.need_rescan() || ev.paths.is_empty() {
+        return true;
+    }
+    ev.paths.iter().any(|p| {
+        if p == dir {
+            return true;
+        }
+        match (p.parent(), p.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) => parent == dir && !is_noise(name),
+            _ => false,
+        }
+    })
+}
+
+/// Reads every resource file of `dir` once (no watching).
+pub fn scan_dir(dir: &Path) -> Result<ScanResult, DatastoreError> {
+    let io = |source| DatastoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if let Some(name) = entry.file_name().to_str() {
+            if is_resource_file(name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    let mut out = ScanResult::default();
+    let mut builder = StateBuilder::default();
+    for name in names {
+        let file_error = |message: String| ResourceError {
+            origin: name.clone(),
+            kind: None,
+            name: None,
+            field: None,
+            message,
+            severity: Severity::Error,
+        };
+        let path = dir.join(&name);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.errors.push(file_error(format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            out.errors.push(file_error(format!(
+                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit; not read",
+                meta.len()
+            )));
+            continue;
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.errors.push(file_error(format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                out.errors.push(file_error(format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                )));
+                continue;
+            }
+        };
+        let parsed = parse_yaml(&name, &text);
+        out.errors.extend(parsed.errors);
+        out.ignored.extend(parsed.ignored);
+        for (origin, r) in parsed.resources {
+            if let Resource::BgpPeer(p) = &r {
+                if let Some(BgpPassword::SecretKeyRef { name, key }) = &p.password {
+                    out.errors.push(ResourceError {
+                        origin: origin.clone(),
+                        kind: Some("BGPPeer".into()),
+                        name: Some(p.metadata.name.clone()),
+                        field: Some("spec.password.secretKeyRef".into()),
+                        message: format!(
+                            "Secret references ({name}/{key}) are not supported by the file \
+                             datastore; put the password in spec.password as a string"
+                        ),
+                        severity: Severity::Warning,
+                    });
+                }
+            }
+            if let Err(e) = builder.add(&origin, r) {
+                out.errors.push(*e);
+            }
+        }
+    }
+    out.state = builder.build();
+    Ok(out)
+}
+
+impl Inner {
+    fn log_new(&self, logged: &mut HashSet<String>, scan: &ScanResult) {
+        let mut now = HashSet::new();
+        for e in &scan.errors {
+            let line = e.to_string();
+            if !logged.contains(&line) {
+                match e.severity {
+                    Severity::Error => tracing::warn!(error = %line, "resource rejected"),
+                    Severity::Warning => {
+                        tracing::warn!(warning = %line, "resource partly unusable")
+                    }
+                }
+            }
+            now.insert(line);
+        }
+        for i in &scan.ignored {
+            let line = format!("{}: {} {}", i.origin, i.api_version, i.kind);
+            if !logged.contains(&line) {
+                tracing::info!(origin = %i.origin, api_version = %i.api_version, kind = %i.kind,
+                    "ignoring unsupported kind");
+            }
+            now.insert(line);
+        }
+        *logged = now;
+    }
+
+    /// Scans and publishes if anything changed; returns the current snapshot.
+    fn rescan(&self) -> Result<Arc<Snapshot>, DatastoreError> {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.tx.borrow().clone();
+        let scan = match scan_dir(&self.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "datastore scan failed; keeping the last state");
+                let mut errors = cur.errors.clone();
+                errors.retain(|x| x.origin != self.dir.display().to_string());
+                errors.push(ResourceError {
+                    origin: self.dir.display().to_string(),
+                    kind: None,
+                    name: None,
+                    field: None,
+                    message: format!("{e}; keeping the last state read"),
+                    severity: Severity::Error,
+                });
+                self.publish(&cur, cur.state.clone(), errors);
+                return Err(e);
+            }
+        };
+        self.log_new(&mut logged, &scan);
+        Ok(self.publish(&cur, scan.state, scan.errors))
+    }
+
+    fn publish(
+        &self,
+        cur: &Arc<Snapshot>,
+        state: ClusterState,
+        errors: Vec<ResourceError>,
+    ) -> Arc<Snapshot> {
+        if cur.revision > 0 && cur.state == state && cur.errors == errors {
+            return cur.clone();
+        }
+        let snap = Arc::new(Snapshot {
+            state,
+            errors,
+            revision: cur.revision + 1,
+        });
+        tracing::debug!(revision = snap.revision, "datastore snapshot published");
+        self.tx.send_replace(snap.clone());
+        snap
+    }
+}
+
+fn worker(inner: Arc<Inner>, rx: mpsc::Receiver<()>, cfg: FileDatastoreCfg) {
+    loop {
+        match rx.recv_timeout(cfg.resync_interval) {
+            Ok(()) => {
+                let deadline = Instant::now() + cfg.max_delay;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(cfg.debounce.min(left)) {
+                        Ok(()) => continue,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let _ = inner.rescan();
+    }
+}
+
+impl FileDatastore {
+    /// Opens `dir` with default settings: reads it once, then watches it.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, DatastoreError> {
+        Self::open_with(FileDatastoreCfg::new(dir))
+    }
+
+    /// Opens with explicit settings. Fails if the directory cannot be read or watched.
+    pub fn open_with(cfg: FileDatastoreCfg) -> Result<Self, DatastoreError> {
+        let dir = cfg.dir.clone();
+        let meta = std::fs::metadata(&dir).map_err(|source| DatastoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(DatastoreError::NotADirectory(dir));
+        }
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            tx,
+            logged: Mutex::new(HashSet::new()),
+        });
+        let (ev_tx, ev_rx) = mpsc::channel::<()>();
+        let watch_dir = dir.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) if !is_relevant(&watch_dir, &ev) => {}
+                Ok(_) => {
+                    let _ = ev_tx.send(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "datastore watch error; rescanning");
+                    let _ = ev_tx.send(());
+                }
+            })
+            .map_err(|source| DatastoreError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| DatastoreError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+        // Watch first, then read: a change between the two is then never missed.
+        inner.rescan()?;
+        let w = inner.clone();
+        std::thread::Builder::new()
+            .name("datastore-file".into())
+            .spawn(move || worker(w, ev_rx, cfg))
+            .map_err(|source| DatastoreError::Io { path: dir, source })?;
+        Ok(FileDatastore {
+            inner,
+            _watcher: watcher,
+        })
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Datastore for FileDatastore {
+    fn snapshot(&self) -> Result<Arc<Snapshot>, DatastoreError> {
+        self.inner.rescan()
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;

@@ -1,0 +1,744 @@
+//! Typed resources, decoded from the YAML a Calico user already has.
+//!
+//! Kinds and API versions:
+//! - `v1` Namespace, Pod, Node (Node's BGP settings from the `projectcalico.org/*` annotations);
+//! - `projectcalico.org/v3` Node (`spec.bgp`), BGPConfiguration, BGPPeer, IPPool (also accepted
+//!   as `crd.projectcalico.org/v1`, the CRD storage form, which has the same spec);
+//! - `networking.k8s.io/v1` NetworkPolicy, kept raw: the policy engine (`felix::policy`) owns
+//!   its model, the daemon converts.
+//!
+//! [`decode`] turns one document into a [`Resource`], `Ok(None)` for a kind we do not handle, or
+//! an [`ObjectError`] naming kind, name and field. Validation mirrors Calico's where it matters
+//! for safety (pool CIDRs and block sizes, peer address forms); everything else is lenient.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde_yaml::Value;
+
+use super::fields::{asn_field, describe, parse_asn, parse_go_duration, FieldError, Obj};
+use super::selector::Selector;
+
+/// Label and annotation maps.
+pub type Labels = BTreeMap<String, String>;
+
+/// Node annotation holding `ADDR/PREFIXLEN` of the node's IPv4 BGP address.
+pub const ANN_IPV4_ADDRESS: &str = "projectcalico.org/IPv4Address";
+/// Node annotation holding `ADDR/PREFIXLEN` of the node's IPv6 BGP address.
+pub const ANN_IPV6_ADDRESS: &str = "projectcalico.org/IPv6Address";
+/// Node annotation holding the node's AS number.
+pub const ANN_AS_NUMBER: &str = "projectcalico.org/ASNumber";
+/// Node annotation holding the route reflector cluster ID.
+pub const ANN_RR_CLUSTER_ID: &str = "projectcalico.org/RouteReflectorClusterID";
+/// Label the API server puts on every Namespace; added here too so selectors can rely on it.
+pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
+/// Default IPv4 block size (Calico's).
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// Default IPv6 block size (Calico's).
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+const CALICO_V3: &str = "projectcalico.org/v3";
+const CALICO_CRD: &str = "crd.projectcalico.org/v1";
+
+/// Metadata common to all kinds; `namespace` is set for namespaced kinds only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub labels: Labels,
+    pub annotations: Labels,
+}
+
+/// Core `v1` Namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// Labels include `kubernetes.io/metadata.name`, as the API server sets it.
+    pub metadata: ObjectMeta,
+}
+
+/// L4 protocol of a container port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One `spec.containers[].ports[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+/// One container; only its ports matter here (for named ports in policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// Core `v1` Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// `namespace` is always set (`default` when the document has none, as kubectl does).
+    pub metadata: ObjectMeta,
+    pub node_name: Option<String>,
+    pub host_network: bool,
+    pub containers: Vec<Container>,
+    /// `status.phase`, e.g. `Running`, `Succeeded`.
+    pub phase: Option<String>,
+    /// `status.podIP` first, then the other `status.podIPs[].ip`, without duplicates.
+    pub pod_ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    /// The namespace (always present for a decoded Pod).
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// Resolves a named container port, as NetworkPolicy named ports do.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.container_port)
+    }
+}
+
+/// A node's BGP settings: `spec.bgp` of a `projectcalico.org/v3` Node, else the annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeBgp {
+    pub ipv4_address: Option<Ipv4Net>,
+    pub ipv6_address: Option<Ipv6Net>,
+    pub as_number: Option<u32>,
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+}
+
+/// A Node (core `v1` and/or `projectcalico.org/v3`, merged by name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+    pub bgp: NodeBgp,
+    /// `status.addresses` of type `InternalIP` (a fallback when no BGP address is set).
+    pub internal_ips: Vec<IpAddr>,
+}
+
+/// `networking.k8s.io/v1` NetworkPolicy: metadata plus the whole document as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkPolicy {
+    pub metadata: ObjectMeta,
+    /// The full object (apiVersion, kind, metadata, spec) for `felix::policy` to decode.
+    pub raw: serde_json::Value,
+}
+
+/// `projectcalico.org/v3` BGPConfiguration (`default` is the cluster-wide one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BgpConfiguration {
+    pub metadata: ObjectMeta,
+    pub as_number: Option<u32>,
+    pub node_to_node_mesh_enabled: Option<bool>,
+    pub log_severity_screen: Option<String>,
+    pub listen_port: Option<u16>,
+}
+
+/// `spec.peerIP`: `ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// `spec.password` of a BGPPeer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BgpPassword {
+    /// A plain string: our file datastore's form.
+    Plain(String),
+    /// Calico's `secretKeyRef`: only the Kubernetes backend can resolve it.
+    SecretKeyRef { name: String, key: String },
+}
+
+/// `spec.sourceAddress` of a BGPPeer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceAddress {
+    #[default]
+    UseNodeIp,
+    None,
+}
+
+/// `projectcalico.org/v3` BGPPeer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub metadata: ObjectMeta,
+    /// Set unless the peer is selector-based (`peer_selector`).
+    pub peer_ip: Option<PeerAddr>,
+    /// Required with `peer_ip`; selector peers use the selected nodes' AS.
+    pub as_number: Option<u32>,
+    /// Only this node peers (`spec.node`); `None` with no `node_selector` means every node.
+    pub node: Option<String>,
+    pub node_selector: Option<Selector>,
+    pub peer_selector: Option<Selector>,
+    pub password: Option<BgpPassword>,
+    pub keep_original_next_hop: bool,
+    pub source_address: SourceAddress,
+    pub max_restart_time: Option<Duration>,
+    /// GTSM: the peer is at most this many hops away.
+    pub ttl_security: Option<u8>,
+}
+
+/// `ipipMode` / `vxlanMode` of an IPPool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncapMode {
+    #[default]
+    Never,
+    Always,
+    CrossSubnet,
+}
+
+/// `projectcalico.org/v3` IPPool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpPool {
+    pub metadata: ObjectMeta,
+    /// Always a network address (no host bits).
+    pub cidr: IpNet,
+    /// Prefix length of the blocks nodes claim; at least `cidr.prefix_len()`.
+    pub block_size: u8,
+    /// Defaults to `all()`.
+    pub node_selector: Selector,
+    pub disabled: bool,
+    pub ipip_mode: EncapMode,
+    pub vxlan_mode: EncapMode,
+    pub nat_outgoing: bool,
+}
+
+/// One decoded resource.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Namespace(Namespace),
+    Pod(Pod),
+    /// The apiVersion is kept so a `v1` Node and a `v3` Node of one name can be merged.
+    Node(Node, String),
+    NetworkPolicy(NetworkPolicy),
+    BgpConfiguration(BgpConfiguration),
+    BgpPeer(BgpPeer),
+    IpPool(IpPool),
+}
+
+impl Resource {
+    /// The kind as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Namespace(_) => "Namespace",
+            Resource::Pod(_) => "Pod",
+            Resource::Node(..) => "Node",
+            Resource::NetworkPolicy(_) => "NetworkPolicy",
+            Resource::BgpConfiguration(_) => "BGPConfiguration",
+            Resource::BgpPeer(_) => "BGPPeer",
+            Resource::IpPool(_) => "IPPool",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Namespace(r) => &r.metadata,
+            Resource::Pod(r) => &r.metadata,
+            Resource::Node(r, _) => &r.metadata,
+            Resource::NetworkPolicy(r) => &r.metadata,
+            Resource::BgpConfiguration(r) => &r.metadata,
+            Resource::BgpPeer(r) => &r.metadata,
+            Resource::IpPool(r) => &r.metadata,
+        }
+    }
+
+    /// `namespace/name` for namespaced kinds, `name` otherwise.
+    pub fn display_name(&self) -> String {
+        let m = self.metadata();
+        match &m.namespace {
+            Some(ns) => format!("{ns}/{}", m.name),
+            None => m.name.clone(),
+        }
+    }
+}
+
+/// A document that could not be decoded; `kind` and `name` are set when they could be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectError {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What [`decode`] makes of a document.
+// One short-lived value per document: boxing the resource would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Decoded {
+    Resource(Resource),
+    /// A kind (or kind at this apiVersion) we do not handle.
+    Ignored {
+        api_version: String,
+        kind: String,
+    },
+}
+
+/// Decodes one document (a map with `apiVersion`, `kind`, `metadata`).
+pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
+    let plain = |e: FieldError| ObjectError {
+        kind: None,
+        name: None,
+        field: Some(e.field),
+        message: e.message,
+    };
+    let root = Obj::root(doc).map_err(plain)?;
+    let kind = root.required_str("kind").map_err(plain)?.to_string();
+    let api_version = root.required_str("apiVersion").map_err(|e| ObjectError {
+        kind: Some(kind.clone()),
+        ..plain(e)
+    })?;
+    let namespaced = matches!(kind.as_str(), "Pod" | "NetworkPolicy");
+    let handled = matches!(
+        (api_version, kind.as_str()),
+        ("v1", "Namespace" | "Pod" | "Node")
+            | ("networking.k8s.io/v1", "NetworkPolicy")
+            | (
+                CALICO_V3 | CALICO_CRD,
+                "Node" | "BGPConfiguration" | "BGPPeer" | "IPPool"
+            )
+    );
+    if !handled {
+        return Ok(Decoded::Ignored {
+            api_version: api_version.to_string(),
+            kind,
+        });
+    }
+    let fail = |name: Option<String>, e: FieldError| ObjectError {
+        kind: Some(kind.clone()),
+        name,
+        field: Some(e.field),
+        message: e.message,
+    };
+    let metadata = decode_meta(&root, namespaced).map_err(|e| fail(None, e))?;
+    let name = match &metadata.namespace {
+        Some(ns) => format!("{ns}/{}", metadata.name),
+        None => metadata.name.clone(),
+    };
+    let spec_holder = root.obj("spec").map_err(|e| fail(Some(name.clone()), e))?;
+    let empty = serde_yaml::Mapping::new();
+    let empty_value = Value::Mapping(empty);
+    let spec_view = match &spec_holder {
+        Some(s) => s.view(),
+        None => Obj::root(&empty_value).map_err(|e| fail(Some(name.clone()), e))?,
+    };
+    let resource = match kind.as_str() {
+        "Namespace" => Ok(Resource::Namespace(namespace(metadata))),
+        "Pod" => pod(metadata, &root, &spec_view).map(Resource::Pod),
+        "Node" => node(metadata, &root, &spec_view).map(|n| Resource::Node(n, api_version.into())),
+        "NetworkPolicy" => network_policy(metadata, doc).map(Resource::NetworkPolicy),
+        "BGPConfiguration" => {
+            bgp_configuration(metadata, &spec_view).map(Resource::BgpConfiguration)
+        }
+        "BGPPeer" => bgp_peer(metadata, &spec_view).map(Resource::BgpPeer),
+        _ => ip_pool(metadata, &spec_view).map(Resource::IpPool),
+    };
+    resource
+        .map(Decoded::Resource)
+        .map_err(|e| fail(Some(name), e))
+}
+
+fn decode_meta(root: &Obj<'_>, namespaced: bool) -> Result<ObjectMeta, FieldError> {
+    let Some(meta) = root.obj("metadata")? else {
+        return Err(root.err("metadata.name", "required"));
+    };
+    let meta = meta.view();
+    let name = meta.required_str("name")?.to_string();
+    let namespace = match meta.str("namespace")? {
+        Some(ns) if namespaced && !ns.is_empty() => Some(ns.to_string()),
+        _ if namespaced => Some("default".to_string()),
+        _ => None,
+    };
+    Ok(ObjectMeta {
+        name,
+        namespace,
+        labels: meta.string_map("labels")?,
+        annotations: meta.string_map("annotations")?,
+    })
+}
+
+fn namespace(mut metadata: ObjectMeta) -> Namespace {
+    metadata
+        .labels
+        .entry(LABEL_NAMESPACE_NAME.to_string())
+        .or_insert_with(|| metadata.name.clone());
+    Namespace { metadata }
+}
+
+fn parse_ip(a: &super::fields::At<'_>) -> Result<IpAddr, FieldError> {
+    let s = a.as_str()?;
+    s.trim()
+        .parse()
+        .map_err(|_| a.err(format!("invalid IP address {s:?}")))
+}
+
+fn pod(metadata: ObjectMeta, root: &Obj<'_>, spec: &Obj<'_>) -> Result<Pod, FieldError> {
+    let mut containers = Vec::new();
+    for c in spec.seq("containers")? {
+        let c = c.as_obj()?;
+        let mut ports = Vec::new();
+        for p in c.seq("ports")? {
+            let p = p.as_obj()?;
+            let container_port = match p.uint("containerPort", 65535)? {
+                Some(n) if n > 0 => n as u16,
+                _ => return Err(p.err("containerPort", "required (1-65535)")),
+            };
+            let protocol = match p.str("protocol")? {
+                None | Some("TCP") => Protocol::Tcp,
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                Some(other) => {
+                    return Err(p.err(
+                        "protocol",
+                        format!("unknown protocol {other:?} (want TCP, UDP or SCTP)"),
+                    ))
+                }
+            };
+            ports.push(ContainerPort {
+                name: p.str("name")?.map(str::to_string),
+                container_port,
+                protocol,
+            });
+        }
+        containers.push(Container {
+            name: c.str("name")?.unwrap_or_default().to_string(),
+            ports,
+        });
+    }
+    let mut pod_ips = Vec::new();
+    let mut phase = None;
+    if let Some(status) = root.obj("status")? {
+        let status = status.view();
+        phase = status.str("phase")?.map(str::to_string);
+        if let Some(a) = status.get("podIP") {
+            if !a.as_str()?.is_empty() {
+                pod_ips.push(parse_ip(&a)?);
+            }
+        }
+        for item in status.seq("podIPs")? {
+            let item = item.as_obj()?;
+            let Some(a) = item.get("ip") else {
+                return Err(item.err("ip", "required"));
+            };
+            let ip = parse_ip(&a)?;
+            if !pod_ips.contains(&ip) {
+                pod_ips.push(ip);
+            }
+        }
+    }
+    Ok(Pod {
+        metadata,
+        node_name: spec
+            .str("nodeName")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        host_network: spec.bool("hostNetwork")?.unwrap_or(false),
+        containers,
+        phase,
+        pod_ips,
+    })
+}
+
+/// `ADDR/PREFIXLEN` (a bare address is taken as a host prefix).
+fn parse_if_addr(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<IpNet>() {
+        return Ok(n);
+    }
+    t.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid address {text:?} (want ADDR/PREFIXLEN)"))
+}
+
+fn node(metadata: ObjectMeta, root: &Obj<'_>, spec: &Obj<'_>) -> Result<Node, FieldError> {
+    let ann = |key: &str| metadata.annotations.get(key).filter(|s| !s.is_empty());
+    let ann_err = |key: &str, message: String| FieldError {
+        field: format!("metadata.annotations.{key}"),
+        message,
+    };
+    let mut bgp = NodeBgp::default();
+    if let Some(v) = ann(ANN_IPV4_ADDRESS) {
+        match parse_if_addr(v).map_err(|m| ann_err(ANN_IPV4_ADDRESS, m))? {
+            IpNet::V4(n) => bgp.ipv4_address = Some(n),
+            IpNet::V6(_) => {
+                return Err(ann_err(
+                    ANN_IPV4_ADDRESS,
+                    format!("{v:?} is not an IPv4 address"),
+                ))
+            }
+        }
+    }
+    if let Some(v) = ann(ANN_IPV6_ADDRESS) {
+        match parse_if_addr(v).map_err(|m| ann_err(ANN_IPV6_ADDRESS, m))? {
+            IpNet::V6(n) => bgp.ipv6_address = Some(n),
+            IpNet::V4(_) => {
+                return Err(ann_err(
+                    ANN_IPV6_ADDRESS,
+                    format!("{v:?} is not an IPv6 address"),
+                ))
+            }
+        }
+    }
+    if let Some(v) = ann(ANN_AS_NUMBER) {
+        bgp.as_number = Some(parse_asn(v).map_err(|m| ann_err(ANN_AS_NUMBER, m))?);
+    }
+    if let Some(v) = ann(ANN_RR_CLUSTER_ID) {
+        bgp.route_reflector_cluster_id = Some(v.trim().parse().map_err(|_| {
+            ann_err(
+                ANN_RR_CLUSTER_ID,
+                format!("invalid cluster ID {v:?} (want an IPv4 address)"),
+            )
+        })?);
+    }
+    if let Some(b) = spec.obj("bgp")? {
+        let b = b.view();
+        if let Some(a) = b.get("ipv4Address") {
+            let s = a.as_str()?;
+            match parse_if_addr(s).map_err(|m| a.err(m))? {
+                IpNet::V4(n) => bgp.ipv4_address = Some(n),
+                IpNet::V6(_) => return Err(a.err(format!("{s:?} is not an IPv4 address"))),
+            }
+        }
+        if let Some(a) = b.get("ipv6Address") {
+            let s = a.as_str()?;
+            match parse_if_addr(s).map_err(|m| a.err(m))? {
+                IpNet::V6(n) => bgp.ipv6_address = Some(n),
+                IpNet::V4(_) => return Err(a.err(format!("{s:?} is not an IPv6 address"))),
+            }
+        }
+        if let Some(n) = asn_field(&b, "asNumber")? {
+            bgp.as_number = Some(n);
+        }
+        if let Some(a) = b.get("routeReflectorClusterID") {
+            let s = a.as_str()?;
+            bgp.route_reflector_cluster_id =
+                Some(s.trim().parse().map_err(|_| {
+                    a.err(format!("invalid cluster ID {s:?} (want an IPv4 address)"))
+                })?);
+        }
+    }
+    let mut internal_ips = Vec::new();
+    if let Some(status) = root.obj("status")? {
+        for a in status.view().seq("addresses")? {
+            let o = a.as_obj()?;
+            if o.str("type")? == Some("InternalIP") {
+                if let Some(addr) = o.get("address") {
+                    internal_ips.push(parse_ip(&addr)?);
+                }
+            }
+        }
+    }
+    Ok(Node {
+        metadata,
+        bgp,
+        internal_ips,
+    })
+}
+
+fn network_policy(metadata: ObjectMeta, doc: &Value) -> Result<NetworkPolicy, FieldError> {
+    let raw = serde_json::to_value(doc).map_err(|e| FieldError {
+        field: "(document)".into(),
+        message: format!("not representable as JSON: {e}"),
+    })?;
+    Ok(NetworkPolicy { metadata, raw })
+}
+
+fn bgp_configuration(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<BgpConfiguration, FieldError> {
+    Ok(BgpConfiguration {
+        metadata,
+        as_number: asn_field(spec, "asNumber")?,
+        node_to_node_mesh_enabled: spec.bool("nodeToNodeMeshEnabled")?,
+        log_severity_screen: spec.str("logSeverityScreen")?.map(str::to_string),
+        listen_port: spec.uint("listenPort", 65535)?.map(|n| n as u16),
+    })
+}
+
+/// Parses `ADDR`, `V4ADDR:PORT` or `[V6ADDR]:PORT`.
+pub fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
+    let t = text.trim();
+    let bad = || format!("invalid peer address {text:?} (want ADDR, ADDR:PORT or [V6ADDR]:PORT)");
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(PeerAddr { ip, port: None });
+    }
+    let sa: std::net::SocketAddr = t.parse().map_err(|_| bad())?;
+    if sa.port() == 0 {
+        return Err(bad());
+    }
+    Ok(PeerAddr {
+        ip: sa.ip(),
+        port: Some(sa.port()),
+    })
+}
+
+fn selector_field(obj: &Obj<'_>, key: &str) -> Result<Option<Selector>, FieldError> {
+    let Some(a) = obj.get(key) else {
+        return Ok(None);
+    };
+    let s = a.as_str()?;
+    Selector::parse(s)
+        .map(Some)
+        .map_err(|e| a.err(format!("column {}: {}", e.column, e.message) + &format!(" in {s:?}")))
+}
+
+fn bgp_peer(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<BgpPeer, FieldError> {
+    let peer_ip = match spec.get("peerIP") {
+        Some(a) => Some(parse_peer_addr(a.as_str()?).map_err(|m| a.err(m))?),
+        None => None,
+    };
+    let password = match spec.get("password") {
+        None => None,
+        Some(a) => match a.value {
+            Value::String(s) => Some(BgpPassword::Plain(s.clone())),
+            Value::Mapping(_) => {
+                let o = a.as_obj()?;
+                let Some(r) = o.obj("secretKeyRef")? else {
+                    return Err(a.err("expected a string or {secretKeyRef: {name, key}}"));
+                };
+                let r = r.view();
+                Some(BgpPassword::SecretKeyRef {
+                    name: r.required_str("name")?.to_string(),
+                    key: r.required_str("key")?.to_string(),
+                })
+            }
+            v => {
+                return Err(a.err(format!(
+                    "expected a string or {{secretKeyRef: {{name, key}}}}, got {}",
+                    describe(v)
+                )))
+            }
+        },
+    };
+    let source_address = match spec.str("sourceAddress")? {
+        None | Some("UseNodeIP") => SourceAddress::UseNodeIp,
+        Some("None") => SourceAddress::None,
+        Some(other) => {
+            return Err(spec.err(
+                "sourceAddress",
+                format!("unknown value {other:?} (want UseNodeIP or None)"),
+            ))
+        }
+    };
+    let max_restart_time = match spec.get("maxRestartTime") {
+        Some(a) => Some(parse_go_duration(a.as_str()?).map_err(|m| a.err(m))?),
+        None => None,
+    };
+    let ttl_security = match spec.uint("ttlSecurity", 255)? {
+        Some(0) | None => None,
+        Some(n) => Some(n as u8),
+    };
+    let peer = BgpPeer {
+        metadata,
+        peer_ip,
+        as_number: asn_field(spec, "asNumber")?,
+        node: spec
+            .str("node")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        node_selector: selector_field(spec, "nodeSelector")?,
+        peer_selector: selector_field(spec, "peerSelector")?,
+        password,
+        keep_original_next_hop: spec.bool("keepOriginalNextHop")?.unwrap_or(false),
+        source_address,
+        max_restart_time,
+        ttl_security,
+    };
+    if peer.node.is_some() && peer.node_selector.is_some() {
+        return Err(spec.err("nodeSelector", "cannot be used together with spec.node"));
+    }
+    match (&peer.peer_ip, &peer.peer_selector) {
+        (Some(_), Some(_)) => {
+            return Err(spec.err("peerSelector", "cannot be used together with spec.peerIP"))
+        }
+        (None, None) => return Err(spec.err("peerIP", "required (or spec.peerSelector)")),
+        (Some(_), None) if peer.as_number.is_none() => {
+            return Err(spec.err("asNumber", "required with spec.peerIP"))
+        }
+        _ => {}
+    }
+    Ok(peer)
+}
+
+fn encap_mode(spec: &Obj<'_>, key: &str) -> Result<EncapMode, FieldError> {
+    match spec.str(key)? {
+        None | Some("Never") | Some("") => Ok(EncapMode::Never),
+        Some("Always") => Ok(EncapMode::Always),
+        Some("CrossSubnet") => Ok(EncapMode::CrossSubnet),
+        Some(other) => Err(spec.err(
+            key,
+            format!("unknown mode {other:?} (want Never, Always or CrossSubnet)"),
+        )),
+    }
+}
+
+fn ip_pool(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<IpPool, FieldError> {
+    let Some(a) = spec.get("cidr") else {
+        return Err(spec.err("cidr", "required"));
+    };
+    let text = a.as_str()?;
+    let cidr: IpNet = text
+        .trim()
+        .parse()
+        .map_err(|_| a.err(format!("invalid CIDR {text:?}")))?;
+    if cidr.trunc() != cidr {
+        return Err(a.err(format!(
+            "CIDR {text:?} has host bits set (did you mean \"{}\"?)",
+            cidr.trunc()
+        )));
+    }
+    let (default_size, min, max) = match cidr {
+        IpNet::V4(_) => (DEFAULT_BLOCK_SIZE_V4, 20, 32),
+        IpNet::V6(_) => (DEFAULT_BLOCK_SIZE_V6, 116, 128),
+    };
+    let block_size = match spec.uint("blockSize", 128)? {
+        None => default_size,
+        Some(n) if (min..=max).contains(&n) => n as u8,
+        Some(n) => {
+            return Err(spec.err(
+                "blockSize",
+                format!("{n} is out of range for this pool's family ({min}-{max})"),
+            ))
+        }
+    };
+    if block_size < cidr.prefix_len() {
+        return Err(spec.err(
+            "blockSize",
+            format!(
+                "block size /{block_size} is larger than the pool {cidr}; \
+                 blockSize must be at least {}",
+                cidr.prefix_len()
+            ),
+        ));
+    }
+    let ipip_mode = encap_mode(spec, "ipipMode")?;
+    let vxlan_mode = encap_mode(spec, "vxlanMode")?;
+    if ipip_mode != EncapMode::Never && cidr.addr().is_ipv6() {
+        return Err(spec.err("ipipMode", "IPIP is not supported for IPv6 pools"));
+    }
+    if ipip_mode != EncapMode::Never && vxlan_mode != EncapMode::Never {
+        return Err(spec.err("vxlanMode", "cannot be enabled together with spec.ipipMode"));
+    }
+    Ok(IpPool {
+        metadata,
+        cidr,
+        block_size,
+        node_selector: selector_field(spec, "nodeSelector")?.unwrap_or_default(),
+        disabled: spec.bool("disabled")?.unwrap_or(false),
+        ipip_mode,
+        vxlan_mode,
+        nat_outgoing: spec.bool("natOutgoing")?.unwrap_or(false),
+    })
+}

@@ -1,0 +1,206 @@
+//! IPAM state on disk under `DIR/ipam/`, shared by every node process on the machine.
+//!
+//! Every operation runs under `flock(DIR/ipam/.lock)` (exclusive to change, shared to read),
+//! reads all of `DIR/ipam/blocks/`, and replaces each changed block file by write-temp + fsync +
+//! rename + fsync(dir). A reader therefore always sees whole files, a crash leaves either the old
+//! or the new file, and two claimers can never both see a block as free.
+//!
+//! A block file that cannot be used is *corrupt*: it is skipped with an error naming it, never
+//! rewritten, and the CIDR its file name stands for stays taken, so its addresses are never
+//! handed out a second time. A file whose name is not a CIDR cannot collide with a block we
+//! would create, and is only reported.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use super::block::Block;
+use super::IpamError;
+
+const LOCK_FILE: &str = ".lock";
+const BLOCKS_DIR: &str = "blocks";
+
+/// A block file that was skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    pub path: PathBuf,
+    /// The CIDR from the file name, kept as taken; `None` if the name is not a block name.
+    pub cidr: Option<IpNet>,
+    pub message: String,
+}
+
+impl Corrupt {
+    pub fn to_error(&self) -> IpamError {
+        IpamError::CorruptBlock {
+            path: self.path.clone(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// All blocks read under one lock.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub blocks: BTreeMap<IpNet, Block>,
+    pub corrupt: Vec<Corrupt>,
+}
+
+impl Loaded {
+    /// Every CIDR no one may claim: valid blocks and the names of corrupt ones.
+    pub fn taken(&self) -> Vec<IpNet> {
+        self.blocks
+            .keys()
+            .copied()
+            .chain(self.corrupt.iter().filter_map(|c| c.cidr))
+            .collect()
+    }
+}
+
+/// Paths of one IPAM directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    blocks: PathBuf,
+}
+
+/// The lock, held until dropped (closing the file releases the flock).
+pub struct Locked<'a> {
+    store: &'a Store,
+    _file: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
+    move |source| IpamError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Creates `DIR/ipam/blocks/` if needed.
+    pub fn open(datastore_dir: &Path) -> Result<Store, IpamError> {
+        let root = datastore_dir.join(crate::datastore::file::IPAM_SUBDIR);
+        let blocks = root.join(BLOCKS_DIR);
+        std::fs::create_dir_all(&blocks).map_err(io_err(&blocks))?;
+        Ok(Store { root, blocks })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock(&self, exclusive: bool) -> Result<Locked<'_>, IpamError> {
+        let path = self.root.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if exclusive {
+            file.lock().map_err(io_err(&path))?;
+        } else {
+            file.lock_shared().map_err(io_err(&path))?;
+        }
+        Ok(Locked {
+            store: self,
+            _file: file,
+        })
+    }
+}
+
+impl Locked<'_> {
+    fn block_path(&self, cidr: &IpNet) -> PathBuf {
+        self.store.blocks.join(Block::file_name(cidr))
+    }
+
+    /// Reads every block; only I/O failures of the directory itself are errors.
+    pub fn load(&self) -> Result<Loaded, IpamError> {
+        let dir = &self.store.blocks;
+        let mut out = Loaded::default();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let mut corrupt = |cidr: Option<IpNet>, message: String| {
+                out.corrupt.push(Corrupt {
+                    path: path.clone(),
+                    cidr,
+                    message,
+                })
+            };
+            let Some(named) = Block::parse_file_name(&name) else {
+                corrupt(
+                    None,
+                    "file name is not a block CIDR (e.g. 10-244-0-64-26.yaml)".into(),
+                );
+                continue;
+            };
+            // Keep the whole named range taken even if the name has host bits.
+            let taken = named.trunc();
+            let text = match std::fs::read(&path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        corrupt(Some(taken), "not UTF-8 text".into());
+                        continue;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    corrupt(Some(taken), format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            match Block::from_yaml(&text, &named) {
+                Ok(b) => {
+                    out.blocks.insert(b.cidr, b);
+                }
+                Err(m) => corrupt(Some(taken), m),
+            }
+        }
+        out.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Atomically replaces a block's file.
+    pub fn write(&self, block: &Block) -> Result<(), IpamError> {
+        let path = self.block_path(&block.cidr);
+        let tmp = self
+            .store
+            .blocks
+            .join(format!(".{}.tmp", Block::file_name(&block.cidr)));
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(block.to_yaml().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        self.sync_dir()
+    }
+
+    pub fn remove(&self, cidr: &IpNet) -> Result<(), IpamError> {
+        let path = self.block_path(cidr);
+        match std::fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), IpamError> {
+        let dir = &self.store.blocks;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    }
+}
