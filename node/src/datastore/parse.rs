@@ -84,7 +84,8 @@ fn syntax_message(e: &serde_yaml::Error, first_line: usize) -> String {
     match e.location() {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
+            // The location is relative to the document; drop it wherever serde_yaml put it.
+            let msg = msg.replace(&suffix, "");
             format!(
                 "YAML syntax error at line {}, column {}: {msg}",
                 first_line + loc.line() - 1,
@@ -209,10 +210,10 @@ mod tests {
         assert_eq!(p.errors.len(), 1);
         let e = p.errors[0].to_string();
         assert!(
-            e.starts_with("ns.yaml doc 2: YAML syntax error at line "),
+            e.starts_with("ns.yaml doc 2: YAML syntax error at line 6, column 1: "),
             "{e}"
         );
-        eprintln!("{e}");
+        assert!(!e.contains("line 3"), "{e}");
     }
 
     #[test]
