@@ -2,3 +2,4 @@
 //! Tests need root and create their own network namespaces (see `calico_tests::lab`).
 
 mod lab_selftest;
+mod routes;

@@ -1,0 +1,760 @@
+//! felix routes end to end: two node namespaces on one L2 segment, two pods each behind `cali*`
+//! veths named by DESIGN.md's rule, a felix route manager running inside each node namespace (on a
+//! thread that entered it, with its own current-thread runtime), remote blocks given directly.
+//!
+//! ```text
+//!  n1.p1  n1.p2                      n2.p1  n2.p2      pods: 10.65.{1,2}.{1,2}, fd10:65:{1,2}::{1,2}
+//!    |eth0  |eth0                      |eth0  |eth0    gw 169.254.1.1 / fe80::ecee:eeff:feee:eeee
+//!   cali.. cali..                     cali.. cali..
+//!      [ n1 ]----eth0---[ lan br0 ]---eth0----[ n2 ]   10.99.0.{1,2}/24, fd00:99::{1,2}/64
+//!   block 10.65.1.0/26, fd10:65:1::/122    block 10.65.2.0/26, fd10:65:2::/122
+//! ```
+//!
+//! Each node's default route points at the other node, so without a blackhole a packet to an
+//! unallocated address of the local block would be forwarded (and loop); with it, it dies at home.
+//! Helpers for pinging and reading routes are local to this module (the lab has no `check` module).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use calico_tests::wait::{eventually, until};
+use calico_tests::{Lab, Netns};
+use felix::routes::{
+    NextHop, RemoteBlock, RouteError, RouteManager, RouteManagerHandle, RoutesCfg, RoutesInput,
+    RoutesStatus, WorkloadEndpoint,
+};
+use felix::workload_iface_name;
+use ipnet::IpNet;
+
+const SYNC: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Topology
+
+struct Pod {
+    ns: Netns,
+    id: String,
+    iface: String,
+    v4: String,
+    v6: String,
+}
+
+struct Node {
+    ns: Netns,
+    v4: String,
+    v6: String,
+    block4: IpNet,
+    block6: IpNet,
+    pods: Vec<Pod>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    // Last: namespaces go when the lab drops.
+    _lab: Lab,
+}
+
+/// The host side of a pod's veth, as a CNI plugin makes it: `cali…` in the node namespace (left
+/// down with a random MAC: felix sets it up), `eth0` in the pod with a /32 and a /128 and the
+/// Calico gateways.
+fn add_pod(lab: &Lab, node: &Netns, name: &str, v4: &str, v6: &str) -> Result<Pod> {
+    let ns = lab.netns(&format!("{}.{name}", node.short()))?;
+    let pod_name = format!("{}-{name}", node.short());
+    let iface = workload_iface_name("default", &pod_name);
+    make_veth(node, &iface, &ns)?;
+    ns.sh(&format!(
+        "set -e
+         ip addr add {v4}/32 dev eth0
+         ip -6 addr add {v6}/128 dev eth0 nodad
+         ip link set eth0 up
+         ip route add 169.254.1.1 dev eth0 scope link
+         ip route add default via 169.254.1.1 dev eth0
+         ip -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0"
+    ))?;
+    Ok(Pod {
+        ns,
+        id: format!("default/{pod_name}"),
+        iface,
+        v4: v4.into(),
+        v6: v6.into(),
+    })
+}
+
+fn make_veth(node: &Netns, iface: &str, pod: &Netns) -> Result<()> {
+    node.ip(&[
+        "link",
+        "add",
+        iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ])?;
+    Ok(())
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Result<Cluster> {
+        let lab = Lab::new(tag)?;
+        let lan = lab.segment("lan")?;
+        let mut nodes = Vec::new();
+        for i in 1..=2u8 {
+            let ns = lab.netns(&format!("n{i}"))?;
+            let (v4, v6) = (format!("10.99.0.{i}"), format!("fd00:99::{i}"));
+            lan.attach(&ns, "eth0", &[&format!("{v4}/24"), &format!("{v6}/64")])?;
+            let other = 3 - i;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.99.0.{other}"),
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:99::{other}"),
+            ])?;
+            let mut pods = Vec::new();
+            for p in 1..=2u8 {
+                pods.push(add_pod(
+                    &lab,
+                    &ns,
+                    &format!("p{p}"),
+                    &format!("10.65.{i}.{p}"),
+                    &format!("fd10:65:{i}::{p}"),
+                )?);
+            }
+            nodes.push(Node {
+                ns,
+                v4,
+                v6,
+                block4: format!("10.65.{i}.0/26").parse()?,
+                block6: format!("fd10:65:{i}::/122").parse()?,
+                pods,
+            });
+        }
+        Ok(Cluster { nodes, _lab: lab })
+    }
+
+    /// Felix's input on node `i`: its pods, its blocks, the other node's blocks via it.
+    fn input(&self, i: usize) -> RoutesInput {
+        let me = &self.nodes[i];
+        let other = &self.nodes[1 - i];
+        RoutesInput {
+            workloads: me.pods.iter().map(workload).collect(),
+            local_blocks: vec![me.block4, me.block6],
+            remote_blocks: vec![
+                remote(other.block4, &other.v4),
+                remote(other.block6, &other.v6),
+            ],
+        }
+    }
+
+    fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+}
+
+fn workload(p: &Pod) -> WorkloadEndpoint {
+    WorkloadEndpoint {
+        id: p.id.clone(),
+        iface: p.iface.clone(),
+        nets: vec![
+            format!("{}/32", p.v4).parse().unwrap(),
+            format!("{}/128", p.v6).parse().unwrap(),
+        ],
+    }
+}
+
+fn remote(cidr: IpNet, via: &str) -> RemoteBlock {
+    RemoteBlock {
+        cidr,
+        next_hops: vec![NextHop::via(via.parse().unwrap())],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// felix in a namespace
+
+/// A route manager running on its own thread inside a node namespace. Dropping it stops the task
+/// (as a daemon exit would): programmed routes stay.
+struct Felix {
+    handle: Option<RouteManagerHandle>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Felix {
+    fn start(ns: &Netns, input: RoutesInput) -> Result<Felix> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = ns.thread(&format!("felix-{}", ns.short()), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                match RouteManager::start(RoutesCfg::default()).await {
+                    Ok(h) => {
+                        let _ = h.set_desired(input);
+                        let _ = tx.send(Ok(h));
+                        let _ = stop_rx.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+        let handle = rx
+            .recv_timeout(SYNC)
+            .context("felix did not start")?
+            .map_err(|e| anyhow!("felix start in {}: {e}", ns.name()))?;
+        Ok(Felix {
+            handle: Some(handle),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn handle(&self) -> &RouteManagerHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    fn set(&self, input: RoutesInput) -> Result<()> {
+        Ok(self.handle().set_desired(input)?)
+    }
+
+    fn status(&self) -> RoutesStatus {
+        self.handle().status()
+    }
+
+    /// Wait until every desired route is programmed and nothing is pending.
+    fn wait_in_sync(&self) -> Result<RoutesStatus> {
+        eventually(SYNC, || {
+            let s = self.status();
+            ensure!(s.desired > 0 && s.in_sync(), "felix not in sync: {s:#?}");
+            Ok(s)
+        })
+    }
+}
+
+impl Drop for Felix {
+    fn drop(&mut self) {
+        drop(self.handle.take());
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+fn ping(from: &Netns, to: &str) -> Result<()> {
+    from.run_timeout(&["ping", "-n", "-c1", "-W1", to], Duration::from_secs(5))
+        .map(|_| ())
+}
+
+/// The destinations of the routes carrying protocol 80, v4 and v6 (`/32` and `/128` spelled out).
+fn our_prefixes(ns: &Netns) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for fam in ["-4", "-6"] {
+        for line in ns.ip(&[fam, "route", "show", "proto", "80"])?.lines() {
+            let mut words = line.split_whitespace();
+            let mut dst = words.next().unwrap_or_default();
+            if matches!(dst, "blackhole" | "unreachable" | "prohibit") {
+                dst = words.next().unwrap_or_default();
+            }
+            let dst = match (dst.contains('/'), fam) {
+                (true, _) => dst.to_string(),
+                (false, "-4") => format!("{dst}/32"),
+                (false, _) => format!("{dst}/128"),
+            };
+            out.insert(dst);
+        }
+    }
+    Ok(out)
+}
+
+fn expected_prefixes(input: &RoutesInput) -> BTreeSet<String> {
+    let mut s = BTreeSet::new();
+    for w in &input.workloads {
+        s.extend(w.nets.iter().map(|n| n.to_string()));
+    }
+    s.extend(input.local_blocks.iter().map(|b| b.to_string()));
+    s.extend(input.remote_blocks.iter().map(|b| b.cidr.to_string()));
+    s
+}
+
+fn route_line(ns: &Netns, dst: &str) -> Result<String> {
+    let fam = if dst.contains(':') { "-6" } else { "-4" };
+    Ok(ns.ip(&[fam, "route", "show", dst])?.trim().to_string())
+}
+
+/// Poll (no sleep) until `dst` shows a route whose text contains `want`; returns how long it took.
+fn time_until_route(ns: &Netns, dst: &str, want: &str, limit: Duration) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let line = route_line(ns, dst)?;
+        if line.contains(want) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("{dst}: still {line:?} after {limit:?} (want {want:?})");
+        }
+    }
+}
+
+/// `Ip: ... ForwDatagrams` (v4) or `Ip6OutForwDatagrams` (v6) of a namespace.
+fn forwarded(ns: &Netns, v6: bool) -> Result<u64> {
+    if v6 {
+        let t = ns.run(&["cat", "/proc/net/snmp6"])?;
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("Ip6OutForwDatagrams"))
+            .context("no Ip6OutForwDatagrams")?;
+        return Ok(line.split_whitespace().nth(1).context("value")?.parse()?);
+    }
+    let t = ns.run(&["cat", "/proc/net/snmp"])?;
+    let mut ip = t.lines().filter(|l| l.starts_with("Ip:"));
+    let (head, vals) = (
+        ip.next().context("Ip header")?,
+        ip.next().context("Ip values")?,
+    );
+    let col = head
+        .split_whitespace()
+        .position(|h| h == "ForwDatagrams")
+        .context("ForwDatagrams column")?;
+    Ok(vals.split_whitespace().nth(col).context("value")?.parse()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn routes_pods_reach_each_other_blackhole_tamper_foreign() -> Result<()> {
+    let c = Cluster::new("rtmesh")?;
+    let f1 = Felix::start(&c.nodes[0].ns, c.input(0))?;
+    let f2 = Felix::start(&c.nodes[1].ns, c.input(1))?;
+    f1.wait_in_sync()?;
+    f2.wait_in_sync()?;
+    let (n1, n2) = (&c.nodes[0].ns, &c.nodes[1].ns);
+    assert_eq!(our_prefixes(n1)?, expected_prefixes(&c.input(0)));
+    assert_eq!(our_prefixes(n2)?, expected_prefixes(&c.input(1)));
+
+    // Host side of a workload veth, set up by felix.
+    let p = &c.nodes[0].pods[0];
+    let link = n1.ip(&["link", "show", &p.iface])?;
+    ensure!(
+        link.contains("link/ether ee:ee:ee:ee:ee:ee") && link.contains(",UP"),
+        "{link}"
+    );
+    for (key, want) in [
+        (format!("net.ipv4.conf.{}.proxy_arp", p.iface), "1"),
+        (format!("net.ipv4.neigh.{}.proxy_delay", p.iface), "0"),
+        (format!("net.ipv4.conf.{}.forwarding", p.iface), "1"),
+        (format!("net.ipv6.conf.{}.accept_ra", p.iface), "0"),
+        ("net.ipv4.ip_forward".to_string(), "1"),
+        ("net.ipv6.conf.all.forwarding".to_string(), "1"),
+    ] {
+        assert_eq!(n1.sysctl_get(&key)?, want, "{key}");
+    }
+    let addrs = n1.ip(&["addr", "show", "dev", &p.iface])?;
+    ensure!(
+        !addrs.contains("inet "),
+        "no IPv4 address on the host side: {addrs}"
+    );
+    ensure!(addrs.contains("fe80::ecee:eeff:feee:eeee"), "{addrs}");
+    let r = route_line(n1, &format!("{}/32", p.v4))?;
+    ensure!(
+        r.contains(&format!("dev {}", p.iface)) && r.contains("scope link"),
+        "{r}"
+    );
+
+    // Every pod reaches every other pod, IPv4 and IPv6.
+    for a in c.pods() {
+        for b in c.pods().filter(|b| b.id != a.id) {
+            eventually(SYNC, || ping(&a.ns, &b.v4))
+                .with_context(|| format!("{} -> {}", a.id, b.v4))?;
+            eventually(SYNC, || ping(&a.ns, &b.v6))
+                .with_context(|| format!("{} -> {}", a.id, b.v6))?;
+        }
+    }
+
+    // Unallocated address of n1's block: blackholed at n1. The kernel's route lookup fails there
+    // (a blackhole answers EINVAL) where it would otherwise follow the default route to n2, and n2
+    // forwards nothing; as a control, an address outside every block does go to n2.
+    let pod = &c.nodes[0].pods[0].ns;
+    let control = n1.ip(&["route", "get", "10.66.0.1"])?;
+    ensure!(control.contains("via 10.99.0.2"), "{control}");
+    for (dst, block, v6, errno) in [
+        ("10.65.1.50", "10.65.1.0/26", false, "Invalid argument"),
+        ("fd10:65:1::32", "fd10:65:1::/122", true, "Invalid argument"),
+    ] {
+        let route = route_line(n1, block)?;
+        ensure!(
+            route.starts_with(&format!("blackhole {block} ")) && route.contains("proto 80"),
+            "{route}"
+        );
+        let fam = if v6 { "-6" } else { "-4" };
+        let src = if v6 { &p.v6 } else { &p.v4 };
+        let argv = ["ip", fam, "route", "get", dst, "from", src, "iif", &p.iface];
+        let get = n1.output(&argv, Duration::from_secs(5))?;
+        let (out, err) = (
+            String::from_utf8_lossy(&get.stdout),
+            String::from_utf8_lossy(&get.stderr),
+        );
+        ensure!(
+            !get.status.success() && err.contains(errno),
+            "ip route get {dst} from a pod should hit the blackhole: {out} {err}"
+        );
+        eprintln!(
+            "blackhole: ip route get {dst} from {src} iif {}: {}",
+            p.iface,
+            err.trim()
+        );
+        let before = forwarded(n2, v6)?;
+        ensure!(ping(pod, dst).is_err(), "{dst} answered");
+        let after = forwarded(n2, v6)?;
+        assert_eq!(after, before, "n2 forwarded traffic for {dst}");
+    }
+    let before = forwarded(n2, false)?;
+    let _ = ping(pod, "10.66.0.1");
+    ensure!(
+        forwarded(n2, false)? > before,
+        "control: n2 should forward 10.66.0.1"
+    );
+
+    // Tamper: routes of ours deleted or bent by hand come back within a second.
+    let p2 = &c.nodes[0].pods[1];
+    for (dst, want) in [
+        (format!("{}/32", p.v4), format!("dev {}", p.iface)),
+        (format!("{}/128", p.v6), format!("dev {}", p.iface)),
+        ("10.65.1.0/26".to_string(), "blackhole".to_string()),
+        ("fd10:65:2::/122".to_string(), "via fd00:99::2".to_string()),
+    ] {
+        let fam = if dst.contains(':') { "-6" } else { "-4" };
+        n1.ip(&[fam, "route", "del", &dst, "proto", "80"])?;
+        let took = time_until_route(n1, &dst, &want, Duration::from_secs(1))?;
+        eprintln!("tamper: {dst} deleted, back after {took:?}");
+    }
+    let dst = format!("{}/32", p2.v4);
+    n1.ip(&[
+        "route", "replace", &dst, "dev", &p.iface, "proto", "80", "scope", "link",
+    ])?;
+    let took = time_until_route(
+        n1,
+        &dst,
+        &format!("dev {}", p2.iface),
+        Duration::from_secs(1),
+    )?;
+    eprintln!("tamper: {dst} bent to the wrong interface, restored after {took:?}");
+    eventually(SYNC, || ping(&p2.ns, &c.nodes[1].pods[0].v4))?;
+
+    // Foreign routes: an unrelated one and one holding a prefix felix wants; both left alone.
+    n1.ip(&[
+        "route",
+        "add",
+        "10.77.0.0/24",
+        "via",
+        "10.99.0.2",
+        "proto",
+        "static",
+    ])?;
+    n1.ip(&[
+        "route",
+        "add",
+        "10.65.1.40/32",
+        "dev",
+        "lo",
+        "proto",
+        "static",
+    ])?;
+    let mut input = c.input(0);
+    input.workloads[0].nets.push("10.65.1.40/32".parse()?);
+    f1.set(input.clone())?;
+    f1.handle().resync_now()?;
+    let resyncs = f1.status().resyncs;
+    let s = eventually(SYNC, || {
+        let s = f1.status();
+        ensure!(
+            s.resyncs > resyncs && !s.pending.is_empty(),
+            "waiting for resync: {s:?}"
+        );
+        Ok(s)
+    })?;
+    assert_eq!(s.pending.len(), 1, "{s:#?}");
+    assert_eq!(
+        s.pending[0].error,
+        RouteError::Foreign {
+            dst: "10.65.1.40/32".parse()?,
+            protocol: 4
+        }
+    );
+    let held = route_line(n1, "10.65.1.40/32")?;
+    ensure!(held.contains("dev lo proto static"), "{held}");
+    let other = route_line(n1, "10.77.0.0/24")?;
+    ensure!(
+        other.contains("via 10.99.0.2 dev eth0 proto static"),
+        "{other}"
+    );
+    // Its owner removes it: ours goes in.
+    n1.ip(&["route", "del", "10.65.1.40/32", "proto", "static"])?;
+    time_until_route(
+        n1,
+        "10.65.1.40/32",
+        &format!("dev {} proto 80", p.iface),
+        Duration::from_secs(1),
+    )?;
+    f1.wait_in_sync()?;
+    ensure!(route_line(n1, "10.77.0.0/24")?.contains("proto static"));
+    Ok(())
+}
+
+#[test]
+fn routes_restart_reconciles_without_losing_traffic() -> Result<()> {
+    let c = Cluster::new("rtrestart")?;
+    let f1 = Felix::start(&c.nodes[0].ns, c.input(0))?;
+    let f2 = Felix::start(&c.nodes[1].ns, c.input(1))?;
+    f1.wait_in_sync()?;
+    f2.wait_in_sync()?;
+    let n1 = &c.nodes[0].ns;
+    let (a, b) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
+    eventually(SYNC, || ping(&a.ns, &b.v4))?;
+    eventually(SYNC, || ping(&a.ns, &b.v6))?;
+
+    // Continuous pings between two pods whose routes do not change, and a route monitor on n1.
+    let count = "100"; // 5 s at 50 ms
+    let mut ping4 =
+        a.ns.spawn(&["ping", "-n", "-i", "0.05", "-c", count, "-W", "1", &b.v4])?;
+    let mut ping6 =
+        a.ns.spawn(&["ping", "-n", "-i", "0.05", "-c", count, "-W", "1", &b.v6])?;
+    let mut monitor = n1.spawn(&["ip", "-o", "monitor", "route"])?;
+    std::thread::sleep(Duration::from_millis(500)); // let traffic flow before the restart
+
+    // Stop n1's felix, change its inputs while it is down, start it again.
+    let t = Instant::now();
+    drop(f1);
+    let gone = &c.nodes[0].pods[1]; // its workload is dropped from the input; its veth stays
+    let mut next = c.input(0);
+    next.workloads.retain(|w| w.id != gone.id);
+    next.local_blocks.push("10.65.1.64/26".parse()?);
+    next.remote_blocks
+        .push(remote("10.65.3.0/26".parse()?, "10.99.0.2"));
+    next.remote_blocks
+        .push(remote("fd10:65:3::/122".parse()?, "fd00:99::2"));
+    let f1 = Felix::start(n1, next.clone())?;
+    f1.wait_in_sync()?;
+    eprintln!(
+        "restart: stopped, restarted and in sync after {:?}",
+        t.elapsed()
+    );
+    ensure!(
+        ping4.is_running() && ping6.is_running(),
+        "pings ended before the restart was over"
+    );
+    assert_eq!(
+        our_prefixes(n1)?,
+        expected_prefixes(&next),
+        "kernel matches the new inputs"
+    );
+    ensure!(route_line(n1, "10.65.1.64/26")?.starts_with("blackhole"));
+    ensure!(route_line(n1, "10.65.3.0/26")?.contains("via 10.99.0.2"));
+    ensure!(
+        route_line(n1, &format!("{}/32", gone.v4))?.is_empty(),
+        "stale pod route removed"
+    );
+
+    for (p, what) in [(&mut ping4, "v4"), (&mut ping6, "v6")] {
+        until(Duration::from_secs(15), "ping finished", || {
+            p.try_status().is_some()
+        })?;
+        let log = p.log();
+        let summary = log
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .with_context(|| format!("no ping summary: {log}"))?;
+        eprintln!("restart: continuous ping {what}: {summary}");
+        ensure!(
+            summary.starts_with(&format!("{count} packets transmitted, {count} received")),
+            "{what} lost packets across the restart: {summary}"
+        );
+    }
+    // No route of the untouched pods was deleted or re-added during the restart.
+    monitor.kill()?;
+    let events = monitor.log();
+    let touched: Vec<&str> = events
+        .lines()
+        .filter(|l| {
+            l.contains(&a.v4)
+                || l.contains(&a.v6)
+                || l.contains("10.65.2.0/26")
+                || l.contains("fd10:65:2::/122")
+        })
+        .collect();
+    ensure!(
+        touched.is_empty(),
+        "untouched routes were changed: {touched:#?}"
+    );
+    ensure!(
+        events
+            .lines()
+            .any(|l| l.starts_with("Deleted") && l.contains(&gone.v4)),
+        "the stale route's removal should be in the monitor log: {events}"
+    );
+    Ok(())
+}
+
+#[test]
+fn routes_late_veth_gets_route_fast_and_gone_veth_loses_it() -> Result<()> {
+    let lab = Lab::new("rtlate")?;
+    let lan = lab.segment("lan")?;
+    let n1 = lab.netns("n1")?;
+    lan.attach(&n1, "eth0", &["10.99.0.1/24", "fd00:99::1/64"])?;
+    n1.ip(&["route", "add", "default", "via", "10.99.0.2"])?;
+    let pod_ns = lab.netns("n1.late")?;
+    let iface = workload_iface_name("default", "late");
+    let late = WorkloadEndpoint {
+        id: "default/late".into(),
+        iface: iface.clone(),
+        nets: vec!["10.65.1.9/32".parse()?, "fd10:65:1::9/128".parse()?],
+    };
+    let input = RoutesInput {
+        workloads: vec![late],
+        local_blocks: vec!["10.65.1.0/26".parse()?],
+        remote_blocks: vec![],
+    };
+    let f = Felix::start(&n1, input)?;
+    eventually(SYNC, || {
+        let s = f.status();
+        ensure!(s.programmed == 1 && s.pending.len() == 2, "{s:?}");
+        ensure!(
+            matches!(&s.pending[0].error, RouteError::InterfaceMissing { iface: i, .. } if *i == iface)
+        );
+        Ok(())
+    })?;
+
+    // Watch links and routes with kernel-event timestamps; make sure the monitor is listening.
+    let mut mon = n1.spawn(&["ip", "-ts", "-o", "monitor", "link", "route"])?;
+    eventually(SYNC, || {
+        let _ = n1.ip(&[
+            "route",
+            "replace",
+            "127.1.2.3/32",
+            "dev",
+            "lo",
+            "proto",
+            "static",
+        ]);
+        ensure!(mon.log().contains("127.1.2.3"), "monitor not ready");
+        Ok(())
+    })?;
+    n1.ip(&["route", "del", "127.1.2.3/32", "proto", "static"])?;
+
+    let t0 = Instant::now();
+    make_veth(&n1, &iface, &pod_ns)?;
+    let r4 = time_until_route(
+        &n1,
+        "10.65.1.9/32",
+        &format!("dev {iface}"),
+        Duration::from_secs(2),
+    )?;
+    let r6 = time_until_route(
+        &n1,
+        "fd10:65:1::9/128",
+        &format!("dev {iface}"),
+        Duration::from_secs(2),
+    )?;
+    let wall = t0.elapsed();
+    let log = eventually(SYNC, || {
+        let log = mon.log();
+        ensure!(
+            log.contains("fd10:65:1::9"),
+            "monitor has not seen the v6 route yet"
+        );
+        Ok(log)
+    })?;
+    mon.kill()?;
+    let ts = |pred: &dyn Fn(&str) -> bool| -> Result<f64> {
+        let line = log
+            .lines()
+            .find(|l| pred(l))
+            .with_context(|| format!("no such event in {log}"))?;
+        event_time(line)
+    };
+    let link_at = ts(&|l| l.contains(&format!(": {iface}@")))?;
+    let v4_at = ts(&|l| l.starts_with('[') && l.contains("] 10.65.1.9 dev"))?;
+    let v6_at = ts(&|l| l.contains("] fd10:65:1::9 dev"))?;
+    let (d4, d6) = (v4_at - link_at, v6_at - link_at);
+    eprintln!(
+        "late veth: link -> v4 route {:.1} ms, -> v6 route {:.1} ms (kernel event times); \
+         wall clock from `ip link add` to seen: v4 {r4:?}, v6 {r6:?}, both {wall:?}",
+        d4 * 1e3,
+        d6 * 1e3
+    );
+    ensure!(
+        (0.0..0.1).contains(&d4),
+        "v4 route {:.1} ms after the link",
+        d4 * 1e3
+    );
+    ensure!(
+        (0.0..0.1).contains(&d6),
+        "v6 route {:.1} ms after the link",
+        d6 * 1e3
+    );
+
+    // The pod uses its gateways right away (felix set the host side up with the fixed MAC).
+    pod_ns.sh("set -e
+         ip addr add 10.65.1.9/32 dev eth0
+         ip -6 addr add fd10:65:1::9/128 dev eth0 nodad
+         ip link set eth0 up
+         ip route add 169.254.1.1 dev eth0 scope link
+         ip route add default via 169.254.1.1 dev eth0
+         ip -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0")?;
+    eventually(SYNC, || ping(&pod_ns, "10.99.0.1"))?;
+    eventually(SYNC, || ping(&pod_ns, "fd00:99::1"))?;
+    f.wait_in_sync()?;
+
+    // The veth goes (pod deleted): routes gone from the kernel and from felix's books; it comes
+    // back: so do they.
+    n1.ip(&["link", "del", &iface])?;
+    eventually(SYNC, || {
+        let s = f.status();
+        ensure!(s.programmed == 1 && s.pending.len() == 2, "{s:?}");
+        ensure!(route_line(&n1, "10.65.1.9/32")?.is_empty());
+        Ok(())
+    })?;
+    make_veth(&n1, &iface, &pod_ns)?;
+    f.wait_in_sync()?;
+    time_until_route(
+        &n1,
+        "10.65.1.9/32",
+        &format!("dev {iface}"),
+        Duration::from_secs(1),
+    )?;
+    Ok(())
+}
+
+/// Seconds since midnight of an `ip -ts` line: `[2026-11-22T21:44:04.623496] ...`.
+fn event_time(line: &str) -> Result<f64> {
+    let inner = line
+        .strip_prefix('[')
+        .and_then(|l| l.split(']').next())
+        .with_context(|| format!("no timestamp: {line}"))?;
+    let time = inner.split('T').nth(1).context("no time")?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().context("h")?.parse()?;
+    let m: f64 = parts.next().context("m")?.parse()?;
+    let s: f64 = parts.next().context("s")?.parse()?;
+    Ok(h * 3600.0 + m * 60.0 + s)
+}
