@@ -10,6 +10,7 @@
 //! that is) and only touches kernel objects it owns: routes carrying its route protocol number and
 //! the `cali*` interfaces.
 
+pub mod policy;
 pub mod routes;
 pub mod veth;
 

@@ -2,4 +2,5 @@
 //! Tests need root and create their own network namespaces (see `calico_tests::lab`).
 
 mod lab_selftest;
+mod policy;
 mod routes;

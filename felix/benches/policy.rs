@@ -1,0 +1,2 @@
+//! Policy benchmark (placeholder while the policy engine is being written).
+fn main() {}

@@ -1,0 +1,592 @@
+//! The policy compiler (pure): [`PolicyInput`] -> [`Ruleset`] + rejected-input list.
+//!
+//! ```text
+//!  PolicyInput ── normalise (dedupe, sort, index pods by namespace, named ports) ──┐
+//!  policies ── validate::check ──> CheckedPolicy | FailedPolicy (+ InputErrors)  ──┤
+//!                                                                                  v
+//!  for each local endpoint, each direction:
+//!    failed policy selects it   -> endpoint chain = deny          (fail closed)
+//!    valid policies select it   -> endpoint chain = jump pi-/pe-<policy> ...; deny
+//!    nothing selects it         -> no chain, no map element       (open)
+//!  policy chains and the sets their rules name are built on first use, shared after that.
+//! ```
+//!
+//! Semantics (networking.k8s.io/v1): a pod selected by at least one policy of a direction is
+//! isolated in that direction and gets the union of those policies' rules; a rule matches if any of
+//! its peers AND any of its ports match; a missing `from`/`to` or `ports` matches everything.
+//! Peers: pod selector in the policy's namespace, namespace selector (all pods of the selected
+//! namespaces), both (pods matching the pod selector *in* the selected namespaces), or ipBlock (CIDR
+//! minus excepts, its own family only). Named ports resolve against the *target* pod — the
+//! destination of the packet in both directions — so they compile to one lookup of
+//! `(daddr . dport)` in a set holding `(pod IP . container port)` of every pod with that port name
+//! and protocol; a pod without the name simply has no element.
+//!
+//! The result depends only on the input's content: every collection is sorted or keyed, duplicates
+//! are resolved by content, so any permutation of the input compiles to the same [`Ruleset`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::error::InputError;
+use super::ir::{
+    from_wl_chain, policy_chain, short_hash, to_wl_chain, Chain, Dir, Elem, Family, Match, Rule,
+    Ruleset, SetDef, SetKind, Verdict,
+};
+use super::model::{Labels, Pod, PolicyInput, WorkloadEndpoint, NAMESPACE_NAME_LABEL};
+use super::validate::{
+    check, Block, Checked, CheckedPolicy, CheckedRule, FailedPolicy, NsScope, Peer, PortSpec, Proto,
+};
+
+/// Counts describing one compilation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Policies in the input (after removing duplicates).
+    pub policies: usize,
+    /// Policies that validated.
+    pub compiled: usize,
+    /// Policies rejected (see the error list).
+    pub rejected: usize,
+    /// Policy chains in the ruleset (policy x direction selecting at least one local endpoint).
+    pub active_policy_chains: usize,
+    /// Local endpoints.
+    pub endpoints: usize,
+    /// Endpoints isolated for ingress / egress.
+    pub isolated_ingress: usize,
+    /// See `isolated_ingress`.
+    pub isolated_egress: usize,
+    /// Endpoint directions denied because a rejected policy selects them.
+    pub failed_closed: usize,
+}
+
+/// What [`compile`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// The desired table content.
+    pub ruleset: Ruleset,
+    /// Rejected inputs, sorted.
+    pub errors: Vec<InputError>,
+    /// Counts.
+    pub stats: CompileStats,
+}
+
+/// Facts about the cluster, indexed for the compiler.
+struct Index<'a> {
+    /// Namespace -> labels (including the implicit name label).
+    ns_labels: BTreeMap<&'a str, Labels>,
+    /// Namespace -> its pods, in key order.
+    pods_by_ns: BTreeMap<&'a str, Vec<&'a Pod>>,
+    /// (protocol, port name) -> (pod address, port).
+    named_ports: BTreeMap<(Proto, &'a str), BTreeSet<(IpAddr, u16)>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(input: &'a PolicyInput, endpoints: &[&'a WorkloadEndpoint]) -> Index<'a> {
+        let mut pods: BTreeMap<(&str, &str), &Pod> = BTreeMap::new();
+        for p in &input.pods {
+            let key = (p.namespace.as_str(), p.name.as_str());
+            // Duplicates are resolved by content (smallest wins), not by position.
+            if pods.get(&key).is_none_or(|old| p < *old) {
+                pods.insert(key, p);
+            }
+        }
+        for ep in endpoints {
+            let key = (ep.pod.namespace.as_str(), ep.pod.name.as_str());
+            pods.entry(key).or_insert(&ep.pod);
+        }
+        let mut ns_labels: BTreeMap<&str, Labels> = BTreeMap::new();
+        let mut sorted_ns: Vec<_> = input.namespaces.iter().collect();
+        sorted_ns.sort();
+        for ns in sorted_ns {
+            ns_labels.entry(ns.name.as_str()).or_insert_with(|| {
+                let mut l = ns.labels.clone();
+                l.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
+                l
+            });
+        }
+        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        let mut named_ports: BTreeMap<(Proto, &str), BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
+        for ((ns, _), pod) in pods {
+            ns_labels.entry(ns).or_insert_with(|| {
+                Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())])
+            });
+            pods_by_ns.entry(ns).or_default().push(pod);
+            for np in &pod.ports {
+                if let Some(proto) = Proto::from_k8s(&np.protocol) {
+                    let e = named_ports.entry((proto, np.name.as_str())).or_default();
+                    e.extend(pod.ips.iter().map(|ip| (*ip, np.port)));
+                }
+            }
+        }
+        Index {
+            ns_labels,
+            pods_by_ns,
+            named_ports,
+        }
+    }
+
+    fn namespaces(&self, scope: &NsScope) -> Vec<&'a str> {
+        match scope {
+            NsScope::Own(ns) => self.ns_labels.keys().copied().filter(|n| n == ns).collect(),
+            NsScope::Selected(sel) => self
+                .ns_labels
+                .iter()
+                .filter(|(_, l)| sel.matches(l))
+                .map(|(n, _)| *n)
+                .collect(),
+        }
+    }
+}
+
+/// Compile the whole input. Never fails: bad objects are reported in [`Compiled::errors`].
+pub fn compile(input: &PolicyInput) -> Compiled {
+    let mut errors = Vec::new();
+
+    // Local endpoints by interface; a duplicate or unusable interface is reported and skipped.
+    let mut by_iface: BTreeMap<&str, Vec<&WorkloadEndpoint>> = BTreeMap::new();
+    for ep in &input.endpoints {
+        by_iface.entry(ep.iface.as_str()).or_default().push(ep);
+    }
+    let mut endpoints = Vec::new();
+    for (iface, mut eps) in by_iface {
+        eps.sort();
+        let ep = eps[0];
+        if !valid_iface(iface) {
+            errors.push(InputError::endpoint(
+                &ep.pod.namespace,
+                &ep.pod.name,
+                "iface",
+                format!("invalid interface name {iface:?}"),
+            ));
+            continue;
+        }
+        for dup in &eps[1..] {
+            errors.push(InputError::endpoint(
+                &dup.pod.namespace,
+                &dup.pod.name,
+                "iface",
+                format!(
+                    "interface {iface:?} already used by pod {}/{}",
+                    ep.pod.namespace, ep.pod.name
+                ),
+            ));
+        }
+        endpoints.push(ep);
+    }
+
+    // Policies by key; duplicates resolved by content.
+    let mut by_key: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    let mut originals: BTreeMap<(&str, &str, String), &super::model::NetworkPolicy> =
+        BTreeMap::new();
+    for p in &input.policies {
+        let json = serde_json::to_string(p).unwrap_or_default();
+        by_key
+            .entry((p.namespace(), p.metadata.name.as_str()))
+            .or_default()
+            .push(json.clone());
+        originals.insert((p.namespace(), p.metadata.name.as_str(), json), p);
+    }
+    let mut valid: BTreeMap<&str, Vec<CheckedPolicy>> = BTreeMap::new();
+    let mut failed: BTreeMap<&str, Vec<FailedPolicy>> = BTreeMap::new();
+    let mut stats = CompileStats::default();
+    for ((ns, name), mut versions) in by_key {
+        versions.sort();
+        if versions.len() > 1 {
+            errors.push(InputError::policy(
+                ns,
+                name,
+                "metadata.name",
+                format!(
+                    "{} policies with this name; using one of them",
+                    versions.len()
+                ),
+            ));
+        }
+        let p = originals[&(ns, name, versions.swap_remove(0))];
+        stats.policies += 1;
+        match check(p) {
+            Checked::Ok(c) => {
+                stats.compiled += 1;
+                valid.entry(ns).or_default().push(c);
+            }
+            Checked::Failed(f, errs) => {
+                stats.rejected += 1;
+                errors.extend(errs);
+                failed.entry(ns).or_default().push(f);
+            }
+        }
+    }
+
+    let index = Index::new(input, &endpoints);
+    let mut b = Builder {
+        index: &index,
+        rs: Ruleset::default(),
+    };
+    stats.endpoints = endpoints.len();
+    let no_valid = Vec::new();
+    let no_failed = Vec::new();
+    for ep in &endpoints {
+        let ns = ep.pod.namespace.as_str();
+        let labels = &ep.pod.labels;
+        let valid = valid.get(ns).unwrap_or(&no_valid);
+        let failed = failed.get(ns).unwrap_or(&no_failed);
+        for ingress in [true, false] {
+            let fails: Vec<&FailedPolicy> = failed
+                .iter()
+                .filter(|f| if ingress { f.ingress } else { f.egress })
+                .filter(|f| f.selector.as_ref().is_none_or(|s| s.matches(labels)))
+                .collect();
+            let pols: Vec<&CheckedPolicy> = valid
+                .iter()
+                .filter(|p| {
+                    if ingress {
+                        p.ingress.is_some()
+                    } else {
+                        p.egress.is_some()
+                    }
+                })
+                .filter(|p| p.selector.matches(labels))
+                .collect();
+            let rules = if !fails.is_empty() {
+                stats.failed_closed += 1;
+                fails
+                    .iter()
+                    .map(|f| Rule {
+                        matches: vec![],
+                        verdict: Verdict::Deny,
+                        comment: Some(format!(
+                            "fail closed: NetworkPolicy {}/{} is invalid",
+                            f.namespace, f.name
+                        )),
+                    })
+                    .collect()
+            } else if !pols.is_empty() {
+                let mut rules: Vec<Rule> = pols
+                    .iter()
+                    .map(|p| Rule {
+                        matches: vec![],
+                        verdict: Verdict::Jump(b.policy_chain(p, ingress)),
+                        comment: None,
+                    })
+                    .collect();
+                rules.push(Rule {
+                    matches: vec![],
+                    verdict: Verdict::Deny,
+                    comment: Some(format!("{}/{}: no policy allows", ns, ep.pod.name)),
+                });
+                rules
+            } else {
+                continue;
+            };
+            if ingress {
+                stats.isolated_ingress += 1;
+            } else {
+                stats.isolated_egress += 1;
+            }
+            let (chain, map) = if ingress {
+                (to_wl_chain(&ep.iface), &mut b.rs.to_wl)
+            } else {
+                (from_wl_chain(&ep.iface), &mut b.rs.from_wl)
+            };
+            map.insert(ep.iface.clone(), chain.clone());
+            b.rs.chains.insert(
+                chain,
+                Chain {
+                    comment: String::new(),
+                    rules,
+                },
+            );
+        }
+    }
+    stats.active_policy_chains =
+        b.rs.chains
+            .keys()
+            .filter(|c| c.starts_with("pi-") || c.starts_with("pe-"))
+            .count();
+    errors.sort();
+    errors.dedup();
+    Compiled {
+        ruleset: b.rs,
+        errors,
+        stats,
+    }
+}
+
+fn valid_iface(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b'"' || b == b'\\' || b <= b' ' || b >= 0x7f)
+}
+
+/// A way a rule can match the peer address.
+enum PeerAlt {
+    Any,
+    Set(Family, String),
+}
+
+/// A way a rule can match the port.
+enum PortAlt {
+    Any,
+    L4(Match),
+    Named(Proto, String),
+}
+
+struct Builder<'a> {
+    index: &'a Index<'a>,
+    rs: Ruleset,
+}
+
+impl Builder<'_> {
+    /// Name of the chain of `p` in one direction, building it (and its sets) on first use.
+    fn policy_chain(&mut self, p: &CheckedPolicy, ingress: bool) -> String {
+        let name = policy_chain(ingress, &p.namespace, &p.name);
+        if self.rs.chains.contains_key(&name) {
+            return name;
+        }
+        let (dir, label, list) = if ingress {
+            (
+                Dir::Src,
+                "ingress",
+                p.ingress.as_deref().unwrap_or_default(),
+            )
+        } else {
+            (Dir::Dst, "egress", p.egress.as_deref().unwrap_or_default())
+        };
+        let mut rules: Vec<Rule> = Vec::new();
+        for (i, rule) in list.iter().enumerate() {
+            for r in self.rule(rule, dir, &format!("{label}[{i}]")) {
+                if !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+        }
+        self.rs.chains.insert(
+            name.clone(),
+            Chain {
+                comment: format!("NetworkPolicy {}/{} {label}", p.namespace, p.name),
+                rules,
+            },
+        );
+        name
+    }
+
+    fn rule(&mut self, rule: &CheckedRule, dir: Dir, label: &str) -> Vec<Rule> {
+        let peers: Vec<PeerAlt> = match &rule.peers {
+            None => vec![PeerAlt::Any],
+            Some(list) => {
+                let mut v = Vec::new();
+                for peer in list {
+                    match peer {
+                        Peer::Pods { namespaces, pods } => {
+                            for fam in Family::BOTH {
+                                v.push(PeerAlt::Set(fam, self.pod_set(namespaces, pods, fam)));
+                            }
+                        }
+                        Peer::Block(b) => v.push(self.block_set(b)),
+                    }
+                }
+                v
+            }
+        };
+        let ports = match &rule.ports {
+            None => vec![PortAlt::Any],
+            Some(list) => self.port_alts(list),
+        };
+        let mut out = Vec::new();
+        for peer in &peers {
+            for port in &ports {
+                let fams: Vec<Option<Family>> = match (peer, port) {
+                    (PeerAlt::Set(f, _), _) => vec![Some(*f)],
+                    (PeerAlt::Any, PortAlt::Named(..)) => Family::BOTH.map(Some).to_vec(),
+                    (PeerAlt::Any, _) => vec![None],
+                };
+                for fam in fams {
+                    let mut matches = Vec::new();
+                    if let PeerAlt::Set(f, set) = peer {
+                        matches.push(Match::AddrIn {
+                            family: *f,
+                            dir,
+                            set: set.clone(),
+                        });
+                    }
+                    match port {
+                        PortAlt::Any => {}
+                        PortAlt::L4(m) => matches.push(m.clone()),
+                        PortAlt::Named(proto, n) => {
+                            let family = fam.unwrap_or(Family::V4);
+                            let set = self.named_port_set(*proto, n, family);
+                            matches.push(Match::NamedPort {
+                                family,
+                                proto: *proto,
+                                set,
+                            });
+                        }
+                    }
+                    out.push(Rule {
+                        matches,
+                        verdict: Verdict::Accept,
+                        comment: Some(label.to_string()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Ports of one rule: per protocol, "any" absorbs numbers, numbers merge into disjoint ranges
+    /// (inline when one range, a shared named set otherwise); named ports stay separate.
+    fn port_alts(&mut self, list: &[PortSpec]) -> Vec<PortAlt> {
+        let mut any: BTreeSet<Proto> = BTreeSet::new();
+        let mut ranges: BTreeMap<Proto, Vec<(u16, u16)>> = BTreeMap::new();
+        let mut named: BTreeSet<(Proto, String)> = BTreeSet::new();
+        for p in list {
+            match p {
+                PortSpec::Any(proto) => {
+                    any.insert(*proto);
+                }
+                PortSpec::Range(proto, a, b) => ranges.entry(*proto).or_default().push((*a, *b)),
+                PortSpec::Named(proto, n) => {
+                    named.insert((*proto, n.clone()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for proto in &any {
+            out.push(PortAlt::L4(Match::Proto(*proto)));
+        }
+        for (proto, mut rs) in ranges {
+            if any.contains(&proto) {
+                continue;
+            }
+            rs.sort();
+            let mut merged: Vec<(u16, u16)> = Vec::new();
+            for (a, b) in rs {
+                match merged.last_mut() {
+                    Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            if let [(a, b)] = merged[..] {
+                out.push(PortAlt::L4(Match::Port(proto, a, b)));
+            } else {
+                out.push(PortAlt::L4(Match::PortIn(proto, self.port_set(&merged))));
+            }
+        }
+        for (proto, n) in named {
+            if !any.contains(&proto) {
+                out.push(PortAlt::Named(proto, n));
+            }
+        }
+        out
+    }
+
+    fn pod_set(
+        &mut self,
+        scope: &NsScope,
+        pods: &super::selector::Selector,
+        fam: Family,
+    ) -> String {
+        let scope_text = match scope {
+            NsScope::Own(ns) => format!("namespace {ns}"),
+            NsScope::Selected(s) => format!("namespaces {s}"),
+        };
+        let desc = format!("{scope_text}; pods {pods}");
+        let name = format!("sel-{}-{}", short_hash(&desc, 12), fam.suffix());
+        if self.rs.sets.contains_key(&name) {
+            return name;
+        }
+        let mut elements = BTreeSet::new();
+        for ns in self.index.namespaces(scope) {
+            for pod in self.index.pods_by_ns.get(ns).into_iter().flatten() {
+                if pods.matches(&pod.labels) {
+                    elements.extend(
+                        pod.ips
+                            .iter()
+                            .filter(|ip| Family::of(ip) == fam)
+                            .map(|ip| Elem::Addr(*ip)),
+                    );
+                }
+            }
+        }
+        self.rs.sets.insert(
+            name.clone(),
+            SetDef {
+                kind: SetKind::Addr(fam),
+                comment: desc,
+                elements,
+            },
+        );
+        name
+    }
+
+    fn block_set(&mut self, b: &Block) -> PeerAlt {
+        let fam = if b.net.addr().is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        let mut desc = b.net.to_string();
+        if !b.except.is_empty() {
+            let ex: Vec<String> = b.except.iter().map(|e| e.to_string()).collect();
+            desc.push_str(" except ");
+            desc.push_str(&ex.join(","));
+        }
+        let name = format!("net-{}-{}", short_hash(&desc, 12), fam.suffix());
+        if !self.rs.sets.contains_key(&name) {
+            let elements = b.prefixes().into_iter().map(Elem::Net).collect();
+            self.rs.sets.insert(
+                name.clone(),
+                SetDef {
+                    kind: SetKind::Net(fam),
+                    comment: format!("ipBlock {desc}"),
+                    elements,
+                },
+            );
+        }
+        PeerAlt::Set(fam, name)
+    }
+
+    fn port_set(&mut self, ranges: &[(u16, u16)]) -> String {
+        let text: Vec<String> = ranges
+            .iter()
+            .map(|(a, b)| Elem::Ports(*a, *b).to_string())
+            .collect();
+        let mut name = format!("ports-{}", text.join("_"));
+        if name.len() > 48 {
+            name = format!("ports-h{}", short_hash(&text.join(","), 12));
+        }
+        self.rs.sets.entry(name.clone()).or_insert_with(|| SetDef {
+            kind: SetKind::Ports,
+            comment: format!("ports {}", text.join(",")),
+            elements: ranges.iter().map(|(a, b)| Elem::Ports(*a, *b)).collect(),
+        });
+        name
+    }
+
+    fn named_port_set(&mut self, proto: Proto, port: &str, fam: Family) -> String {
+        let name = format!("np-{}-{port}-{}", proto.nft(), fam.suffix());
+        if !self.rs.sets.contains_key(&name) {
+            let elements = self
+                .index
+                .named_ports
+                .get(&(proto, port))
+                .into_iter()
+                .flatten()
+                .filter(|(ip, _)| Family::of(ip) == fam)
+                .map(|(ip, p)| Elem::AddrPort(*ip, *p))
+                .collect();
+            self.rs.sets.insert(
+                name.clone(),
+                SetDef {
+                    kind: SetKind::AddrPort(fam),
+                    comment: format!("named port {port}/{}", proto.nft()),
+                    elements,
+                },
+            );
+        }
+        name
+    }
+}

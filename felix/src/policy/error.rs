@@ -1,0 +1,89 @@
+//! Errors of the policy engine.
+//!
+//! Two kinds, kept apart because they are handled differently:
+//! - [`InputError`]: something wrong with one input object (a NetworkPolicy field, an endpoint). It
+//!   never stops the compiler; it is returned in a list, the object is failed closed or skipped, and
+//!   everything else is still enforced. The message names the object and the field, e.g.
+//!   `NetworkPolicy prod/web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR "10.0.0.0/33"`.
+//! - [`PolicyError`]: the driver could not do its job (`nft` missing or refusing a batch, the
+//!   manager gone). The owner retries these with backoff.
+
+use serde::{Deserialize, Serialize};
+
+/// One rejected field of one input object.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, thiserror::Error,
+)]
+#[error("{kind} {namespace}/{name}: {field}: {reason}")]
+pub struct InputError {
+    /// `NetworkPolicy` or `WorkloadEndpoint`.
+    pub kind: String,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Name of the object.
+    pub name: String,
+    /// Field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    /// What is wrong with it, e.g. `invalid CIDR "10.0.0.0/33"`.
+    pub reason: String,
+}
+
+impl InputError {
+    /// An error about field `field` of NetworkPolicy `namespace/name`.
+    pub fn policy(namespace: &str, name: &str, field: impl Into<String>, reason: String) -> Self {
+        InputError {
+            kind: "NetworkPolicy".to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            field: field.into(),
+            reason,
+        }
+    }
+
+    /// An error about field `field` of the workload endpoint of pod `namespace/name`.
+    pub fn endpoint(namespace: &str, name: &str, field: impl Into<String>, reason: String) -> Self {
+        InputError {
+            kind: "WorkloadEndpoint".to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            field: field.into(),
+            reason,
+        }
+    }
+}
+
+/// Failures of the nftables driver and the policy manager.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// `nft` could not be started or talked to.
+    #[error("running {cmd}: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` rejected a batch (nothing of it was applied: batches are atomic).
+    #[error("nft {what} failed ({status}): {stderr}")]
+    Nft {
+        /// What was being done (`full apply`, `incremental apply`, `probe`...).
+        what: &'static str,
+        /// Exit status.
+        status: String,
+        /// nft's error output (first lines).
+        stderr: String,
+    },
+    /// The configuration is unusable.
+    #[error("policy configuration: {0}")]
+    Config(String),
+    /// The input was compiled but applying it failed (the owner keeps retrying).
+    #[error("policy apply failed: {0}")]
+    Apply(String),
+    /// The manager thread has stopped.
+    #[error("policy manager stopped")]
+    Stopped,
+    /// Waiting for the manager timed out.
+    #[error("timed out waiting for the policy manager ({0})")]
+    Timeout(String),
+}

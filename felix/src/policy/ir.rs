@@ -1,0 +1,255 @@
+//! The rule IR: the whole desired nftables table of a node as plain, comparable data.
+//!
+//! A [`Ruleset`] holds everything that varies with the input — named sets with their elements,
+//! regular chains with their rules, and the elements of the two dispatch verdict maps — keyed by
+//! name in `BTreeMap`s, so equal inputs give equal (and equally ordered) values, a diff is a walk over
+//! two sorted maps, and rendering is deterministic. The fixed skeleton (base chains, the maps' own
+//! declarations) is not part of the IR; [`super::render`] writes it from the configuration.
+//!
+//! Names are derived from *content identity*, never from position: a selector set is named after
+//! its canonical selector text, a port set after its ports, a policy chain after the policy's
+//! namespace/name, an endpoint chain after its interface. So a pod changing labels changes set
+//! elements only, and a policy edit rewrites only that policy's chain.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sha1::{Digest, Sha1};
+
+use super::validate::Proto;
+
+/// Address family of a set or rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4 (`ip`).
+    V4,
+    /// IPv6 (`ip6`).
+    V6,
+}
+
+impl Family {
+    /// Family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// nft payload keyword (`ip` / `ip6`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// Suffix used in set names (`v4` / `v6`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
+
+    /// Both families.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+}
+
+/// What a named set holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// Pod addresses (`ipv4_addr` / `ipv6_addr`).
+    Addr(Family),
+    /// CIDRs (`flags interval`).
+    Net(Family),
+    /// Ports and port ranges (`inet_service`, `flags interval`).
+    Ports,
+    /// (pod address, port) pairs for a named port (`ipv4_addr . inet_service`).
+    AddrPort(Family),
+}
+
+/// One set element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Elem {
+    /// An address.
+    Addr(IpAddr),
+    /// A prefix.
+    Net(IpNet),
+    /// A port range (a single port has equal ends).
+    Ports(u16, u16),
+    /// Address and port.
+    AddrPort(IpAddr, u16),
+}
+
+impl fmt::Display for Elem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Elem::Addr(a) => write!(f, "{a}"),
+            Elem::Net(n) => write!(f, "{n}"),
+            Elem::Ports(a, b) if a == b => write!(f, "{a}"),
+            Elem::Ports(a, b) => write!(f, "{a}-{b}"),
+            Elem::AddrPort(a, p) => write!(f, "{a} . {p}"),
+        }
+    }
+}
+
+/// A named set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetDef {
+    /// Element type.
+    pub kind: SetKind,
+    /// Human description (the selector or CIDR it stands for).
+    pub comment: String,
+    /// Elements.
+    pub elements: BTreeSet<Elem>,
+}
+
+/// Packet direction relative to the address being matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dir {
+    /// Source address (`saddr`): the peer of an ingress rule.
+    Src,
+    /// Destination address (`daddr`): the peer of an egress rule.
+    Dst,
+}
+
+/// One match of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Match {
+    /// `ip saddr @set` and friends.
+    AddrIn {
+        /// Family of the set.
+        family: Family,
+        /// Which address.
+        dir: Dir,
+        /// Set name.
+        set: String,
+    },
+    /// `meta l4proto tcp` (every port of a protocol).
+    Proto(Proto),
+    /// `tcp dport 80` or `tcp dport 80-90`.
+    Port(Proto, u16, u16),
+    /// `tcp dport @set`.
+    PortIn(Proto, String),
+    /// `ip daddr . tcp dport @set` (named port: the destination pod's address and port).
+    NamedPort {
+        /// Family of the set.
+        family: Family,
+        /// Protocol.
+        proto: Proto,
+        /// Set name.
+        set: String,
+    },
+}
+
+/// A rule's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// `accept`.
+    Accept,
+    /// The configured deny action (`drop` or `reject`).
+    Deny,
+    /// `jump CHAIN`.
+    Jump(String),
+}
+
+/// One rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Matches, all of which must hold.
+    pub matches: Vec<Match>,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Comment (rule origin).
+    pub comment: Option<String>,
+}
+
+/// A regular chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Chain comment; a function of the chain name, so it never changes under a name.
+    pub comment: String,
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// The variable part of the table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Named sets.
+    pub sets: BTreeMap<String, SetDef>,
+    /// Regular chains (policy and endpoint chains).
+    pub chains: BTreeMap<String, Chain>,
+    /// `iifname` verdict map: traffic *from* a workload (its egress) -> endpoint chain.
+    pub from_wl: BTreeMap<String, String>,
+    /// `oifname` verdict map: traffic *to* a workload (its ingress) -> endpoint chain.
+    pub to_wl: BTreeMap<String, String>,
+}
+
+impl Ruleset {
+    /// Number of rules over all regular chains.
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    /// Number of elements over all sets.
+    pub fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.elements.len()).sum()
+    }
+}
+
+/// Name of the `iifname` dispatch map.
+pub const FROM_WL_MAP: &str = "from-wl";
+/// Name of the `oifname` dispatch map.
+pub const TO_WL_MAP: &str = "to-wl";
+
+/// First `n` hex digits of SHA-1 of `s`: a stable, short name for long or unusual content.
+pub fn short_hash(s: &str, n: usize) -> String {
+    let mut h = hex::encode(Sha1::digest(s.as_bytes()));
+    h.truncate(n);
+    h
+}
+
+/// Whether `s` can be used bare as (the tail of) an nft identifier.
+pub fn is_ident_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Longest chain or set name we emit (nft allows 255).
+const MAX_NAME: usize = 200;
+
+/// Endpoint chain for traffic to a workload (its ingress): `tw-IFACE` (Calico's "to workload").
+pub fn to_wl_chain(iface: &str) -> String {
+    endpoint_chain("tw", iface)
+}
+
+/// Endpoint chain for traffic from a workload (its egress): `fw-IFACE`.
+pub fn from_wl_chain(iface: &str) -> String {
+    endpoint_chain("fw", iface)
+}
+
+fn endpoint_chain(prefix: &str, iface: &str) -> String {
+    if is_ident_safe(iface) {
+        format!("{prefix}-{iface}")
+    } else {
+        format!("{prefix}-h{}", short_hash(iface, 12))
+    }
+}
+
+/// Policy chain: `pi-NS.NAME` (ingress) or `pe-NS.NAME` (egress). Namespaces have no dots, so the
+/// first dot separates them; long names fall back to a hash.
+pub fn policy_chain(ingress: bool, ns: &str, name: &str) -> String {
+    let prefix = if ingress { "pi" } else { "pe" };
+    let n = format!("{prefix}-{ns}.{name}");
+    if n.len() <= MAX_NAME && is_ident_safe(ns) && is_ident_safe(name) {
+        n
+    } else {
+        format!("{prefix}-h{}", short_hash(&format!("{ns}/{name}"), 16))
+    }
+}

@@ -1,0 +1,405 @@
+//! Rendering (pure): [`Ruleset`] -> `nft -f` script, whole or as the difference between two.
+//!
+//! **Full** script: `add table` + `delete table` + the whole table block. `nft -f` runs one file as
+//! one netlink batch, which the kernel commits atomically, so a packet sees either the old table or
+//! the new one, never an empty or half-built one (the `add` first makes the `delete` valid when the
+//! table does not exist yet).
+//!
+//! **Incremental** script ([`render_diff`]), also one batch, in dependency order:
+//! 1. new sets (declared with their elements); element deletes, then adds, for changed sets;
+//! 2. new chains declared (so any rule may jump to any of them);
+//! 3. changed chains flushed and refilled, new chains filled;
+//! 4. dispatch-map elements removed, then added;
+//! 5. removed chains flushed, then deleted (flush first: one removed chain may jump to another);
+//! 6. removed sets deleted (no rule names them any more).
+//!
+//! A pod gaining or losing a label or an address therefore costs a few `add/delete element` lines;
+//! a policy edit rewrites that policy's chain; a new pod adds its endpoint chains and map elements.
+//!
+//! The skeleton (base chains, map declarations, the table comment) is fixed and only written by the
+//! full script. Base chains: `fwd-egress` (forward hook, priority `filter`) dispatches on `iifname`
+//! to the sending workload's egress chain; `fwd-ingress` (priority `filter + 1`) dispatches on
+//! `oifname` to the receiving workload's ingress chain. Two base chains instead of one is what makes
+//! `accept` safe inside policy chains: `accept` ends only the current base chain, so a packet allowed
+//! by the sender's egress policy still meets the receiver's ingress policy in the next one, with no
+//! packet marks. Both accept `ct state established,related` first (replies and ongoing connections
+//! of allowed flows; only new flows walk the policy chains) and drop `ct state invalid` from or to
+//! workloads. `host-in` / `host-out` (input / output hooks) accept traffic between the node and its
+//! own workloads, which Kubernetes requires (kubelet probes), whatever policies say.
+
+use std::fmt::Write as _;
+
+use super::ir::{
+    Chain, Dir, Elem, Match, Rule, Ruleset, SetDef, SetKind, Verdict, FROM_WL_MAP, TO_WL_MAP,
+};
+use super::PolicyCfg;
+
+/// Comment on the base chain rule the drift probe looks for.
+pub const MARKER: &str = "calico-rs policy dispatch";
+
+/// What a deny verdict does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DenyAction {
+    /// Silently drop (Calico's default).
+    #[default]
+    Drop,
+    /// Reject: TCP reset / ICMP administratively prohibited (fails fast for clients).
+    Reject,
+}
+
+impl DenyAction {
+    fn nft(self) -> &'static str {
+        match self {
+            DenyAction::Drop => "drop",
+            DenyAction::Reject => "reject with icmpx admin-prohibited",
+        }
+    }
+}
+
+/// Sanitise a comment: printable ASCII without quotes, at most 120 bytes (nft allows 128).
+fn comment(s: &str) -> String {
+    let mut c: String = s
+        .chars()
+        .map(|ch| {
+            if ch == '"' || ch == '\\' || !(' '..='~').contains(&ch) {
+                '_'
+            } else {
+                ch
+            }
+        })
+        .collect();
+    c.truncate(120);
+    c
+}
+
+fn set_type(kind: SetKind) -> (&'static str, bool) {
+    use super::ir::Family::*;
+    match kind {
+        SetKind::Addr(V4) => ("ipv4_addr", false),
+        SetKind::Addr(V6) => ("ipv6_addr", false),
+        SetKind::Net(V4) => ("ipv4_addr", true),
+        SetKind::Net(V6) => ("ipv6_addr", true),
+        SetKind::Ports => ("inet_service", true),
+        SetKind::AddrPort(V4) => ("ipv4_addr . inet_service", false),
+        SetKind::AddrPort(V6) => ("ipv6_addr . inet_service", false),
+    }
+}
+
+fn elements<'a>(it: impl IntoIterator<Item = &'a Elem>) -> String {
+    let mut s = String::new();
+    for (i, e) in it.into_iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{e}");
+    }
+    s
+}
+
+/// One rule in nft syntax.
+pub fn rule_text(cfg: &PolicyCfg, r: &Rule) -> String {
+    let mut s = String::new();
+    for m in &r.matches {
+        match m {
+            Match::AddrIn { family, dir, set } => {
+                let d = if *dir == Dir::Src { "saddr" } else { "daddr" };
+                let _ = write!(s, "{} {d} @{set} ", family.nft());
+            }
+            Match::Proto(p) => {
+                let _ = write!(s, "meta l4proto {p} ");
+            }
+            Match::Port(p, a, b) if a == b => {
+                let _ = write!(s, "{p} dport {a} ");
+            }
+            Match::Port(p, a, b) => {
+                let _ = write!(s, "{p} dport {a}-{b} ");
+            }
+            Match::PortIn(p, set) => {
+                let _ = write!(s, "{p} dport @{set} ");
+            }
+            Match::NamedPort { family, proto, set } => {
+                let _ = write!(s, "{} daddr . {proto} dport @{set} ", family.nft());
+            }
+        }
+    }
+    match &r.verdict {
+        Verdict::Accept => s.push_str("accept"),
+        Verdict::Deny => s.push_str(cfg.deny.nft()),
+        Verdict::Jump(c) => {
+            let _ = write!(s, "jump {c}");
+        }
+    }
+    if let Some(c) = &r.comment {
+        let _ = write!(s, " comment \"{}\"", comment(c));
+    }
+    s
+}
+
+fn set_block(out: &mut String, name: &str, def: &SetDef) {
+    let (ty, interval) = set_type(def.kind);
+    let _ = writeln!(out, "\tset {name} {{\n\t\ttype {ty}");
+    if interval {
+        out.push_str("\t\tflags interval\n");
+    }
+    let _ = writeln!(out, "\t\tcomment \"{}\"", comment(&def.comment));
+    if !def.elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elements(&def.elements));
+    }
+    out.push_str("\t}\n");
+}
+
+fn map_block(out: &mut String, name: &str, elems: &std::collections::BTreeMap<String, String>) {
+    let _ = writeln!(out, "\tmap {name} {{\n\t\ttype ifname : verdict");
+    if !elems.is_empty() {
+        let list: Vec<String> = elems
+            .iter()
+            .map(|(iface, chain)| format!("\"{iface}\" : goto {chain}"))
+            .collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", list.join(", "));
+    }
+    out.push_str("\t}\n");
+}
+
+fn chain_block(out: &mut String, cfg: &PolicyCfg, name: &str, c: &Chain) {
+    let _ = writeln!(out, "\tchain {name} {{");
+    if !c.comment.is_empty() {
+        let _ = writeln!(out, "\t\tcomment \"{}\"", comment(&c.comment));
+    }
+    for r in &c.rules {
+        let _ = writeln!(out, "\t\t{}", rule_text(cfg, r));
+    }
+    out.push_str("\t}\n");
+}
+
+fn base_chains(out: &mut String, cfg: &PolicyCfg) {
+    let wl = format!("\"{}*\"", cfg.iface_prefix);
+    let probes = "node <-> own pods always allowed (kubelet probes)";
+    let _ = write!(
+        out,
+        "\tchain fwd-egress {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t\tiifname {wl} ct state invalid drop\n\
+         \t\tiifname vmap @{FROM_WL_MAP} comment \"{MARKER}\"\n\
+         \t}}\n\
+         \tchain fwd-ingress {{\n\
+         \t\ttype filter hook forward priority filter + 1; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t\toifname {wl} ct state invalid drop\n\
+         \t\toifname vmap @{TO_WL_MAP}\n\
+         \t}}\n\
+         \tchain host-in {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname {wl} ct state invalid drop\n\
+         \t\tiifname {wl} accept comment \"{probes}\"\n\
+         \t}}\n\
+         \tchain host-out {{\n\
+         \t\ttype filter hook output priority filter; policy accept;\n\
+         \t\toifname {wl} accept comment \"{probes}\"\n\
+         \t}}\n"
+    );
+}
+
+/// The whole table as one atomic script (replaces whatever table of that name exists).
+pub fn render_full(cfg: &PolicyCfg, rs: &Ruleset) -> String {
+    let t = &cfg.table;
+    let mut out = String::with_capacity(4096 + rs.element_count() * 24 + rs.rule_count() * 96);
+    let _ = writeln!(
+        out,
+        "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
+    );
+    let _ = writeln!(
+        out,
+        "\tcomment \"calico-rs felix: Kubernetes NetworkPolicy; managed, edits are reverted\""
+    );
+    for (name, def) in &rs.sets {
+        set_block(&mut out, name, def);
+    }
+    map_block(&mut out, FROM_WL_MAP, &rs.from_wl);
+    map_block(&mut out, TO_WL_MAP, &rs.to_wl);
+    for (name, c) in &rs.chains {
+        chain_block(&mut out, cfg, name, c);
+    }
+    base_chains(&mut out, cfg);
+    out.push_str("}\n");
+    out
+}
+
+/// Why an incremental script cannot express a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedsFull(pub String);
+
+/// Size of an incremental change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiffStats {
+    /// Sets created / deleted.
+    pub sets_added: usize,
+    /// See `sets_added`.
+    pub sets_removed: usize,
+    /// Set elements added / removed in sets that stay.
+    pub elements_added: usize,
+    /// See `elements_added`.
+    pub elements_removed: usize,
+    /// Chains created / rewritten / deleted.
+    pub chains_added: usize,
+    /// See `chains_added`.
+    pub chains_changed: usize,
+    /// See `chains_added`.
+    pub chains_removed: usize,
+    /// Dispatch map elements added / removed.
+    pub map_added: usize,
+    /// See `map_added`.
+    pub map_removed: usize,
+}
+
+impl DiffStats {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        *self == DiffStats::default()
+    }
+}
+
+/// The script turning `old` (what the kernel has) into `new`, or `Ok(None)` when they are equal.
+pub fn render_diff(
+    cfg: &PolicyCfg,
+    old: &Ruleset,
+    new: &Ruleset,
+) -> Result<Option<(String, DiffStats)>, NeedsFull> {
+    let t = &cfg.table;
+    let mut out = String::new();
+    let mut st = DiffStats::default();
+
+    // 1. Sets.
+    for (name, def) in &new.sets {
+        match old.sets.get(name) {
+            None => {
+                st.sets_added += 1;
+                let (ty, interval) = set_type(def.kind);
+                let flags = if interval { " flags interval;" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "add set inet {t} {name} {{ type {ty};{flags} comment \"{}\"; }}",
+                    comment(&def.comment)
+                );
+                if !def.elements.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "add element inet {t} {name} {{ {} }}",
+                        elements(&def.elements)
+                    );
+                }
+            }
+            Some(o) if o.kind != def.kind || o.comment != def.comment => {
+                return Err(NeedsFull(format!("set {name} changed type")));
+            }
+            Some(o) => {
+                let gone: Vec<&Elem> = o.elements.difference(&def.elements).collect();
+                let added: Vec<&Elem> = def.elements.difference(&o.elements).collect();
+                if !gone.is_empty() {
+                    st.elements_removed += gone.len();
+                    let _ = writeln!(
+                        out,
+                        "delete element inet {t} {name} {{ {} }}",
+                        elements(gone)
+                    );
+                }
+                if !added.is_empty() {
+                    st.elements_added += added.len();
+                    let _ = writeln!(out, "add element inet {t} {name} {{ {} }}", elements(added));
+                }
+            }
+        }
+    }
+
+    // 2. Declare new chains.
+    for (name, c) in &new.chains {
+        match old.chains.get(name) {
+            None => {
+                st.chains_added += 1;
+                if c.comment.is_empty() {
+                    let _ = writeln!(out, "add chain inet {t} {name}");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "add chain inet {t} {name} {{ comment \"{}\"; }}",
+                        comment(&c.comment)
+                    );
+                }
+            }
+            Some(o) if o.comment != c.comment => {
+                return Err(NeedsFull(format!("chain {name} changed comment")));
+            }
+            Some(_) => {}
+        }
+    }
+
+    // 3. Fill new chains, rewrite changed ones.
+    for (name, c) in &new.chains {
+        let old_c = old.chains.get(name);
+        if old_c == Some(c) {
+            continue;
+        }
+        if old_c.is_some() {
+            st.chains_changed += 1;
+            let _ = writeln!(out, "flush chain inet {t} {name}");
+        }
+        for r in &c.rules {
+            let _ = writeln!(out, "add rule inet {t} {name} {}", rule_text(cfg, r));
+        }
+    }
+
+    // 4. Dispatch maps.
+    for (map, o, n) in [
+        (FROM_WL_MAP, &old.from_wl, &new.from_wl),
+        (TO_WL_MAP, &old.to_wl, &new.to_wl),
+    ] {
+        let gone: Vec<String> = o
+            .iter()
+            .filter(|(k, v)| n.get(*k) != Some(*v))
+            .map(|(k, _)| format!("\"{k}\""))
+            .collect();
+        let added: Vec<String> = n
+            .iter()
+            .filter(|(k, v)| o.get(*k) != Some(*v))
+            .map(|(k, v)| format!("\"{k}\" : goto {v}"))
+            .collect();
+        if !gone.is_empty() {
+            st.map_removed += gone.len();
+            let _ = writeln!(
+                out,
+                "delete element inet {t} {map} {{ {} }}",
+                gone.join(", ")
+            );
+        }
+        if !added.is_empty() {
+            st.map_added += added.len();
+            let _ = writeln!(out, "add element inet {t} {map} {{ {} }}", added.join(", "));
+        }
+    }
+
+    // 5. Removed chains: flush all, then delete all.
+    let removed: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|k| !new.chains.contains_key(*k))
+        .collect();
+    for name in &removed {
+        let _ = writeln!(out, "flush chain inet {t} {name}");
+    }
+    for name in &removed {
+        st.chains_removed += 1;
+        let _ = writeln!(out, "delete chain inet {t} {name}");
+    }
+
+    // 6. Removed sets.
+    for name in old.sets.keys().filter(|k| !new.sets.contains_key(*k)) {
+        st.sets_removed += 1;
+        let _ = writeln!(out, "delete set inet {t} {name}");
+    }
+
+    if st.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some((out, st)))
+    }
+}
