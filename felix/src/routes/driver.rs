@@ -128,6 +128,13 @@ impl RouteSyncer {
         &self.rejected
     }
 
+    /// [`RouteSyncer::set_desired`] then [`RouteSyncer::sync`]: apply one input and return when the
+    /// kernel has it (or what failed is pending).
+    pub async fn apply_once(&mut self, input: &RoutesInput) -> Result<SyncReport, RouteError> {
+        self.set_desired(input);
+        self.sync().await
+    }
+
     /// Process queued events, dump if our view may be stale, then plan and apply until nothing is
     /// left (or only backoffs and waits). No-op until a desired set was given.
     pub async fn sync(&mut self) -> Result<SyncReport, RouteError> {

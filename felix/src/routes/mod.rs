@@ -289,3 +289,23 @@ impl RouteError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_bad_values_name_their_field() {
+        assert_eq!(RoutesCfg::default().validate(), Ok(()));
+        let bad = |f: fn(&mut RoutesCfg)| {
+            let mut c = RoutesCfg::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.protocol = 2).starts_with("routes config: protocol:"));
+        assert!(bad(|c| c.table = 255).contains("table"));
+        assert!(bad(|c| c.batch_size = 0).contains("batch_size"));
+        assert!(bad(|c| c.retry_max = Duration::ZERO).contains("retry_min"));
+        assert!(bad(|c| c.workload_iface_prefix.clear()).contains("workload_iface_prefix"));
+    }
+}

@@ -646,16 +646,19 @@ fn routes_late_veth_gets_route_fast_and_gone_veth_loses_it() -> Result<()> {
 
     // Watch links and routes with kernel-event timestamps; make sure the monitor is listening.
     let mut mon = n1.spawn(&["ip", "-ts", "-o", "monitor", "link", "route"])?;
+    // A probe route added and deleted until the monitor shows it (re-adding an identical route
+    // makes no event, so each attempt deletes it first).
     eventually(SYNC, || {
-        let _ = n1.ip(&[
+        let _ = n1.ip(&["route", "del", "127.1.2.3/32", "proto", "static"]);
+        n1.ip(&[
             "route",
-            "replace",
+            "add",
             "127.1.2.3/32",
             "dev",
             "lo",
             "proto",
             "static",
-        ]);
+        ])?;
         ensure!(mon.log().contains("127.1.2.3"), "monitor not ready");
         Ok(())
     })?;
@@ -757,4 +760,105 @@ fn event_time(line: &str) -> Result<f64> {
     let m: f64 = parts.next().context("m")?.parse()?;
     let s: f64 = parts.next().context("s")?.parse()?;
     Ok(h * 3600.0 + m * 60.0 + s)
+}
+
+#[test]
+fn routes_ecmp_onlink_unreachable_next_hop_and_idempotent_resync() -> Result<()> {
+    let lab = Lab::new("rtkinds")?;
+    let lan = lab.segment("lan")?;
+    let n1 = lab.netns("n1")?;
+    lan.attach(&n1, "eth0", &["10.99.0.1/24", "fd00:99::1/64"])?;
+    n1.ip(&["route", "add", "default", "via", "10.99.0.2"])?;
+    let hops = |gws: &[&str]| -> Vec<NextHop> {
+        gws.iter()
+            .map(|g| NextHop::via(g.parse().unwrap()))
+            .collect()
+    };
+    let mut input = RoutesInput {
+        workloads: vec![],
+        local_blocks: vec!["10.65.1.0/26".parse()?, "fd10:65:1::/122".parse()?],
+        remote_blocks: vec![
+            RemoteBlock {
+                cidr: "10.65.2.0/26".parse()?,
+                next_hops: hops(&["10.99.0.3", "10.99.0.2"]),
+            },
+            RemoteBlock {
+                cidr: "fd10:65:2::/122".parse()?,
+                next_hops: hops(&["fd00:99::2", "fd00:99::3"]),
+            },
+            RemoteBlock {
+                cidr: "10.65.3.0/26".parse()?,
+                next_hops: vec![NextHop {
+                    gateway: "10.97.0.1".parse()?,
+                    iface: Some("eth0".into()),
+                    onlink: true,
+                }],
+            },
+        ],
+    };
+    let f = Felix::start(&n1, input.clone())?;
+    f.wait_in_sync()?;
+    let ecmp4 = n1.ip(&["route", "show", "10.65.2.0/26"])?;
+    ensure!(
+        ecmp4.contains("nexthop via 10.99.0.2") && ecmp4.contains("nexthop via 10.99.0.3"),
+        "{ecmp4}"
+    );
+    let ecmp6 = n1.ip(&["-6", "route", "show", "fd10:65:2::/122"])?;
+    ensure!(
+        ecmp6.contains("via fd00:99::2") && ecmp6.contains("via fd00:99::3"),
+        "{ecmp6}"
+    );
+    let onlink = route_line(&n1, "10.65.3.0/26")?;
+    ensure!(
+        onlink.contains("via 10.97.0.1 dev eth0") && onlink.contains("onlink"),
+        "{onlink}"
+    );
+
+    // What felix reads back from the kernel matches what it asked for: a full resync changes
+    // nothing (no replace loop on ECMP, onlink or blackhole routes).
+    let before = f.status();
+    f.handle().resync_now()?;
+    let after = eventually(SYNC, || {
+        let s = f.status();
+        ensure!(s.resyncs > before.resyncs, "no resync yet");
+        Ok(s)
+    })?;
+    assert_eq!(
+        after.ops, before.ops,
+        "a resync of an in-sync kernel sent operations"
+    );
+    ensure!(after.in_sync(), "{after:#?}");
+
+    // A next hop not reachable yet: ENETUNREACH, pending with backoff, the other routes unaffected;
+    // reachable once an address covers it (the address event triggers the retry).
+    input.remote_blocks.push(RemoteBlock {
+        cidr: "10.65.4.0/26".parse()?,
+        next_hops: hops(&["10.98.0.2"]),
+    });
+    f.set(input.clone())?;
+    let s = eventually(SYNC, || {
+        let s = f.status();
+        ensure!(!s.pending.is_empty(), "not pending yet: {s:?}");
+        Ok(s)
+    })?;
+    match &s.pending[0].error {
+        RouteError::Kernel {
+            errno: 101,
+            op: "add",
+            dst,
+            ..
+        } if dst.to_string() == "10.65.4.0/26" => {}
+        e => bail!("expected ENETUNREACH for 10.65.4.0/26, got {e}"),
+    }
+    eprintln!("unreachable next hop: {}", s.pending[0].error);
+    assert_eq!(s.programmed, 5);
+    let t = Instant::now();
+    n1.addr("eth0", "10.98.0.1/24")?;
+    time_until_route(&n1, "10.65.4.0/26", "via 10.98.0.2", Duration::from_secs(2))?;
+    eprintln!(
+        "unreachable next hop: route in {:?} after the address appeared",
+        t.elapsed()
+    );
+    f.wait_in_sync()?;
+    Ok(())
 }
