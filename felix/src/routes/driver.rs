@@ -161,11 +161,17 @@ impl RouteSyncer {
                 if ops.is_empty() {
                     break;
                 }
-                for chunk in ops.chunks(self.cfg.batch_size) {
-                    let mut b = Batch::new(self.req.next_seq(chunk.len() as u32));
-                    for op in chunk {
-                        nl::push_route_op(&mut b, op, self.cfg.protocol, self.cfg.table);
+                let max = self.cfg.batch_size.min(self.req.max_batch());
+                let mut start = 0;
+                while start < ops.len() {
+                    let mut b = Batch::new(self.req.next_seq(max as u32));
+                    let mut end = start;
+                    while end < ops.len() && b.len() < max && b.bytes() < nl::MAX_BATCH_BYTES {
+                        nl::push_route_op(&mut b, &ops[end], self.cfg.protocol, self.cfg.table);
+                        end += 1;
                     }
+                    let chunk = &ops[start..end];
+                    start = end;
                     let results = match self.req.execute(&mut b).await {
                         Ok(r) => r,
                         Err(e) => {

@@ -76,6 +76,10 @@ const fn group_bit(group: u32) -> u32 {
 const RECV_BUF: usize = 256 * 1024;
 const SOCK_RCVBUF: usize = 4 * 1024 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Generous receive-buffer cost of one small error message (skb truesize).
+const ERROR_TRUESIZE: usize = 2048;
+/// Bytes per `sendmsg`, well under the default `wmem` limit (212992), above which it fails.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// One netlink message inside a received datagram.
 #[derive(Debug)]
@@ -174,6 +178,16 @@ impl Batch {
     }
 
     /// Append a request; its sequence number is `first_seq + index`.
+    /// Messages so far.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// Bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn push(&mut self, ty: u16, flags: u16, payload: &dyn Emitable) {
         let len = HDR + payload.buffer_len();
         let at = self.buf.len();
@@ -457,6 +471,7 @@ pub(crate) struct NlSocket {
     fd: AsyncFd<Socket>,
     seq: u32,
     buf: Vec<u8>,
+    max_batch: usize,
 }
 
 fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -484,6 +499,7 @@ impl NlSocket {
         // Best effort: capped by net.core.rmem_max. Overruns are detected (ENOBUFS) and answered
         // with a full dump.
         let _ = s.set_rx_buf_sz(SOCK_RCVBUF);
+        let rcvbuf = s.get_rx_buf_sz().unwrap_or(0);
         s.set_non_blocking(true)?;
         // `AsyncFd::new` is deprecated because a registered raw fd could be closed behind tokio's
         // back; `Socket` owns its fd and lives inside the `AsyncFd`, so that cannot happen here. The
@@ -495,7 +511,14 @@ impl NlSocket {
             fd,
             seq: 1,
             buf: Vec::with_capacity(RECV_BUF),
+            max_batch: (rcvbuf / ERROR_TRUESIZE).clamp(16, 4096),
         })
+    }
+
+    /// The most messages one batch may carry so that, even if every one fails, all error messages
+    /// fit in the receive buffer (a lost error would leave a route's outcome unknown).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// Reserve `n` sequence numbers; returns the first.

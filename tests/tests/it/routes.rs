@@ -860,5 +860,28 @@ fn routes_ecmp_onlink_unreachable_next_hop_and_idempotent_resync() -> Result<()>
         t.elapsed()
     );
     f.wait_in_sync()?;
+
+    // Many failures in one go (600 blocks behind an unreachable next hop): each is reported and
+    // pending on its own, nothing else is disturbed, and taking them out of the input clears them.
+    let mut many = input.clone();
+    for i in 0..600u32 {
+        many.remote_blocks.push(RemoteBlock {
+            cidr: format!("10.66.{}.{}/26", i / 4, (i % 4) * 64).parse()?,
+            next_hops: hops(&["10.96.0.2"]),
+        });
+    }
+    f.set(many)?;
+    let s = eventually(SYNC, || {
+        let s = f.status();
+        ensure!(s.pending.len() == 600, "{} pending", s.pending.len());
+        Ok(s)
+    })?;
+    ensure!(s
+        .pending
+        .iter()
+        .all(|p| matches!(p.error, RouteError::Kernel { errno: 101, .. })));
+    assert_eq!(s.programmed, 6);
+    f.set(input)?;
+    f.wait_in_sync()?;
     Ok(())
 }
