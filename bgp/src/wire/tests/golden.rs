@@ -312,7 +312,9 @@ fn end_of_rib_both_families() {
     }
     // An End-of-RIB for a family we do not carry is not an IPv4 End-of-RIB.
     let other = hex(&format!("{M} 001d 02 0000 0006 80 0f 03 0019 46"));
-    let Message::Update(u) = decode_message(&other, &IBGP4).unwrap() else { panic!() };
+    let Message::Update(u) = decode_message(&other, &IBGP4).unwrap() else {
+        panic!()
+    };
     assert_eq!(u.is_end_of_rib(), None);
 }
 

@@ -379,6 +379,21 @@ fn seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// What RFC 6793 cannot carry to a 2-octet peer: a 2-octet AGGREGATOR makes the receiver ignore
+/// AS4_PATH (4.2.3), and AS4_PATH drops confederation segments, which only come back when
+/// they lead the path.
+fn as4_lossless(a: &PathAttrs) -> bool {
+    let confed =
+        |s: &&AsSegment| matches!(s.kind, SegmentKind::ConfedSequence | SegmentKind::ConfedSet);
+    !a.aggregator.is_some_and(|(asn, _)| asn <= 0xffff)
+        && !a
+            .as_path
+            .segments
+            .iter()
+            .skip_while(confed)
+            .any(|s| confed(&s))
+}
+
 /// Decodes `input`, and whatever decodes cleanly must survive a re-encode.
 pub(super) fn check_one(input: &[u8], caps: &SessionCaps) {
     let Ok(msg) = decode_message(input, caps) else {
@@ -388,9 +403,7 @@ pub(super) fn check_one(input: &[u8], caps: &SessionCaps) {
         if !u.errors.is_empty() {
             return;
         }
-        // RFC 6793 4.2.3: toward a 2-octet peer, a 2-octet AGGREGATOR makes the receiver ignore
-        // AS4_PATH, so 4-octet ASNs in the path are lost by design.
-        if !caps.four_octet_as && u.attrs.aggregator.is_some_and(|(asn, _)| asn <= 0xffff) {
+        if !caps.four_octet_as && !as4_lossless(&u.attrs) {
             return;
         }
     }
