@@ -19,7 +19,7 @@ use tokio_util::codec::Decoder;
 fn as4_lossless(a: &PathAttrs) -> bool {
     let confed =
         |s: &&AsSegment| matches!(s.kind, SegmentKind::ConfedSequence | SegmentKind::ConfedSet);
-    !a.aggregator.is_some_and(|(asn, _)| asn <= 0xffff)
+    a.aggregator.is_none_or(|(asn, _)| asn > 0xffff)
         && !a
             .as_path
             .segments
