@@ -412,8 +412,18 @@ impl Netns {
             .first()
             .map(|p| p.rsplit('/').next().unwrap_or(p))
             .context("empty command")?;
-        let log = self.shared.file(&format!("{}-{prog}", self.short), "log");
-        Proc::spawn(&self.exec_argv(argv), &log, self.shared.keep_flag())
+        let log = self.file(prog, "log");
+        self.spawn_log(argv, &log)
+    }
+
+    /// [`Netns::spawn`] appending to the given log file (e.g. to keep one log across restarts).
+    pub fn spawn_log(&self, argv: &[&str], log: &Path) -> Result<Proc> {
+        Proc::spawn(&self.exec_argv(argv), log, self.shared.keep_flag())
+    }
+
+    /// A fresh path `{lab dir}/{short}-{stem}.{n}.{ext}` for a config, socket or log of this namespace.
+    pub fn file(&self, stem: &str, ext: &str) -> PathBuf {
+        self.shared.file(&format!("{}-{stem}", self.short), ext)
     }
 
     /// Run `f` on a fresh OS thread that has entered this namespace, and return its result. Sockets

@@ -4,13 +4,18 @@
 //!   and a temp dir; it sweeps leftovers of dead runs on creation and removes everything on drop.
 //! - [`proc`]: commands with deadlines and background processes ([`Proc`](proc::Proc)) killed on drop.
 //! - [`wait`]: [`eventually`](wait::eventually) and friends instead of fixed sleeps.
+//! - [`peers`]: BIRD 2 and GoBGP daemons in lab namespaces, configured from strings and queried.
+//! - [`mrt`]: an MRT TABLE_DUMP_V2 writer to bulk-load routes into GoBGP.
 //!
 //! Nothing here ever changes the root network namespace. Tests need root.
 
 pub mod lab;
+pub mod mrt;
+pub mod peers;
 pub mod proc;
 pub mod wait;
 
 pub use lab::{Lab, Netns, Segment};
+pub use peers::{Bird, Gobgp};
 pub use proc::Proc;
 pub use wait::eventually;

@@ -2,5 +2,6 @@
 //! Tests need root and create their own network namespaces (see `calico_tests::lab`).
 
 mod lab_selftest;
+mod peers_selftest;
 mod policy;
 mod routes;
