@@ -9,7 +9,8 @@
 //! - a full resync (dump v4 + v6, decode, diff; nothing to change) against the 10,000 routes.
 //!
 //! Run: `cargo bench -p felix --bench routes` (needs root; never touches the root namespace).
-//! `BREAKDOWN=1` also times the pure steps of a one-pod change among 10,000.
+//! `BREAKDOWN=1` also times the pure steps of a one-pod change among 10,000; `BATCH_SIZE=n` overrides
+//! the messages per `sendmsg`.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -112,7 +113,12 @@ fn main() -> Result<()> {
 }
 
 async fn run(ns: &str) -> Result<()> {
+    let batch_size = std::env::var("BATCH_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RoutesCfg::default().batch_size);
     let cfg = RoutesCfg {
+        batch_size,
         configure_workload_ifaces: false,
         set_global_forwarding: false,
         resync_interval: None,
