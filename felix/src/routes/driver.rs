@@ -58,6 +58,8 @@ pub struct RouteSyncer {
     events: NlSocket,
     rec: Reconciler,
     have_desired: bool,
+    /// The previous desired set, freed after the next sync rather than before it.
+    retired: Option<BTreeMap<ipnet::IpNet, super::DesiredRoute>>,
     rejected: Vec<Rejected>,
     need_dump: bool,
     /// Workload links already set up: ifindex -> name.
@@ -96,6 +98,7 @@ impl RouteSyncer {
             events,
             rec,
             have_desired: false,
+            retired: None,
             rejected: Vec::new(),
             need_dump: true,
             configured: HashMap::new(),
@@ -123,7 +126,7 @@ impl RouteSyncer {
             }
         }
         self.rejected = d.rejected.clone();
-        self.rec.set_desired(d);
+        self.retired = Some(self.rec.set_desired(d));
         self.have_desired = true;
         &self.rejected
     }
@@ -199,6 +202,7 @@ impl RouteSyncer {
             }
         }
         rep.duration = t0.elapsed();
+        self.retired = None;
         self.ops += rep.ops as u64;
         if rep.ops > 0 || rep.dumped {
             self.last_sync = Some(rep.duration);
@@ -522,9 +526,11 @@ async fn run(
     let mut next_resync = interval.map(|d| Instant::now() + d);
     let mut error_backoff: Option<(Instant, Duration)> = None;
     let far = Duration::from_secs(3600);
+    let mut retired_input: Option<RoutesInput> = None;
     loop {
         let mut force = false;
         let mut stop = false;
+        let backing_off = error_backoff.filter(|(t, _)| *t > Instant::now());
         let wake = [s.next_retry(), next_resync, error_backoff.map(|(t, _)| t)]
             .into_iter()
             .flatten()
@@ -533,7 +539,7 @@ async fn run(
         tokio::select! {
             biased;
             msg = rx.recv() => {
-                let mut latest = None;
+                let mut latest: Option<RoutesInput> = None;
                 let mut handle = |m: Option<RoutesMsg>| match m {
                     None | Some(RoutesMsg::Stop) => stop = true,
                     Some(RoutesMsg::Resync) => force = true,
@@ -543,13 +549,18 @@ async fn run(
                 while let Ok(m) = rx.try_recv() {
                     handle(Some(m));
                 }
-                if let Some(i) = latest {
-                    s.set_desired(&i);
+                if let Some(i) = &latest {
+                    s.set_desired(i);
                 }
+                // Freed after the sync below, off the input-to-kernel path.
+                retired_input = latest;
             }
-            r = s.event_ready() => {
+            // While backing off after a failed sync, queued events would wake us in a loop: the
+            // timer alone ends the backoff, and the sync after it drains them.
+            r = s.event_ready(), if backing_off.is_none() => {
                 if let Err(e) = r {
                     warn!(error = %e, "event socket");
+                    error_backoff.get_or_insert((Instant::now() + s.cfg.retry_min, s.cfg.retry_min));
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -578,6 +589,7 @@ async fn run(
             }
         }
         status.send_replace(s.status());
+        drop(retired_input.take());
     }
     status.send_replace(s.status());
 }
