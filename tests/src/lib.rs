@@ -6,9 +6,11 @@
 //! - [`wait`]: [`eventually`](wait::eventually) and friends instead of fixed sleeps.
 //! - [`peers`]: BIRD 2 and GoBGP daemons in lab namespaces, configured from strings and queried.
 //! - [`mrt`]: an MRT TABLE_DUMP_V2 writer to bulk-load routes into GoBGP.
+//! - [`check`]: ping / TCP / UDP probes, echo servers, `expect_some` / `expect_none`, matrices.
 //!
 //! Nothing here ever changes the root network namespace. Tests need root.
 
+pub mod check;
 pub mod lab;
 pub mod mrt;
 pub mod peers;
