@@ -16,8 +16,10 @@
 //! - [`Lab::new`] first *sweeps*: every namespace named `crs{PID}-...` whose PID is no longer alive was left
 //!   by a crashed or killed run; its processes are killed and it is deleted, as is `$TMPDIR/crs{PID}-*`.
 //!   Namespaces of live processes and namespaces not following the scheme are never touched.
-//! - `CRS_KEEP_LAB=1` (or [`Lab::keep`]) keeps everything for debugging and prints what was kept; the next
-//!   lab made after that process exits sweeps it.
+//! - `CRS_KEEP_LAB=1` (or [`Lab::keep`]) keeps everything for debugging (namespaces, daemons, files) and
+//!   prints what was kept. It also writes `$TMPDIR/crs{PID}-{TAG}/.keep`, which the sweep respects, so
+//!   other test runs on the machine leave it alone; remove that file (or the dir) to let the next sweep
+//!   clean it up.
 //!
 //! # Safety
 //! Nothing here touches the root namespace: links are created with `ip -n NS`, with the peer placed
@@ -40,6 +42,8 @@ pub const KEEP_ENV: &str = "CRS_KEEP_LAB";
 /// Every lab object name starts with this, followed by the owning process id.
 pub const PREFIX: &str = "crs";
 const NETNS_DIR: &str = "/run/netns";
+/// File in a kept lab's temp dir that makes the sweep leave the lab alone.
+pub const KEEP_MARKER: &str = ".keep";
 
 /// Tags of the labs alive in this process.
 static LIVE_TAGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -213,10 +217,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let names = self.namespaces();
         if self.shared.keep.load(Ordering::Relaxed) {
+            let _ = std::fs::create_dir_all(&self.shared.dir);
+            let _ = std::fs::write(self.shared.dir.join(KEEP_MARKER), "");
             eprintln!(
-                "lab {}: KEPT namespaces {:?} and dir {} (delete with `ip netns del`, or let the next lab sweep them)",
+                "lab {}: KEPT namespaces {:?} and dir {}; `rm {}/{KEEP_MARKER}` to let the next lab \
+                 sweep them",
                 self.shared.prefix,
                 names,
+                self.shared.dir.display(),
                 self.shared.dir.display()
             );
         } else {
@@ -248,6 +256,22 @@ fn remove_netns(name: &str) {
     }
 }
 
+/// The lab prefix `crs{PID}-{TAG}` of a lab object name `crs{PID}-{TAG}[-{name}]`.
+fn lab_prefix(name: &str) -> &str {
+    match name.match_indices('-').nth(1) {
+        Some((i, _)) => &name[..i],
+        None => name,
+    }
+}
+
+/// Whether the lab that made `name` was kept on purpose (its temp dir holds [`KEEP_MARKER`]).
+fn kept(name: &str) -> bool {
+    std::env::temp_dir()
+        .join(lab_prefix(name))
+        .join(KEEP_MARKER)
+        .exists()
+}
+
 /// The pid embedded in a lab object name `crs{PID}-...`, if the name follows the scheme.
 pub fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
@@ -274,7 +298,7 @@ pub fn sweep() -> Result<Vec<String>> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = owner_pid(&name) {
-            if !pid_alive(pid) {
+            if !pid_alive(pid) && !kept(&name) {
                 remove_netns(&name);
                 swept.push(name);
             }
@@ -283,7 +307,7 @@ pub fn sweep() -> Result<Vec<String>> {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if owner_pid(&name).is_some_and(|pid| !pid_alive(pid)) {
+            if owner_pid(&name).is_some_and(|pid| !pid_alive(pid)) && !kept(&name) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -570,5 +594,11 @@ mod tests {
         assert_eq!(owner_pid("crsx12-a"), None);
         assert_eq!(owner_pid("cni-1234"), None);
         assert_eq!(owner_pid("crs1234"), None);
+    }
+
+    #[test]
+    fn lab_prefix_of_names() {
+        assert_eq!(super::lab_prefix("crs1234-bgp-n1"), "crs1234-bgp");
+        assert_eq!(super::lab_prefix("crs1234-bgp"), "crs1234-bgp");
     }
 }

@@ -97,6 +97,11 @@ fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .unwrap();
     let name = format!("crs{dead}-old-n1");
+    // Protect it with a keep marker while setting it up, so a concurrent sweep (another test
+    // process) cannot delete it half-made.
+    let old_dir = std::env::temp_dir().join(format!("crs{dead}-old"));
+    std::fs::create_dir_all(&old_dir)?;
+    std::fs::write(old_dir.join(lab::KEEP_MARKER), "")?;
     calico_tests::proc::run(&["ip", "netns", "add", &name], Duration::from_secs(10))?;
     calico_tests::proc::run(
         &[
@@ -112,12 +117,25 @@ fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
     )?;
     let pids = calico_tests::proc::run(&["ip", "netns", "pids", &name], Duration::from_secs(10))?;
     assert!(!pids.trim().is_empty());
+    std::fs::remove_file(old_dir.join(lab::KEEP_MARKER))?;
+    // A kept lab of a dead process survives the sweep until its marker is removed.
+    let kept = format!("crs{dead}-kept-n1");
+    let kept_dir = std::env::temp_dir().join(format!("crs{dead}-kept"));
+    std::fs::create_dir_all(&kept_dir)?;
+    std::fs::write(kept_dir.join(lab::KEEP_MARKER), "")?;
+    calico_tests::proc::run(&["ip", "netns", "add", &kept], Duration::from_secs(10))?;
     // A namespace of a live process (ours) must survive the sweep.
     let lab = Lab::new("sweep")?;
     let mine = lab.netns("n1")?;
     assert!(!std::path::Path::new(&format!("/run/netns/{name}")).exists());
+    assert!(!old_dir.exists());
     lab::sweep()?;
     assert!(mine.exists());
+    assert!(std::path::Path::new(&format!("/run/netns/{kept}")).exists());
+    std::fs::remove_file(kept_dir.join(lab::KEEP_MARKER))?;
+    lab::sweep()?;
+    assert!(!std::path::Path::new(&format!("/run/netns/{kept}")).exists());
+    assert!(!kept_dir.exists());
     for pid in pids.split_whitespace() {
         let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(
