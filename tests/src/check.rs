@@ -211,6 +211,8 @@ async fn tcp_echo(l: tokio::net::TcpListener, name: std::sync::Arc<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut s, _)) = l.accept().await else {
+            // e.g. EMFILE: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let name = name.clone();
@@ -235,6 +237,7 @@ async fn udp_echo(s: tokio::net::UdpSocket, name: std::sync::Arc<String>) {
     let mut buf = [0u8; 1500];
     loop {
         let Ok((n, from)) = s.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let mut reply = format!("{name} ").into_bytes();
