@@ -87,6 +87,8 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         let speaker = bgp::start(cfg.speaker).await?;
         let mut events = speaker.subscribe();
+        // Route changes are only built for subscribers: subscribe only when installing.
+        let mut routes = cfg.install_proto.map(|_| speaker.subscribe_routes());
         for p in cfg.peers {
             let addr = p.address;
             speaker.add_peer(p).await.with_context(|| format!("peer {addr}"))?;
@@ -102,22 +104,29 @@ fn main() -> Result<()> {
                 _ = usr1.recv() => println!("{}", serde_json::to_string(&*speaker.status())?),
                 e = events.recv() => match e {
                     Ok(SpeakerEvent::PeerState { address, from, to, reason }) => {
-                        println!("peer {address}: {from} -> {to}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default());
+                        println!(
+                            "peer {address}: {from} -> {to}{}",
+                            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                        );
                     }
-                    Ok(SpeakerEvent::Routes(changes)) => {
-                        if let Some(proto) = cfg.install_proto {
-                            install(proto, &changes)?;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(proto) = cfg.install_proto {
-                            let all = speaker.routes().await?;
-                            let changes: Vec<_> = all.into_iter().map(|b| bgp::RouteChange { prefix: b.prefix, best: Some(b) }).collect();
-                            install(proto, &changes)?;
-                        }
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => break,
                 },
+                r = async { match routes.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    let proto = cfg.install_proto.unwrap_or(0);
+                    match r {
+                        Ok(changes) => install(proto, &changes)?,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let all = speaker.routes().await?;
+                            let changes: Vec<_> = all
+                                .into_iter()
+                                .map(|b| bgp::RouteChange { prefix: b.prefix, best: Some(b) })
+                                .collect();
+                            install(proto, &changes)?;
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
         }
         speaker.shutdown(true).await;

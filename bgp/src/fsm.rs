@@ -165,6 +165,9 @@ impl std::fmt::Display for DownReason {
 
 /// Inputs to the FSM.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Events are moved once into `handle`, never stored in bulk: boxing `Message` would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// ManualStart (or AutomaticStart of a passive peer when `cfg.passive`).
     Start,

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod fsm;
 pub mod policy;
+pub mod prefix_map;
 pub mod rib;
 mod session;
 mod sockopt;
@@ -24,7 +25,7 @@ pub use config::{ConfigError, GracefulRestartCfg, PeerCfg, SpeakerCfg};
 pub use fsm::State;
 pub use policy::Policy;
 pub use speaker::{
-    start, BestRoute, OriginAttrs, PeerStatus, RouteChange, SpeakerError, SpeakerEvent,
-    SpeakerHandle, SpeakerStatus,
+    start, BestRoute, OriginAttrs, PeerStatus, RouteChange, RouteChanges, SpeakerError,
+    SpeakerEvent, SpeakerHandle, SpeakerStatus,
 };
 pub use wire::Family;

@@ -15,6 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use smallvec::SmallVec;
+
+use crate::prefix_map::PrefixMap;
 
 use crate::wire::{Family, Origin, PathAttrs};
 
@@ -42,6 +45,19 @@ pub struct Path {
     pub attrs: Arc<RouteAttrs>,
     /// Kept for a restarting peer until End-of-RIB or its restart timer (RFC 4724 4.2).
     pub stale: bool,
+    /// Set by the decision process: this path is in the destination's ECMP set.
+    pub ecmp: bool,
+}
+
+impl Path {
+    pub fn new(source: SourceId, attrs: Arc<RouteAttrs>) -> Path {
+        Path {
+            source,
+            attrs,
+            stale: false,
+            ecmp: false,
+        }
+    }
 }
 
 /// What the decision process needs to know about a source.
@@ -52,20 +68,22 @@ pub struct SourceInfo {
     pub ebgp: bool,
 }
 
-/// One destination's candidate paths, best first.
+/// One destination's candidate paths, best first. Almost every destination has one path, which is
+/// kept inline (no allocation per prefix).
 #[derive(Debug, Clone, Default)]
 pub struct Dest {
-    pub paths: Vec<Path>,
-    /// `paths[..multipath]` are equally good (ECMP); 0 when there is no path.
-    pub multipath: usize,
+    /// Best first; the leading paths with `ecmp` set are equally good.
+    pub paths: SmallVec<[Path; 1]>,
 }
 
 impl Dest {
     pub fn best(&self) -> Option<&Path> {
         self.paths.first()
     }
+    /// The ECMP set: the best path and any equally good ones.
     pub fn ecmp(&self) -> &[Path] {
-        self.paths.get(..self.multipath).unwrap_or(&[])
+        let n = self.paths.iter().take_while(|p| p.ecmp).count();
+        self.paths.get(..n).unwrap_or(&[])
     }
 }
 
@@ -78,7 +96,7 @@ pub struct BestChange {
 /// The Loc-RIB.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    dests: HashMap<IpNet, Dest>,
+    dests: PrefixMap<Dest>,
     sources: HashMap<SourceId, SourceInfo>,
     /// Install several equal paths (ECMP).
     pub multipath: bool,
@@ -113,7 +131,7 @@ impl LocRib {
     pub fn get(&self, prefix: &IpNet) -> Option<&Dest> {
         self.dests.get(prefix)
     }
-    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &Dest)> {
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, &Dest)> {
         self.dests.iter()
     }
 
@@ -124,7 +142,7 @@ impl LocRib {
 
     /// As [`LocRib::update`], and also whether the source had no path for `prefix` before.
     pub fn update_counted(&mut self, prefix: IpNet, path: Path) -> (bool, bool) {
-        let dest = self.dests.entry(prefix).or_default();
+        let dest = self.dests.entry_or_default(prefix);
         let before = fingerprint(Some(dest));
         let added = match dest.paths.iter_mut().find(|p| p.source == path.source) {
             Some(p) => {
@@ -180,7 +198,7 @@ impl LocRib {
                         .iter()
                         .any(|x| x.source == source && (!only_stale || x.stale))
             })
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p)
             .collect();
         victims
             .into_iter()
@@ -225,7 +243,9 @@ fn origin_rank(p: &Path) -> u8 {
 fn select(dest: &mut Dest, sources: &HashMap<SourceId, SourceInfo>, multipath: bool) {
     let n = dest.paths.len();
     if n <= 1 {
-        dest.multipath = n;
+        if let Some(p) = dest.paths.first_mut() {
+            p.ecmp = true;
+        }
         return;
     }
     let ebgp = |p: &Path| sources.get(&p.source).is_some_and(|s| s.ebgp);
@@ -297,7 +317,9 @@ fn select(dest: &mut Dest, sources: &HashMap<SourceId, SourceInfo>, multipath: b
         .into_iter()
         .filter_map(|i| old.get_mut(i).and_then(Option::take))
         .collect();
-    dest.multipath = m;
+    for (i, p) in dest.paths.iter_mut().enumerate() {
+        p.ecmp = i < m;
+    }
 }
 
 #[cfg(test)]
@@ -328,15 +350,14 @@ mod tests {
             ..PathAttrs::default()
         };
         f(&mut attrs);
-        Path {
+        Path::new(
             source,
-            attrs: Arc::new(RouteAttrs {
+            Arc::new(RouteAttrs {
                 attrs,
                 next_hop: format!("10.0.0.{source}").parse().unwrap(),
                 link_local: None,
             }),
-            stale: false,
-        }
+        )
     }
 
     fn setup(multipath: bool) -> LocRib {

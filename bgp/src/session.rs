@@ -74,6 +74,8 @@ pub(crate) enum ToSession {
 
 /// Reports to the speaker.
 #[derive(Debug)]
+// Moved once through the channel; not worth a box per UPDATE.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum FromSession {
     State {
         from: State,

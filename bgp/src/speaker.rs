@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, PeerCfg, SpeakerCfg};
 use crate::fsm::{DownReason, Fsm, FsmCfg, Negotiated, State};
+use crate::prefix_map::{PrefixMap, PrefixSet};
 use crate::rib::{LocRib, Path, RouteAttrs, SourceId, SourceInfo, LOCAL};
 use crate::session::{FromSession, Session, ToSession};
 use crate::sockopt;
@@ -106,9 +107,11 @@ pub enum SpeakerEvent {
         to: State,
         reason: Option<String>,
     },
-    /// Best-route changes of one export pass. A subscriber that lags should re-read `routes()`.
-    Routes(Arc<Vec<RouteChange>>),
 }
+
+/// Best-route changes of one export pass, as sent to [`SpeakerHandle::subscribe_routes`]
+/// subscribers. A subscriber that lags should re-read [`SpeakerHandle::routes`].
+pub type RouteChanges = Arc<Vec<RouteChange>>;
 
 /// Capabilities as status shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,6 +176,7 @@ pub struct SpeakerHandle {
     tx: mpsc::UnboundedSender<SpeakerMsg>,
     status: watch::Receiver<Arc<SpeakerStatus>>,
     events: broadcast::Sender<SpeakerEvent>,
+    route_events: broadcast::Sender<RouteChanges>,
     local_as: u32,
 }
 
@@ -224,8 +228,14 @@ impl SpeakerHandle {
     pub fn status_watch(&self) -> watch::Receiver<Arc<SpeakerStatus>> {
         self.status.clone()
     }
+    /// Peer state changes.
     pub fn subscribe(&self) -> broadcast::Receiver<SpeakerEvent> {
         self.events.subscribe()
+    }
+    /// Best-route changes. Only built while someone subscribes, so a speaker that nobody asks
+    /// for routes (a pure route server) pays nothing for them.
+    pub fn subscribe_routes(&self) -> broadcast::Receiver<RouteChanges> {
+        self.route_events.subscribe()
     }
     /// Stop every session and the listeners. `graceful`: close connections without NOTIFICATION so
     /// graceful-restart peers keep our routes (a restart); else send Cease/Administrative Shutdown.
@@ -244,7 +254,7 @@ struct Peer {
     epoch: u64,
     negotiated: Option<Negotiated>,
     local: Option<IpAddr>,
-    adj_out: HashMap<IpNet, Arc<RouteAttrs>>,
+    adj_out: PrefixMap<Arc<RouteAttrs>>,
     accepted: u64,
     rejected: HashSet<IpNet>,
     last_error: Option<String>,
@@ -276,9 +286,10 @@ struct Speaker {
     listener_tasks: Vec<tokio::task::JoinHandle<()>>,
     sess_tx: mpsc::UnboundedSender<(SourceId, FromSession)>,
     events: broadcast::Sender<SpeakerEvent>,
+    route_events: broadcast::Sender<RouteChanges>,
     status: watch::Sender<Arc<SpeakerStatus>>,
     /// Prefixes whose best path changed since the last export pass.
-    pending: HashSet<IpNet>,
+    pending: PrefixSet,
     status_dirty: bool,
     cluster_id: Ipv4Addr,
 }
@@ -289,6 +300,7 @@ pub async fn start(cfg: SpeakerCfg) -> Result<SpeakerHandle, SpeakerError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (sess_tx, sess_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(1024);
+    let (route_events, _) = broadcast::channel(256);
     let initial = Arc::new(SpeakerStatus {
         local_as: cfg.local_as,
         router_id: cfg.router_id,
@@ -328,8 +340,9 @@ pub async fn start(cfg: SpeakerCfg) -> Result<SpeakerHandle, SpeakerError> {
         listener_tasks,
         sess_tx,
         events: events.clone(),
+        route_events: route_events.clone(),
         status,
-        pending: HashSet::new(),
+        pending: PrefixSet::new(),
         status_dirty: true,
         cluster_id,
     };
@@ -339,6 +352,7 @@ pub async fn start(cfg: SpeakerCfg) -> Result<SpeakerHandle, SpeakerError> {
         tx,
         status: status_rx,
         events,
+        route_events,
         local_as: cfg.local_as,
     })
 }
@@ -463,7 +477,7 @@ impl Speaker {
             SpeakerMsg::Withdraw(prefixes) => {
                 for p in prefixes {
                     if self.rib.withdraw(&p, LOCAL) {
-                        self.pending.insert(p);
+                        self.pending.add(p);
                     }
                 }
             }
@@ -471,7 +485,7 @@ impl Speaker {
                 let routes = self
                     .rib
                     .iter()
-                    .filter_map(|(p, d)| self.best_route(p, d))
+                    .filter_map(|(p, d)| self.best_route(&p, d))
                     .collect();
                 let _ = tx.send(routes);
             }
@@ -554,7 +568,7 @@ impl Speaker {
                 epoch: 0,
                 negotiated: None,
                 local: None,
-                adj_out: HashMap::new(),
+                adj_out: PrefixMap::new(),
                 accepted: 0,
                 rejected: HashSet::new(),
                 last_error: None,
@@ -607,8 +621,8 @@ impl Speaker {
             let all: Vec<IpNet> = self
                 .rib
                 .iter()
-                .map(|(k, _)| *k)
-                .chain(p.adj_out.keys().copied())
+                .map(|(k, _)| k)
+                .chain(p.adj_out.keys())
                 .collect();
             self.export_to(id, &all);
         }
@@ -650,13 +664,9 @@ impl Speaker {
             next_hop,
             link_local: None,
         });
-        let path = Path {
-            source: LOCAL,
-            attrs,
-            stale: false,
-        };
+        let path = Path::new(LOCAL, attrs);
         if self.rib.update(prefix, path) {
-            self.pending.insert(prefix);
+            self.pending.add(prefix);
         }
     }
 
@@ -709,19 +719,15 @@ impl Speaker {
             FromSession::Update(u) => self.on_update(id, u),
             FromSession::RouteRefresh(f) => {
                 if let Some(p) = self.peers.get_mut(&id) {
-                    let keys: Vec<IpNet> = p
-                        .adj_out
-                        .keys()
-                        .copied()
-                        .filter(|k| Family::of(k) == f)
-                        .collect();
+                    let keys: Vec<IpNet> =
+                        p.adj_out.keys().filter(|k| Family::of(k) == f).collect();
                     for k in &keys {
                         p.adj_out.remove(k);
                     }
                     let all: Vec<IpNet> = self
                         .rib
                         .iter()
-                        .map(|(k, _)| *k)
+                        .map(|(k, _)| k)
                         .filter(|k| Family::of(k) == f)
                         .collect();
                     self.export_to(id, &all);
@@ -794,7 +800,7 @@ impl Speaker {
             p.negotiated = Some(n);
             p.state = State::Established;
         }
-        let all: Vec<IpNet> = self.rib.iter().map(|(k, _)| *k).collect();
+        let all: Vec<IpNet> = self.rib.iter().map(|(k, _)| k).collect();
         self.export_to(id, &all);
         if send_eor {
             if let Some(p) = self.peers.get(&id) {
@@ -828,7 +834,7 @@ impl Speaker {
                 self.rib
                     .iter()
                     .filter(|(_, d)| d.paths.iter().any(|x| x.source == id))
-                    .map(|(k, _)| *k),
+                    .map(|(k, _)| k),
             );
         } else {
             p.stale_until = None;
@@ -906,7 +912,7 @@ impl Speaker {
                 p.accepted = p.accepted.saturating_sub(1);
             }
             if changed {
-                self.pending.insert(*w);
+                self.pending.add(*w);
             }
         }
         if u.treat_as_withdraw() || looped {
@@ -953,7 +959,7 @@ impl Speaker {
                             p.accepted = p.accepted.saturating_sub(1);
                         }
                         if changed {
-                            self.pending.insert(prefix);
+                            self.pending.add(prefix);
                         }
                         continue;
                     }
@@ -965,19 +971,12 @@ impl Speaker {
                     }),
                 };
                 p.rejected.remove(&prefix);
-                let (changed, added) = self.rib.update_counted(
-                    prefix,
-                    Path {
-                        source: id,
-                        attrs: path_attrs,
-                        stale: false,
-                    },
-                );
+                let (changed, added) = self.rib.update_counted(prefix, Path::new(id, path_attrs));
                 if added {
                     p.accepted += 1;
                 }
                 if changed {
-                    self.pending.insert(prefix);
+                    self.pending.add(prefix);
                 }
             }
         }
@@ -1003,7 +1002,8 @@ impl Speaker {
         if self.pending.is_empty() {
             return;
         }
-        let changed: Vec<IpNet> = self.pending.drain().collect();
+        // Taken, not drained: a burst of 100k changes should not pin its capacity afterwards.
+        let changed: Vec<IpNet> = std::mem::take(&mut self.pending).keys().collect();
         let ids: Vec<SourceId> = self
             .peers
             .values()
@@ -1013,7 +1013,7 @@ impl Speaker {
         for id in ids {
             self.export_to(id, &changed);
         }
-        if self.events.receiver_count() > 0 {
+        if self.route_events.receiver_count() > 0 {
             let list: Vec<RouteChange> = changed
                 .iter()
                 .map(|p| RouteChange {
@@ -1021,7 +1021,7 @@ impl Speaker {
                     best: self.rib.get(p).and_then(|d| self.best_route(p, d)),
                 })
                 .collect();
-            let _ = self.events.send(SpeakerEvent::Routes(Arc::new(list)));
+            let _ = self.route_events.send(Arc::new(list));
         }
         self.status_dirty = true;
     }
@@ -1038,12 +1038,21 @@ impl Speaker {
         let mut interned: HashSet<Arc<RouteAttrs>> = HashSet::new();
         let mut groups: HashMap<*const RouteAttrs, (Arc<RouteAttrs>, Vec<IpNet>)> = HashMap::new();
         let mut withdrawn = Vec::new();
-        let mut changes: Vec<(IpNet, Option<Arc<RouteAttrs>>)> = Vec::new();
         let passthrough = peer.cfg.export.is_passthrough();
+        // Update the Adj-RIB-Out in place: take it out of the peer while `self` is borrowed.
+        let Some(mut taken) = self
+            .peers
+            .get_mut(&id)
+            .map(|p| std::mem::take(&mut p.adj_out))
+        else {
+            return;
+        };
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
         for prefix in prefixes {
             let out = self.export_one(peer, prefix, passthrough, &mut cache, &mut interned);
-            let old = peer.adj_out.get(prefix);
-            match (out, old) {
+            match (out, taken.get(prefix)) {
                 (Some(a), Some(o)) if Arc::ptr_eq(&a, o) || **o == *a => {}
                 (Some(a), _) => {
                     groups
@@ -1051,11 +1060,11 @@ impl Speaker {
                         .or_insert_with(|| (a.clone(), Vec::new()))
                         .1
                         .push(*prefix);
-                    changes.push((*prefix, Some(a)));
+                    taken.insert(*prefix, a);
                 }
                 (None, Some(_)) => {
                     withdrawn.push(*prefix);
-                    changes.push((*prefix, None));
+                    taken.remove(prefix);
                 }
                 (None, None) => {}
             }
@@ -1063,12 +1072,7 @@ impl Speaker {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        for (prefix, a) in changes {
-            match a {
-                Some(a) => peer.adj_out.insert(prefix, a),
-                None => peer.adj_out.remove(&prefix),
-            };
-        }
+        peer.adj_out = taken;
         let epoch = peer.epoch;
         if !withdrawn.is_empty() {
             let _ = peer.tx.send(ToSession::Withdraw {
@@ -1108,7 +1112,9 @@ impl Speaker {
         let local_as = self.cfg.local_as;
         let to_ebgp = peer.ebgp(local_as);
         if let Some(src) = src {
-            if !src.ebgp(local_as) && !to_ebgp && !(src.cfg.rr_client || peer.cfg.rr_client) {
+            let both_ibgp = !src.ebgp(local_as) && !to_ebgp;
+            let reflecting = src.cfg.rr_client || peer.cfg.rr_client;
+            if both_ibgp && !reflecting {
                 return None; // iBGP split horizon (RFC 4271 9.2, RFC 4456 8)
             }
         }
