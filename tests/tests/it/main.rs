@@ -1,6 +1,7 @@
 //! The one integration-test binary of calico-rs: each end-to-end area is a module here.
 //! Tests need root and create their own network namespaces (see `calico_tests::lab`).
 
+mod bgp;
 mod check_selftest;
 mod lab_selftest;
 mod peers_selftest;
