@@ -91,11 +91,9 @@ fn drop_removes_namespaces_and_processes() -> Result<()> {
 
 #[test]
 fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
-    // Find a pid that is not alive (pid_max is at least 32768).
-    let dead = (2_000_000..4_000_000u32)
-        .step_by(7919)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
+    // A pid that can never be alive (above PID_MAX_LIMIT, 2^22) and unique to this test process, so
+    // parallel runs of this test do not share it.
+    let dead = 5_000_000 + std::process::id();
     let name = format!("crs{dead}-old-n1");
     // Protect it with a keep marker while setting it up, so a concurrent sweep (another test
     // process) cannot delete it half-made.
