@@ -90,7 +90,7 @@ fn net(s: &str) -> IpNet {
 fn bird_and_gobgp_exchange_routes_v4_v6() -> Result<()> {
     let (_lab, b, g) = two_speakers("ebgp")?;
     let bird = Bird::start(&b, &bird_conf(""))?;
-    let gobgp = Gobgp::start(&g, &gobgp_conf("", false))?;
+    let mut gobgp = Gobgp::start(&g, &gobgp_conf("", false))?;
     bird.wait_established("gobgp4", UP)?;
     bird.wait_established("gobgp6", UP)?;
     gobgp.wait_established("10.0.0.1", UP)?;
@@ -151,6 +151,14 @@ fn bird_and_gobgp_exchange_routes_v4_v6() -> Result<()> {
         ensure!(!p.contains(&net("10.50.0.0/24")), "{p:?}");
         Ok(())
     })?;
+    assert_eq!(gobgp.adj_in_count("10.0.0.1", "ipv4")?, 1);
+
+    // gobgpd crash-restarts and the sessions come back.
+    gobgp.restart(false)?;
+    gobgp.wait_established("10.0.0.1", UP)?;
+    bird.wait_established("gobgp4", UP)?;
+    let n = gobgp.neighbors()?;
+    assert_eq!(n.len(), 2, "{n:?}");
     Ok(())
 }
 
