@@ -39,6 +39,9 @@ fn default_connect_retry() -> Duration {
 fn default_port() -> u16 {
     179
 }
+fn yes() -> bool {
+    true
+}
 fn default_families() -> Vec<Family> {
     vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
 }
@@ -175,6 +178,10 @@ pub struct PeerCfg {
     pub max_prefixes: Option<u32>,
     #[serde(default = "default_families")]
     pub families: Vec<Family>,
+    /// Advertise the 4-octet AS capability (RFC 6793). Off only for peers that mishandle it, as
+    /// BIRD's `enable as4 off`: the session then carries AS_TRANS and AS4_PATH.
+    #[serde(default = "yes")]
+    pub four_octet_as: bool,
     /// Free-form label for status (e.g. "node-to-node mesh", "global").
     #[serde(default)]
     pub description: String,
@@ -199,6 +206,7 @@ impl PeerCfg {
             export: Policy::default(),
             max_prefixes: None,
             families: default_families(),
+            four_octet_as: true,
             description: String::new(),
         }
     }

@@ -62,6 +62,8 @@ pub struct FsmCfg {
     pub passive: bool,
     pub families: Vec<Family>,
     pub graceful_restart: Option<GrCfg>,
+    /// Advertise the 4-octet AS capability (RFC 6793).
+    pub four_octet_as: bool,
     /// Smallest and largest IdleHoldTimer after an error.
     pub idle_hold_min: Duration,
     pub idle_hold_max: Duration,
@@ -78,6 +80,7 @@ impl FsmCfg {
             passive: false,
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             graceful_restart: None,
+            four_octet_as: true,
             idle_hold_min: Duration::from_secs(1),
             idle_hold_max: Duration::from_secs(30),
         }
@@ -285,7 +288,9 @@ impl Fsm {
             .map(|f| Capability::Multiprotocol(*f))
             .collect();
         capabilities.push(Capability::RouteRefresh);
-        capabilities.push(Capability::FourOctetAs(cfg.local_as));
+        if cfg.four_octet_as {
+            capabilities.push(Capability::FourOctetAs(cfg.local_as));
+        }
         if let Some(gr) = &cfg.graceful_restart {
             capabilities.push(Capability::GracefulRestart(GracefulRestartCap {
                 restarting: gr.restarting,

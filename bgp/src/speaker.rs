@@ -536,6 +536,7 @@ impl Speaker {
         f.passive = cfg.passive;
         f.families = cfg.families.clone();
         f.graceful_restart = self.cfg.gr();
+        f.four_octet_as = cfg.four_octet_as;
         f
     }
 

@@ -26,6 +26,7 @@ protocol bgp ours {{
   hold time 9;
   connect retry time 1;
   error wait time 1, 2;
+  direct;
   {extra}
   ipv4 {{ import all; export all; next hop self; gateway direct; }};
   ipv6 {{ import all; export all; next hop address fd00::2; gateway direct; }};
@@ -149,9 +150,10 @@ fn bird_ibgp_v4_v6() -> Result<()> {
 
 #[test]
 fn two_octet_bird_gets_as_trans_and_as4_path() -> Result<()> {
-    // ours (AS 4200000001) -> BIRD b (AS4 off, AS 65002) -> BIRD c (AS4 on, AS 65003). BIRD b sees
-    // AS_TRANS in AS_PATH plus AS4_PATH (RFC 6793), which it passes on untouched; BIRD c merges
-    // them back into our real AS. And routes from the 2-octet BIRD reach us with the right path.
+    // ours (AS 4200000001) -> BIRD b (AS4 off, AS 65002) -> BIRD c (AS4 on, AS 65003). On the
+    // 2-octet session we must send AS_TRANS in AS_PATH plus AS4_PATH (RFC 6793); BIRD b rebuilds
+    // our real AS from them, and passes it on to BIRD c. Routes from the 2-octet BIRD reach us with
+    // the right path.
     let lab = Lab::new("bas2")?;
     let (a, b) = pair(&lab)?;
     let c = lab.netns("c")?;
@@ -176,24 +178,31 @@ protocol bgp b { local 10.0.1.2 as 65003; neighbor 10.0.1.1 as 65002; connect re
   ipv4 { import all; export none; gateway direct; }; }
 "#,
     )?;
-    let ours = Ours::start(
-        &a,
-        speaker_cfg(4_200_000_001, "10.0.0.1"),
-        vec![peer_cfg("10.0.0.2", 65002)],
-    )?;
+    // We leave out the 4-octet AS capability too, as an old speaker would: BIRD b takes us for AS
+    // 23456 and the session is 2-octet on both sides.
+    let mut peer = peer_cfg("10.0.0.2", 65002);
+    peer.four_octet_as = false;
+    let ours = Ours::start(&a, speaker_cfg(4_200_000_001, "10.0.0.1"), vec![peer])?;
     let st = ours.wait_state("10.0.0.2", State::Established, UP)?;
     ensure!(
         !st.negotiated.expect("negotiated").four_octet_as,
-        "BIRD b must not do 4-octet AS"
+        "the session must be 2-octet"
     );
     ours.h
         .originate(vec![(net("10.1.0.0/26"), OriginAttrs::default())])?;
     let at_b = eventually(UP, || {
         bird_route(&bird_b, "10.1.0.0/26")?.ok_or_else(|| anyhow::anyhow!("not in BIRD b"))
     })?;
+    // BIRD keeps paths in 4-octet form internally: on a session it agrees is 2-octet, it can only
+    // know our real AS from the AS4_PATH we sent beside AS_TRANS.
+    let proto = bird_b.birdc("show protocols all ours")?;
     assert!(
-        at_b.contains("BGP.as_path: 23456"),
-        "AS_TRANS toward the 2-octet speaker: {at_b}"
+        proto.contains("Session:") && !proto.contains("AS4"),
+        "BIRD b must see a 2-octet session: {proto}"
+    );
+    assert!(
+        at_b.contains("BGP.as_path: 4200000001"),
+        "AS4_PATH merged by the 2-octet receiver: {at_b}"
     );
     let at_c = eventually(UP, || {
         bird_route(&bird_c, "10.1.0.0/26")?.ok_or_else(|| anyhow::anyhow!("not in BIRD c"))

@@ -47,9 +47,7 @@ fn gr_cfg() -> SpeakerCfg {
 }
 
 fn in_bird(bird: &Bird, prefix: &str) -> Result<bool> {
-    Ok(bird
-        .birdc(&format!("show route {prefix}"))?
-        .contains(prefix))
+    Ok(super::bird::bird_route(bird, prefix)?.is_some())
 }
 
 /// Start ours with `routes` originated *before* the peer is added, as a restarting daemon does, so

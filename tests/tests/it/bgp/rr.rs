@@ -120,9 +120,7 @@ protocol bgp ours {
     })?;
     consistently(std::time::Duration::from_secs(2), || {
         ensure!(
-            !bird
-                .birdc("show route 10.53.0.0/26")?
-                .contains("10.53.0.0/26"),
+            super::bird::bird_route(&bird, "10.53.0.0/26")?.is_none(),
             "non-client route leaked to a non-client"
         );
         Ok(())
