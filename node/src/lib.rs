@@ -2,3 +2,4 @@
 
 pub mod datastore;
 pub mod ipam;
+pub mod status;
