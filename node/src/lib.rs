@@ -1,5 +1,6 @@
 //! calico-rs node daemon library.
 
+pub mod calc;
 pub mod datastore;
 pub mod ipam;
 pub mod status;

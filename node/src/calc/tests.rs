@@ -1,0 +1,242 @@
+//! The calculation step from YAML a Calico user would write.
+
+use super::*;
+
+fn state(yaml: &str) -> ClusterState {
+    let (s, errs) = ClusterState::from_yaml("test.yaml", yaml);
+    assert!(errs.is_empty(), "{errs:?}");
+    s
+}
+
+const NODES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node1
+  labels: {rack: a}
+  annotations: {projectcalico.org/IPv4Address: 10.200.0.11/24, projectcalico.org/IPv6Address: "fd00:200::11/64"}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node2
+  labels: {rack: a}
+  annotations: {projectcalico.org/IPv4Address: 10.200.0.12/24}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node3
+  labels: {rack: b}
+  annotations: {projectcalico.org/IPv4Address: 10.200.0.13/24, projectcalico.org/ASNumber: "65003"}
+"#;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn full_mesh_by_default() {
+    let s = state(NODES);
+    let d = desired(&s, "node1", &[]);
+    let sp = d.speaker.expect("speaker");
+    assert_eq!(sp.router_id, "10.200.0.11".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(sp.local_as, 64512);
+    assert_eq!(sp.next_hop_v6, Some("fd00:200::11".parse().unwrap()));
+    let peers: Vec<(IpAddr, u32, PeerType)> = d
+        .peers
+        .values()
+        .map(|p| (p.cfg.address, p.cfg.remote_as, p.peer_type))
+        .collect();
+    assert_eq!(
+        peers,
+        vec![
+            (ip("10.200.0.12"), 64512, PeerType::NodeMesh),
+            (ip("10.200.0.13"), 65003, PeerType::NodeMesh)
+        ]
+    );
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
+
+#[test]
+fn bgp_peers_route_reflectors_and_mesh_off() {
+    let yaml = format!(
+        "{NODES}{}",
+        r#"
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false, asNumber: 64600}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 10.200.0.1, asNumber: 65000, password: s3cret}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: rack-a-to-rr}
+spec: {nodeSelector: "rack == 'a'", peerSelector: "has(rr)"}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: only-node2}
+spec: {node: node2, peerIP: 10.9.9.9, asNumber: 65009}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: secret}
+spec: {peerIP: 10.200.0.99, asNumber: 65000, password: {secretKeyRef: {name: s, key: k}}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: rr1, labels: {rr: "yes"}}
+spec: {bgp: {ipv4Address: 10.200.0.5/24, routeReflectorClusterID: 224.0.0.1}}
+"#
+    );
+    let s = state(&yaml);
+    let d = desired(&s, "node1", &[]);
+    let got: Vec<(IpAddr, PeerType, Option<String>)> = d
+        .peers
+        .values()
+        .map(|p| (p.cfg.address, p.peer_type, p.cfg.password.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ip("10.200.0.1"), PeerType::Global, Some("s3cret".into())),
+            (ip("10.200.0.5"), PeerType::RrServer, None),
+        ]
+    );
+    assert_eq!(d.speaker.unwrap().local_as, 64600);
+    assert!(
+        d.errors
+            .iter()
+            .any(|e| e.contains("BGPPeer secret: spec.password.secretKeyRef")),
+        "{:?}",
+        d.errors
+    );
+
+    // The route reflector sees node1 and node2 (rack a) as clients; node3 is not selected.
+    let rr = desired(&s, "rr1", &[]);
+    assert_eq!(
+        rr.speaker.as_ref().unwrap().cluster_id,
+        Some("224.0.0.1".parse().unwrap())
+    );
+    let clients: Vec<(IpAddr, PeerType, bool)> = rr
+        .peers
+        .values()
+        .filter(|p| p.peer_type == PeerType::RrClient)
+        .map(|p| (p.cfg.address, p.peer_type, p.cfg.rr_client))
+        .collect();
+    assert_eq!(
+        clients,
+        vec![
+            (ip("10.200.0.11"), PeerType::RrClient, true),
+            (ip("10.200.0.12"), PeerType::RrClient, true)
+        ]
+    );
+    // node2 has its own node-specific peer.
+    let d2 = desired(&s, "node2", &[]);
+    assert!(d2
+        .peers
+        .values()
+        .any(|p| p.cfg.address == ip("10.9.9.9") && p.peer_type == PeerType::NodeSpecific));
+    assert!(!d.peers.values().any(|p| p.cfg.address == ip("10.9.9.9")));
+}
+
+#[test]
+fn originates_blocks_and_borrowed_pod_addresses() {
+    let yaml = format!(
+        "{NODES}{}",
+        r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  nodeName: node1
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}, {ip: "fd00:244::5"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: static, namespace: default}
+spec: {nodeName: node1}
+status: {podIP: 10.99.0.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, namespace: default}
+spec: {nodeName: node2}
+status: {podIP: 10.244.0.70}
+"#
+    );
+    let s = state(&yaml);
+    let blocks: Vec<IpNet> = vec![
+        "10.244.0.0/26".parse().unwrap(),
+        "fd00:244::/122".parse().unwrap(),
+    ];
+    let d = desired(&s, "node1", &blocks);
+    let orig: Vec<String> = d.originate.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        orig,
+        vec!["10.99.0.7/32", "10.244.0.0/26", "fd00:244::/122"]
+    );
+    assert_eq!(d.local_pods.len(), 2);
+    let web = d.local_pods.iter().find(|p| p.name == "web").unwrap();
+    assert_eq!(web.iface, felix::workload_iface_name("default", "web"));
+    assert_eq!(d.policy.endpoints.len(), 2);
+    assert_eq!(d.policy.pods.len(), 3);
+    let wp = d.policy.pods.iter().find(|p| p.name == "web").unwrap();
+    assert_eq!(
+        wp.ports,
+        vec![pm::NamedPort {
+            name: "http".into(),
+            protocol: "TCP".into(),
+            port: 8080
+        }]
+    );
+}
+
+#[test]
+fn learned_routes_skip_our_own_blocks_and_next_hops() {
+    let s = state(NODES);
+    let blocks: Vec<IpNet> = vec!["10.244.0.0/26".parse().unwrap()];
+    let d = desired(&s, "node1", &blocks);
+    let mut learned = BTreeMap::new();
+    learned.insert("10.244.0.64/26".parse().unwrap(), vec![ip("10.200.0.12")]);
+    learned.insert("10.244.0.0/26".parse().unwrap(), vec![ip("10.200.0.12")]);
+    learned.insert("10.244.1.0/26".parse().unwrap(), vec![ip("10.200.0.11")]);
+    let r = routes_input(&d, &learned);
+    let cidrs: Vec<String> = r.remote_blocks.iter().map(|b| b.cidr.to_string()).collect();
+    assert_eq!(cidrs, vec!["10.244.0.64/26"]);
+    assert_eq!(r.local_blocks, blocks);
+}
+
+#[test]
+fn a_node_without_ipv4_runs_no_bgp_and_says_why() {
+    let s = state("apiVersion: v1\nkind: Node\nmetadata: {name: lonely}\n");
+    let d = desired(&s, "lonely", &[]);
+    assert!(d.speaker.is_none());
+    assert!(d.errors[0].contains("Node lonely"), "{:?}", d.errors);
+    let d = desired(&s, "ghost", &[]);
+    assert!(d.errors[0].contains("not found"), "{:?}", d.errors);
+}
+
+#[test]
+fn an_unparseable_policy_fails_closed() {
+    let yaml = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: prod}
+spec: {podSelector: {matchLabels: {app: web}}, ingress: "not a list"}
+"#;
+    let (s, _) = ClusterState::from_yaml("p.yaml", yaml);
+    let d = desired(&s, "node1", &[]);
+    if let Some(p) = d.policy.policies.first() {
+        // Either felix's model took it (and validates it), or we replaced it by deny-all.
+        assert_eq!(p.metadata.name, "broken");
+    }
+}
