@@ -1,0 +1,630 @@
+//! The node daemon: one owner task wiring datastore, IPAM, BGP and felix together.
+//!
+//! ```text
+//!  FileDatastore ──watch<Snapshot>──┐      Ipam (DIR/ipam, polled 1/s)
+//!                                   v        v
+//!                         ┌───────── daemon task ─────────┐
+//!                         │ calc::desired(state, blocks)  │──peers/originate diff──▶ bgp::SpeakerHandle
+//!                         │ learned routes (from BGP) ◀───│◀── RouteChanges / PeerState events
+//!                         │ calc::routes_input            │──RoutesInput──▶ felix RouteManager
+//!                         │ policy input                  │──PolicyInput──▶ felix policy manager
+//!                         └──────────────┬────────────────┘
+//!                                        └──watch<NodeSnapshot>──▶ gRPC, /readiness, /metrics
+//! ```
+//! Order on start (and restart): the speaker originates our blocks before any peer is added, so
+//! the first End-of-RIB we send follows a complete table; felix gets its first route input only once
+//! BGP has synced (every peer Established with its End-of-RIB in, or `bgp_sync_timeout`), so a
+//! restarted daemon never removes remote-block routes it simply has not relearned yet. On SIGTERM
+//! the sessions close without NOTIFICATION (graceful restart: peers keep our routes) and kernel
+//! routes and the nftables table stay as they are.
+
+pub mod health;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use bgp::{GracefulRestartCfg, OriginAttrs, SpeakerCfg, SpeakerHandle, State};
+use felix::policy::{PolicyCfg, PolicyHandle};
+use felix::routes::{RouteManager, RouteManagerHandle, RoutesCfg};
+use ipnet::IpNet;
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use crate::calc::{self, Desired, PeerSpec, SpeakerSpec};
+use crate::datastore::{ClusterState, Datastore, FileDatastore};
+use crate::ipam::Ipam;
+use crate::status::{
+    BlockView, NodeSnapshot, NodeView, PeerView, PolicyView, RejectedPolicyView, RouteKind,
+    RouteView,
+};
+
+/// Where the resources come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreKind {
+    File(PathBuf),
+    Kubernetes,
+}
+
+impl std::str::FromStr for DatastoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kubernetes" => Ok(DatastoreKind::Kubernetes),
+            s => match s.strip_prefix("file:") {
+                Some(dir) if !dir.is_empty() => Ok(DatastoreKind::File(PathBuf::from(dir))),
+                _ => Err(format!(
+                    "--datastore {s:?}: expected file:DIR or kubernetes"
+                )),
+            },
+        }
+    }
+}
+
+/// Daemon settings (validated by the binary before `run`).
+#[derive(Debug, Clone)]
+pub struct DaemonCfg {
+    pub nodename: String,
+    pub datastore: DatastoreKind,
+    /// HTTP port for /liveness and /readiness (Calico's 9099); 0 disables.
+    pub health_port: u16,
+    /// HTTP port for /metrics; 0 disables.
+    pub metrics_port: u16,
+    /// Route protocol number marking felix's routes.
+    pub route_protocol: u8,
+    /// nftables table (family inet) for policy.
+    pub nft_table: String,
+    /// Longest wait for peers' End-of-RIB before felix gets its first route input.
+    pub bgp_sync_timeout: Duration,
+}
+
+impl DaemonCfg {
+    pub fn new(nodename: &str, datastore: DatastoreKind) -> DaemonCfg {
+        DaemonCfg {
+            nodename: nodename.to_string(),
+            datastore,
+            health_port: 9099,
+            metrics_port: 9091,
+            route_protocol: felix::routes::DEFAULT_ROUTE_PROTOCOL,
+            nft_table: "calico-rs".into(),
+            bgp_sync_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Speaker {
+    spec: SpeakerSpec,
+    handle: SpeakerHandle,
+    started: Instant,
+}
+
+/// The speaker's event streams, apart from [`Speaker`] so the select loop can borrow each alone.
+#[derive(Default)]
+struct SpeakerRx {
+    routes: Option<broadcast::Receiver<bgp::RouteChanges>>,
+    peers: Option<broadcast::Receiver<bgp::SpeakerEvent>>,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub resource_errors: u64,
+    pub recomputes: u64,
+    pub route_inputs: u64,
+    pub policy_inputs: u64,
+    pub last_recompute: Duration,
+}
+
+struct Daemon {
+    cfg: DaemonCfg,
+    ipam: Ipam,
+    state: ClusterState,
+    resource_errors: Vec<String>,
+    blocks: Vec<IpNet>,
+    desired: Option<Desired>,
+    speaker: Option<Speaker>,
+    rx: SpeakerRx,
+    applied_peers: BTreeMap<IpAddr, PeerSpec>,
+    applied_originate: BTreeSet<IpNet>,
+    /// Best routes learned from peers: prefix -> ECMP next hops.
+    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    routes: RouteManagerHandle,
+    routes_pushed: bool,
+    policy: PolicyHandle,
+    bgp_synced: bool,
+    started: SystemTime,
+    status: watch::Sender<Arc<NodeSnapshot>>,
+    counters: Counters,
+    counters_tx: watch::Sender<Counters>,
+}
+
+/// Run the daemon until `shutdown` resolves. Kernel state is left in place on return.
+pub async fn run(
+    cfg: DaemonCfg,
+    status: watch::Sender<Arc<NodeSnapshot>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let dir = match &cfg.datastore {
+        DatastoreKind::File(d) => d.clone(),
+        DatastoreKind::Kubernetes => {
+            bail!(
+                "--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR"
+            )
+        }
+    };
+    let ds = FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?;
+    let ipam = Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
+    let routes = RouteManager::start(RoutesCfg {
+        protocol: cfg.route_protocol,
+        ..RoutesCfg::default()
+    })
+    .await
+    .context("starting the route manager")?;
+    let policy = felix::policy::spawn(PolicyCfg {
+        table: cfg.nft_table.clone(),
+        ..PolicyCfg::default()
+    })
+    .context("starting the policy manager")?;
+    let (counters_tx, counters_rx) = watch::channel(Counters::default());
+    if cfg.health_port != 0 || cfg.metrics_port != 0 {
+        health::spawn(
+            cfg.health_port,
+            cfg.metrics_port,
+            status.subscribe(),
+            counters_rx,
+        )
+        .await?;
+    }
+    let mut snaps = ds.watch();
+    let first = snaps.borrow_and_update().clone();
+    let mut d = Daemon {
+        cfg,
+        ipam,
+        state: first.state.clone(),
+        resource_errors: first.errors.iter().map(|e| e.to_string()).collect(),
+        blocks: vec![],
+        desired: None,
+        speaker: None,
+        rx: SpeakerRx::default(),
+        applied_peers: BTreeMap::new(),
+        applied_originate: BTreeSet::new(),
+        learned: BTreeMap::new(),
+        routes,
+        routes_pushed: false,
+        policy,
+        bgp_synced: false,
+        started: SystemTime::now(),
+        status,
+        counters: Counters::default(),
+        counters_tx,
+    };
+    for e in &d.resource_errors {
+        warn!(error = %e, "resource rejected");
+    }
+    d.refresh_blocks();
+    d.recompute().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(shutdown);
+    loop {
+        let mut recompute = false;
+        let mut routes_dirty = false;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = snaps.changed() => {
+                if r.is_err() {
+                    bail!("the datastore watcher stopped");
+                }
+                let s = snaps.borrow_and_update().clone();
+                d.state = s.state.clone();
+                let errs: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
+                for e in errs.iter().filter(|e| !d.resource_errors.contains(e)) {
+                    warn!(error = %e, "resource rejected");
+                    d.counters.resource_errors += 1;
+                }
+                d.resource_errors = errs;
+                recompute = true;
+            }
+            _ = tick.tick() => {
+                recompute = d.refresh_blocks() || d.release_deleted_nodes();
+            }
+            r = recv(&mut d.rx.routes) => {
+                routes_dirty = true;
+                match r {
+                    Ok(changes) => d.apply_route_changes(&changes),
+                    Err(broadcast::error::RecvError::Lagged(_)) => d.reload_learned().await,
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
+            }
+            e = recv(&mut d.rx.peers) => {
+                if let Ok(bgp::SpeakerEvent::PeerState { address, from, to, reason }) = e {
+                    info!(peer = %address, %from, %to, reason = reason.as_deref().unwrap_or(""), "BGP peer state");
+                }
+            }
+        }
+        if recompute {
+            d.recompute().await;
+            routes_dirty = true;
+        }
+        if !d.bgp_synced && d.check_bgp_synced() {
+            info!("BGP synced: programming routes");
+            routes_dirty = true;
+        }
+        if routes_dirty && d.bgp_synced {
+            d.push_routes();
+        }
+        d.publish();
+    }
+    info!("shutting down: BGP sessions close for graceful restart, kernel routes and rules stay");
+    if let Some(sp) = d.speaker.take() {
+        sp.handle.shutdown(true).await;
+    }
+    Ok(())
+}
+
+async fn recv<T: Clone>(
+    rx: &mut Option<broadcast::Receiver<T>>,
+) -> Result<T, broadcast::error::RecvError> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    /// Re-read this node's affine blocks; true when they changed.
+    fn refresh_blocks(&mut self) -> bool {
+        match self.ipam.blocks_for(&self.cfg.nodename) {
+            Ok(mut b) => {
+                b.sort();
+                if b != self.blocks {
+                    self.blocks = b;
+                    return true;
+                }
+            }
+            Err(e) => warn!(error = %e, "reading IPAM blocks"),
+        }
+        false
+    }
+
+    /// Free the blocks of nodes that are no longer in the datastore (any node may do it; the
+    /// IPAM lock makes it safe and it is idempotent).
+    fn release_deleted_nodes(&mut self) -> bool {
+        let Ok(aff) = self.ipam.affinities() else {
+            return false;
+        };
+        let gone: BTreeSet<String> = aff
+            .values()
+            .flatten()
+            .filter(|n| !self.state.nodes.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for n in &gone {
+            match self.ipam.release_node(n) {
+                Ok(blocks) => {
+                    info!(node = %n, blocks = blocks.len(), "released the blocks of a deleted node")
+                }
+                Err(e) => warn!(node = %n, error = %e, "releasing blocks"),
+            }
+        }
+        !gone.is_empty()
+    }
+
+    async fn recompute(&mut self) {
+        let t = Instant::now();
+        let d = calc::desired(&self.state, &self.cfg.nodename, &self.blocks);
+        if self.desired.as_ref().map(|o| &o.errors) != Some(&d.errors) {
+            for e in &d.errors {
+                warn!(error = %e, "configuration problem");
+            }
+        }
+        self.apply_bgp(&d).await;
+        if self.desired.as_ref().map(|o| &o.policy) != Some(&d.policy) {
+            self.policy.update(d.policy.clone());
+            self.counters.policy_inputs += 1;
+        }
+        self.desired = Some(d);
+        self.counters.recomputes += 1;
+        self.counters.last_recompute = t.elapsed();
+    }
+
+    async fn apply_bgp(&mut self, d: &Desired) {
+        let spec_changed = self.speaker.as_ref().map(|s| &s.spec) != d.speaker.as_ref();
+        if spec_changed {
+            self.rx = SpeakerRx::default();
+            if let Some(old) = self.speaker.take() {
+                info!("speaker settings changed: restarting the BGP speaker");
+                old.handle.shutdown(false).await;
+            }
+            self.applied_peers.clear();
+            self.applied_originate.clear();
+            self.learned.clear();
+            self.bgp_synced = false;
+            if let Some(spec) = &d.speaker {
+                match start_speaker(spec).await {
+                    Ok(sp) => {
+                        self.rx = SpeakerRx {
+                            routes: Some(sp.handle.subscribe_routes()),
+                            peers: Some(sp.handle.subscribe()),
+                        };
+                        self.speaker = Some(sp);
+                    }
+                    Err(e) => warn!(error = %e, "cannot start the BGP speaker"),
+                }
+            }
+        }
+        let Some(sp) = &self.speaker else {
+            // No BGP here: routes are still programmed for local pods.
+            self.bgp_synced = true;
+            return;
+        };
+        // Originate before peering, so the first End-of-RIB follows a complete table.
+        let withdraw: Vec<IpNet> = self
+            .applied_originate
+            .difference(&d.originate)
+            .copied()
+            .collect();
+        let add: Vec<(IpNet, OriginAttrs)> = d
+            .originate
+            .difference(&self.applied_originate)
+            .map(|p| (*p, OriginAttrs::default()))
+            .collect();
+        if !withdraw.is_empty() {
+            let _ = sp.handle.withdraw(withdraw);
+        }
+        if !add.is_empty() {
+            let _ = sp.handle.originate(add);
+        }
+        self.applied_originate = d.originate.clone();
+        for addr in self
+            .applied_peers
+            .keys()
+            .filter(|a| !d.peers.contains_key(a))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            if let Err(e) = sp.handle.remove_peer(addr).await {
+                warn!(peer = %addr, error = %e, "removing peer");
+            }
+            self.applied_peers.remove(&addr);
+        }
+        for (addr, spec) in &d.peers {
+            let r = match self.applied_peers.get(addr) {
+                None => sp.handle.add_peer(spec.cfg.clone()).await,
+                Some(old) if old.cfg != spec.cfg => sp.handle.update_peer(spec.cfg.clone()).await,
+                Some(_) => Ok(()),
+            };
+            match r {
+                Ok(()) => {
+                    self.applied_peers.insert(*addr, spec.clone());
+                }
+                Err(e) => warn!(peer = %addr, error = %e, "configuring peer"),
+            }
+        }
+    }
+
+    fn apply_route_changes(&mut self, changes: &[bgp::RouteChange]) {
+        for c in changes {
+            match &c.best {
+                Some(b) if b.peer.is_some() => {
+                    self.learned.insert(c.prefix, b.next_hops.clone());
+                }
+                _ => {
+                    self.learned.remove(&c.prefix);
+                }
+            }
+        }
+    }
+
+    async fn reload_learned(&mut self) {
+        let Some(sp) = &self.speaker else { return };
+        if let Ok(all) = sp.handle.routes().await {
+            self.learned = all
+                .into_iter()
+                .filter(|b| b.peer.is_some())
+                .map(|b| (b.prefix, b.next_hops))
+                .collect();
+        }
+    }
+
+    /// Every configured peer is Established and has sent End-of-RIB, or we waited long enough.
+    fn check_bgp_synced(&mut self) -> bool {
+        let Some(sp) = &self.speaker else {
+            self.bgp_synced = true;
+            return true;
+        };
+        let st = sp.handle.status();
+        let all = st
+            .peers
+            .iter()
+            .all(|p| p.state == State::Established && p.end_of_rib);
+        if all || sp.started.elapsed() >= self.cfg.bgp_sync_timeout {
+            if !all {
+                warn!("BGP sync timeout: programming routes with what has been learned so far");
+            }
+            self.bgp_synced = true;
+        }
+        self.bgp_synced
+    }
+
+    fn push_routes(&mut self) {
+        let Some(d) = &self.desired else { return };
+        let input = calc::routes_input(d, &self.learned);
+        if let Err(e) = self.routes.set_desired(input) {
+            warn!(error = %e, "route manager");
+        }
+        self.routes_pushed = true;
+        self.counters.route_inputs += 1;
+    }
+
+    fn publish(&mut self) {
+        let snap = self.snapshot();
+        self.status.send_if_modified(|cur| {
+            if **cur != snap {
+                *cur = Arc::new(snap);
+                true
+            } else {
+                false
+            }
+        });
+        let c = self.counters.clone();
+        self.counters_tx.send_replace(c);
+    }
+
+    fn snapshot(&self) -> NodeSnapshot {
+        let d = self.desired.as_ref();
+        let me = d.and_then(|d| d.me.as_ref());
+        let rstat = self.routes.status();
+        let pstat = self.policy.status();
+        let mut not_ready = Vec::new();
+        if !self.bgp_synced {
+            not_ready.push("BGP not synced".to_string());
+        }
+        if !self.routes_pushed || !rstat.in_sync() {
+            not_ready.push(format!(
+                "routes: {} of {} programmed",
+                rstat.programmed, rstat.desired
+            ));
+        }
+        if pstat.seq_received == 0 || pstat.seq_applied < pstat.seq_received {
+            not_ready.push("policy not applied".to_string());
+        }
+        let bgp = self.speaker.as_ref().map(|s| s.handle.status());
+        let peers: Vec<PeerView> = bgp
+            .iter()
+            .flat_map(|s| s.peers.iter())
+            .map(|p| {
+                let spec = self.applied_peers.get(&p.address);
+                PeerView {
+                    peer_type: spec
+                        .map(|s| s.peer_type)
+                        .unwrap_or(crate::status::PeerType::Global),
+                    name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+                    bgp: p.clone(),
+                }
+            })
+            .collect();
+        let pending: BTreeSet<IpNet> = rstat.pending.iter().map(|p| p.dst).collect();
+        let pools: Vec<IpNet> = self.state.ip_pools.values().map(|p| p.cidr).collect();
+        let mut routes: Vec<RouteView> = Vec::new();
+        let pushed = self.routes_pushed;
+        let mk =
+            |prefix: IpNet, kind, next_hops: Vec<IpAddr>, source_peer: Option<IpAddr>| RouteView {
+                prefix,
+                kind,
+                next_hops,
+                source_peer,
+                as_path: vec![],
+                installed: pushed && !pending.contains(&prefix),
+                stale: false,
+            };
+        for b in &self.blocks {
+            routes.push(mk(*b, RouteKind::LocalBlock, vec![], None));
+        }
+        for p in d.iter().flat_map(|d| d.local_pods.iter()) {
+            for n in &p.nets {
+                routes.push(mk(*n, RouteKind::Pod, vec![], None));
+            }
+        }
+        for (prefix, hops) in &self.learned {
+            let kind = if pools.iter().any(|p| p.contains(prefix)) {
+                RouteKind::RemoteBlock
+            } else {
+                RouteKind::Peer
+            };
+            routes.push(mk(*prefix, kind, hops.clone(), hops.first().copied()));
+        }
+        let blocks = self
+            .ipam
+            .usage()
+            .map(|u| {
+                u.blocks
+                    .into_iter()
+                    .map(|b| BlockView {
+                        cidr: b.cidr,
+                        affinity: b.affinity,
+                        used: b.used as u32,
+                        free: b.free as u32,
+                        pool: b.pool.unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        NodeSnapshot {
+            node: NodeView {
+                name: self.cfg.nodename.clone(),
+                addresses: me
+                    .iter()
+                    .flat_map(|m| {
+                        m.ipv4
+                            .map(|n| n.to_string())
+                            .into_iter()
+                            .chain(m.ipv6.map(|n| n.to_string()))
+                    })
+                    .collect(),
+                as_number: me.map(|m| m.as_number).unwrap_or(0),
+                router_id: d
+                    .and_then(|d| d.speaker.as_ref())
+                    .map(|s| s.router_id.to_string())
+                    .unwrap_or_default(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: self.started,
+                ready: not_ready.is_empty(),
+                live: true,
+                not_ready,
+            },
+            peers,
+            routes,
+            blocks,
+            policy: PolicyView {
+                table: self.cfg.nft_table.clone(),
+                policies_compiled: pstat.compile.compiled as u32,
+                rejected: pstat
+                    .rejected
+                    .iter()
+                    .map(|e| RejectedPolicyView {
+                        namespace: e.namespace.clone(),
+                        name: e.name.clone(),
+                        reason: format!("{}: {}", e.field, e.reason),
+                    })
+                    .collect(),
+                rules: pstat.rules as u32,
+                set_elements: pstat.set_elements as u32,
+                endpoints: pstat.compile.endpoints as u32,
+                last_apply_micros: pstat
+                    .last_apply
+                    .as_ref()
+                    .map(|a| a.duration.as_micros() as u64)
+                    .unwrap_or(0),
+                last_apply_at: None,
+            },
+        }
+    }
+}
+
+async fn start_speaker(spec: &SpeakerSpec) -> Result<Speaker> {
+    let mut cfg = SpeakerCfg::new(spec.local_as, spec.router_id);
+    cfg.listen = vec![
+        SocketAddr::from(([0, 0, 0, 0], spec.listen_port)),
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, spec.listen_port)),
+    ];
+    cfg.cluster_id = spec.cluster_id;
+    cfg.multipath = true;
+    cfg.next_hop_v6 = spec.next_hop_v6;
+    cfg.graceful_restart = Some(GracefulRestartCfg {
+        restart_time: calc::GR_RESTART_TIME,
+        restarting: false,
+        // Kernel routes survive a daemon restart: peers may keep ours until our End-of-RIB.
+        forwarding_preserved: true,
+        stale_time: 360,
+    });
+    let handle = bgp::start(cfg).await?;
+    info!(asn = spec.local_as, router_id = %spec.router_id, "BGP speaker started");
+    Ok(Speaker {
+        spec: spec.clone(),
+        handle,
+        started: Instant::now(),
+    })
+}
