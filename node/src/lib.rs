@@ -3,5 +3,6 @@
 pub mod calc;
 pub mod daemon;
 pub mod datastore;
+pub mod grpc;
 pub mod ipam;
 pub mod status;
