@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod datastore;
 pub mod grpc;
 pub mod ipam;
+pub mod lab;
 pub mod status;

@@ -1,0 +1,267 @@
+//! The lab's file datastore: the YAML documents a Calico user would write for this cluster, and
+//! the pod addresses, which come from the daemon's own IPAM so the nodes' blocks are the ones the
+//! daemons announce.
+//!
+//! Files in `DIR/datastore/` (each written by temp file + rename, so a watching daemon never reads
+//! half a file; the temp name starts with `.`, which the datastore ignores):
+//! - `bgp.yaml`: BGPConfiguration `default` (AS 64512, full mesh) and, with a ToR, the global
+//!   BGPPeers `tor-v4` (10.200.0.1) and `tor-v6` (fd00:200::1), AS 65000;
+//! - `pools.yaml`: IPPools `default-ipv4-ippool` and `default-ipv6-ippool`;
+//! - `nodes.yaml`: core `v1` Nodes with the `projectcalico.org/IPv4Address`/`IPv6Address`
+//!   annotations; `namespaces.yaml`: Namespace `default`;
+//! - `pods.yaml`: Pods `nodeK-podJ` with `spec.nodeName` and `status.podIP(s)`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::plan::*;
+use super::Tor;
+use crate::datastore::{ClusterState, IpFamily};
+use crate::ipam::Ipam;
+
+/// A pod's addresses, one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIps {
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+/// `bgp.yaml`.
+pub fn bgp_yaml(tor: Tor) -> String {
+    let mut s = format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
+         spec:\n  asNumber: {NODE_AS}\n  nodeToNodeMeshEnabled: true\n"
+    );
+    if tor != Tor::None {
+        for (name, ip) in [("tor-v4", IpAddr::from(TOR_V4)), ("tor-v6", TOR_V6.into())] {
+            let _ = write!(
+                s,
+                "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\n\
+                 spec:\n  peerIP: \"{ip}\"\n  asNumber: {TOR_AS}\n"
+            );
+        }
+    }
+    s
+}
+
+/// `pools.yaml`.
+pub fn pools_yaml() -> String {
+    let pool = |name: &str, cidr: &str, size: u8| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\n\
+             spec:\n  cidr: \"{cidr}\"\n  blockSize: {size}\n  ipipMode: Never\n  vxlanMode: Never\n  \
+             natOutgoing: false\n  nodeSelector: all()\n"
+        )
+    };
+    pool("default-ipv4-ippool", POOL_V4, BLOCK_SIZE_V4)
+        + "---\n"
+        + &pool("default-ipv6-ippool", POOL_V6, BLOCK_SIZE_V6)
+}
+
+/// `nodes.yaml`.
+pub fn nodes_yaml(plan: &Plan) -> String {
+    let docs: Vec<String> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
+                 kubernetes.io/hostname: {name}\n    calico-rs.lab/node: \"{k}\"\n  annotations:\n    \
+                 projectcalico.org/IPv4Address: \"{v4}/{LAN_PREFIX_V4}\"\n    \
+                 projectcalico.org/IPv6Address: \"{v6}/{LAN_PREFIX_V6}\"\n\
+                 status:\n  addresses:\n  - type: InternalIP\n    address: \"{v4}\"\n  \
+                 - type: InternalIP\n    address: \"{v6}\"\n",
+                name = n.name,
+                k = n.index,
+                v4 = n.v4,
+                v6 = n.v6,
+            )
+        })
+        .collect();
+    docs.join("---\n")
+}
+
+/// `namespaces.yaml`.
+pub fn namespaces_yaml() -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {POD_NAMESPACE}\n")
+}
+
+/// `pods.yaml`; every pod of the plan must have addresses in `ips` (keyed by pod name).
+pub fn pods_yaml(plan: &Plan, ips: &BTreeMap<String, PodIps>) -> Result<String> {
+    let mut docs = Vec::new();
+    for p in plan.pods() {
+        let Some(ip) = ips.get(&p.name) else {
+            bail!("lab: pod {} has no addresses", p.name);
+        };
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {POD_NAMESPACE}\n  \
+             labels:\n    app: {name}\n    calico-rs.lab/node: {node}\n\
+             spec:\n  nodeName: {node}\n  containers:\n  - name: main\n\
+             status:\n  phase: Running\n  podIP: \"{v4}\"\n  podIPs:\n  - ip: \"{v4}\"\n  - ip: \"{v6}\"\n",
+            name = p.name,
+            node = p.node,
+            v4 = ip.v4,
+            v6 = ip.v6,
+        ));
+    }
+    Ok(docs.join("---\n"))
+}
+
+/// Writes `dir/name` atomically (temp file + rename).
+pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Writes every file but `pods.yaml`, allocates each pod's addresses from IPAM in `dir` (the
+/// datastore directory), then writes `pods.yaml`. Returns the addresses by pod name.
+pub fn write_all(dir: &Path, plan: &Plan, tor: Tor) -> Result<BTreeMap<String, PodIps>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = [
+        ("bgp.yaml", bgp_yaml(tor)),
+        ("pools.yaml", pools_yaml()),
+        ("nodes.yaml", nodes_yaml(plan)),
+        ("namespaces.yaml", namespaces_yaml()),
+    ];
+    let mut all = String::new();
+    for (name, text) in &files {
+        write_atomic(dir, name, text)?;
+        all += text;
+        all += "---\n";
+    }
+    let (state, errors) = ClusterState::from_yaml("lab", &all);
+    if let Some(e) = errors.first() {
+        bail!("lab: generated datastore is invalid: {e}");
+    }
+    let ipam = Ipam::new(dir)?;
+    let mut ips = BTreeMap::new();
+    for node in &plan.nodes {
+        let pools_v4 = state.ip_pools_for_node(&node.name, IpFamily::V4);
+        let pools_v6 = state.ip_pools_for_node(&node.name, IpFamily::V6);
+        for pod in &node.pods {
+            let v4 = ipam.allocate(&node.name, &pod.handle(), IpFamily::V4, &pools_v4)?;
+            let v6 = ipam.allocate(&node.name, &pod.handle(), IpFamily::V6, &pools_v6)?;
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (v4, v6) else {
+                bail!("lab: IPAM returned {v4} / {v6} for {}", pod.name);
+            };
+            ips.insert(pod.name.clone(), PodIps { v4, v6 });
+        }
+    }
+    write_atomic(dir, "pods.yaml", &pods_yaml(plan, &ips)?)?;
+    Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ClusterState {
+        let (state, errors) = ClusterState::from_yaml("t", text);
+        assert!(errors.is_empty(), "{errors:?}");
+        state
+    }
+
+    #[test]
+    fn config_parses_as_the_daemon_reads_it() {
+        let plan = Plan::new(3, 2).unwrap();
+        let text = [
+            bgp_yaml(Tor::Bird),
+            pools_yaml(),
+            nodes_yaml(&plan),
+            namespaces_yaml(),
+        ]
+        .join("---\n");
+        let s = parse(&text);
+        assert_eq!(s.default_as_number(), 64512);
+        assert!(s.node_to_node_mesh_enabled());
+        assert_eq!(s.bgp_peers.len(), 2);
+        let v4 = &s.bgp_peers["tor-v4"];
+        assert_eq!(v4.peer_ip.unwrap().ip, IpAddr::from(TOR_V4));
+        assert_eq!(v4.as_number, Some(65000));
+        assert!(v4.node.is_none() && v4.node_selector.is_none());
+        assert_eq!(
+            s.bgp_peers["tor-v6"].peer_ip.unwrap().ip,
+            IpAddr::from(TOR_V6)
+        );
+        assert_eq!(s.ip_pools.len(), 2);
+        let p6 = &s.ip_pools["default-ipv6-ippool"];
+        assert_eq!(p6.cidr.to_string(), "fd00:244::/48");
+        assert_eq!(p6.block_size, 122);
+        assert_eq!(s.ip_pools_for_node("node2", IpFamily::V4).len(), 1);
+        assert_eq!(s.nodes.len(), 3);
+        let n2 = &s.nodes["node2"].bgp;
+        assert_eq!(n2.ipv4_address.unwrap().to_string(), "10.200.0.12/24");
+        assert_eq!(n2.ipv6_address.unwrap().to_string(), "fd00:200::12/64");
+        assert_eq!(s.as_number_of("node2"), 64512);
+        assert!(s.namespaces.contains_key("default"));
+    }
+
+    #[test]
+    fn no_tor_no_peers() {
+        let s = parse(&bgp_yaml(Tor::None));
+        assert!(s.bgp_peers.is_empty());
+        assert!(s.bgp_configuration().is_some());
+    }
+
+    #[test]
+    fn pods_carry_node_and_addresses() {
+        let plan = Plan::new(2, 1).unwrap();
+        let mut ips = BTreeMap::new();
+        for (i, p) in plan.pods().enumerate() {
+            ips.insert(
+                p.name.clone(),
+                PodIps {
+                    v4: Ipv4Addr::new(10, 244, 0, i as u8),
+                    v6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, i as u16),
+                },
+            );
+        }
+        let s = parse(&pods_yaml(&plan, &ips).unwrap());
+        let pod = &s.pods[&("default".to_string(), "node2-pod1".to_string())];
+        assert_eq!(pod.node_name.as_deref(), Some("node2"));
+        assert_eq!(
+            pod.pod_ips,
+            vec![
+                "10.244.0.1".parse::<IpAddr>().unwrap(),
+                "fd00:244::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(s.pods_on_node("node1").count(), 1);
+        ips.remove("node1-pod1");
+        assert!(pods_yaml(&plan, &ips).is_err());
+    }
+
+    #[test]
+    fn write_all_allocates_from_ipam() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(2, 2).unwrap();
+        let ips = write_all(dir.path(), &plan, Tor::Bird).unwrap();
+        assert_eq!(ips.len(), 4);
+        let ipam = Ipam::new(dir.path()).unwrap();
+        let b1 = ipam.blocks_for("node1").unwrap();
+        let b2 = ipam.blocks_for("node2").unwrap();
+        assert_eq!((b1.len(), b2.len()), (2, 2));
+        for (pod, ip) in &ips {
+            let blocks = if pod.starts_with("node1") { &b1 } else { &b2 };
+            assert!(blocks.iter().any(|b| b.contains(&IpAddr::from(ip.v4))));
+            assert!(blocks.iter().any(|b| b.contains(&IpAddr::from(ip.v6))));
+        }
+        // Idempotent: the same handles get the same addresses again.
+        assert_eq!(write_all(dir.path(), &plan, Tor::Bird).unwrap(), ips);
+        let text = std::fs::read_to_string(dir.path().join("pods.yaml")).unwrap();
+        assert_eq!(parse(&text).pods.len(), 4);
+        let hidden: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "temp files left: {hidden:?}");
+    }
+}

@@ -1,0 +1,412 @@
+//! `calico-node-rs lab up|down|status`: a small Calico cluster on one machine, made of network
+//! namespaces, for trying the node out and for demos.
+//!
+//! ```text
+//!  up:  plan (pure) -> namespaces + segment + ToR netns -> datastore YAML + IPAM pod addresses
+//!       -> pods (veths) -> ToR router (BIRD | GoBGP) -> one daemon per node (detached)
+//!       -> wait until converged (check::missing is empty) -> print peers + reachability matrix
+//!  status: lab.json -> observe once -> print the same
+//!  down: SIGTERM (5 s) / SIGKILL every lab process -> delete every crslab-* namespace -> remove DIR
+//! ```
+//!
+//! Layout and addresses: [`plan`]. Datastore: [`datastore`]. What is recorded: [`record`]
+//! (`DIR/lab.json`). Everything lives in `crslab-*` network namespaces; nothing here changes the
+//! root namespace's links, routes, sysctls or nftables (see [`sys`]). The `crslab-` prefix is
+//! reserved for the lab: `down` removes every namespace carrying it, recorded or not, so a
+//! crashed `up` is always cleaned up.
+//!
+//! The daemons run `NODE_BIN run --nodename nodeK --datastore file:DIR/datastore
+//! --grpc unix:DIR/run/nodeK.sock` inside `crslab-nodeK`, in sessions of their own, logging to
+//! `DIR/logs/nodeK.log`, so they outlive `up`.
+
+pub mod check;
+pub mod datastore;
+pub mod matrix;
+pub mod net;
+pub mod plan;
+pub mod record;
+pub mod report;
+pub mod sys;
+pub mod tor;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use plan::Plan;
+use record::{Paths, Record};
+
+/// Env var: when set (to anything but `0` or empty), `up` does not wait for convergence (for
+/// developing the lab against a daemon that does not peer yet).
+pub const ENV_SKIP_WAIT: &str = "CALICO_LAB_SKIP_WAIT";
+/// Default lab directory.
+pub const DEFAULT_DIR: &str = "/tmp/calico-rs-lab";
+/// Name of the CLI binary looked for next to the node binary.
+pub const CTL_BIN_NAME: &str = "calicoctl-rs";
+/// How long `down` lets processes exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The top-of-rack router peering with every node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tor {
+    /// BIRD 2 (`bird`, `birdc`), also programming the ToR namespace's kernel table.
+    #[default]
+    Bird,
+    /// GoBGP (`gobgpd`, `gobgp`).
+    Gobgp,
+    /// No ToR: only the node-to-node mesh.
+    None,
+}
+
+impl std::fmt::Display for Tor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tor::Bird => "bird",
+            Tor::Gobgp => "gobgp",
+            Tor::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Tor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tor, String> {
+        match s {
+            "bird" => Ok(Tor::Bird),
+            "gobgp" => Ok(Tor::Gobgp),
+            "none" => Ok(Tor::None),
+            other => Err(format!("unknown ToR {other:?} (want bird, gobgp or none)")),
+        }
+    }
+}
+
+/// What `lab up` builds. Build it with `LabCfg { nodes: 5, ..LabCfg::default() }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabCfg {
+    /// Number of nodes (default 3, at most [`plan::MAX_NODES`]).
+    pub nodes: usize,
+    /// Pods per node (default 2, at most [`plan::MAX_PODS_PER_NODE`]).
+    pub pods_per_node: usize,
+    pub tor: Tor,
+    /// Lab directory (default [`DEFAULT_DIR`]): datastore, sockets, logs, `lab.json`.
+    pub dir: PathBuf,
+    /// The daemon binary (default: the running executable).
+    pub node_bin: PathBuf,
+    /// `calicoctl-rs`, used for per-node peer tables (default: next to `node_bin` if present).
+    pub ctl_bin: Option<PathBuf>,
+    /// Tear down an existing lab first instead of refusing (`--force`).
+    pub force: bool,
+    /// How long `up` waits for BGP and routes (default 60 s).
+    pub timeout: Duration,
+}
+
+impl Default for LabCfg {
+    fn default() -> LabCfg {
+        let node_bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("calico-node-rs"));
+        LabCfg {
+            nodes: 3,
+            pods_per_node: 2,
+            tor: Tor::Bird,
+            dir: PathBuf::from(DEFAULT_DIR),
+            ctl_bin: ctl_next_to(&node_bin),
+            node_bin,
+            force: false,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `calicoctl-rs` in the directory of `node_bin`, if it exists.
+pub fn ctl_next_to(node_bin: &Path) -> Option<PathBuf> {
+    let p = node_bin.parent()?.join(CTL_BIN_NAME);
+    p.is_file().then_some(p)
+}
+
+fn check_tools(cfg: &LabCfg) -> Result<()> {
+    let mut need = vec!["ip", "ping", "setsid", "sysctl"];
+    match cfg.tor {
+        Tor::Bird => need.extend(["bird", "birdc"]),
+        Tor::Gobgp => need.extend(["gobgpd", "gobgp"]),
+        Tor::None => {}
+    }
+    let lacking: Vec<&str> = need.into_iter().filter(|t| !sys::have(t)).collect();
+    if !lacking.is_empty() {
+        bail!(
+            "lab: missing tools: {} (Debian: apt-get install iproute2 iputils-ping util-linux \
+             procps bird2 gobgpd)",
+            lacking.join(", ")
+        );
+    }
+    if !sys::have(&cfg.node_bin.to_string_lossy()) {
+        bail!(
+            "lab: node binary {} is not executable",
+            cfg.node_bin.display()
+        );
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("lab: needs root (it creates network namespaces)");
+    }
+    Ok(())
+}
+
+/// Builds the lab, starts everything, waits until BGP and routes are in place, and prints each
+/// node's peers and the pod-to-pod reachability matrix. An error if a lab exists (unless
+/// `cfg.force`), if building fails (what was built is removed), or if the lab does not converge
+/// within `cfg.timeout` or pods cannot reach each other (the lab is left running to inspect).
+pub fn up(cfg: &LabCfg) -> Result<()> {
+    let plan = Plan::new(cfg.nodes, cfg.pods_per_node)?;
+    check_tools(cfg)?;
+    let paths = Paths::new(&cfg.dir);
+    let leftover = sys::lab_namespaces();
+    if paths.record.exists() || !leftover.is_empty() {
+        if !cfg.force {
+            let what = if paths.record.exists() {
+                format!("a lab exists in {}", cfg.dir.display())
+            } else {
+                format!("lab namespaces exist ({})", leftover.join(", "))
+            };
+            bail!("lab: {what}; run `calico-node-rs lab down` first, or `lab up --force`");
+        }
+        println!("Removing the existing lab first (--force).");
+        down(&cfg.dir)?;
+    }
+    for d in [&paths.dir, &paths.run, &paths.logs, &paths.datastore] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut rec = Record::new(cfg);
+    rec.save(&paths)?;
+    let started = std::time::Instant::now();
+    if let Err(e) = build(&plan, &paths, &mut rec) {
+        let _ = rec.save(&paths);
+        println!("lab up failed: {e:#}");
+        println!("Removing what was built.");
+        let _ = down(&cfg.dir);
+        return Err(e);
+    }
+    println!(
+        "Built {} nodes, {} pods, ToR {} in {:.1} s; daemons started (logs in {}).",
+        plan.nodes.len(),
+        plan.pods().count(),
+        cfg.tor,
+        started.elapsed().as_secs_f64(),
+        paths.logs.display()
+    );
+    let skip = std::env::var(ENV_SKIP_WAIT).is_ok_and(|v| !v.is_empty() && v != "0");
+    let (observed, missing) = if skip {
+        println!("Not waiting for convergence ({ENV_SKIP_WAIT} is set).");
+        let o = check::observe(&plan, &rec, &paths);
+        let m = check::missing(&plan, &o);
+        (o, m)
+    } else {
+        check::wait(&plan, &rec, &paths, cfg.timeout)
+    };
+    print_missing(&missing, &paths);
+    report::print_nodes(&plan, &rec, &paths, &observed);
+    let grids = report::print_matrix(&plan, &rec);
+    let unreachable: usize = grids.iter().map(|g| g.count().1 - g.count().0).sum();
+    println!();
+    println!(
+        "Lab directory {}; `calico-node-rs lab status` shows this again, `calico-node-rs lab down` \
+         removes it.",
+        cfg.dir.display()
+    );
+    if !missing.is_empty() && !skip {
+        bail!(
+            "lab: not converged within {} s ({} problems, listed above); the lab is left \
+             running for inspection",
+            cfg.timeout.as_secs(),
+            missing.len()
+        );
+    }
+    if unreachable > 0 && !skip {
+        bail!("lab: {unreachable} pod pairs cannot reach each other");
+    }
+    Ok(())
+}
+
+fn print_missing(missing: &[String], paths: &Paths) {
+    if missing.is_empty() {
+        return;
+    }
+    println!("Not ready:");
+    for m in missing {
+        println!("  {m}");
+    }
+    println!("(daemon logs: {}/NODE.log)", paths.logs.display());
+}
+
+/// Every step of `up` that makes something, recording as it goes.
+fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
+    net::segment(&mut rec.namespaces)?;
+    net::tor(&mut rec.namespaces)?;
+    for n in &plan.nodes {
+        net::node(n, &mut rec.namespaces)?;
+    }
+    rec.save(paths)?;
+    rec.pods = datastore::write_all(&paths.datastore, plan, rec.tor)?;
+    rec.save(paths)?;
+    for n in &plan.nodes {
+        for p in &n.pods {
+            net::pod(n, p, &rec.pods[&p.name], &mut rec.namespaces)?;
+        }
+    }
+    rec.save(paths)?;
+    let tor_log = paths.log("tor");
+    let files = tor::TorFiles {
+        run_dir: &paths.run,
+        log: &tor_log,
+    };
+    rec.tor_proc = tor::start(rec.tor, plan, &files)?;
+    rec.save(paths)?;
+    let datastore = format!("file:{}", paths.datastore.display());
+    let node_bin = rec.node_bin.to_string_lossy().into_owned();
+    for n in &plan.nodes {
+        let grpc = format!("unix:{}", paths.grpc_socket(&n.name).display());
+        let argv = [
+            node_bin.as_str(),
+            "run",
+            "--nodename",
+            &n.name,
+            "--datastore",
+            &datastore,
+            "--grpc",
+            &grpc,
+        ];
+        let proc = sys::spawn_detached(&n.netns, &argv, &paths.log(&n.name))?;
+        rec.daemons.insert(n.name.clone(), proc);
+        rec.save(paths)?;
+    }
+    Ok(())
+}
+
+/// Prints the state of the lab in `dir` (daemons, peers, routes, reachability); an error only if
+/// there is no lab there.
+pub fn status(dir: &Path) -> Result<()> {
+    let paths = Paths::new(dir);
+    let Some(rec) = Record::load(&paths)? else {
+        let stray = sys::lab_namespaces();
+        if stray.is_empty() {
+            bail!("lab: no lab in {}", dir.display());
+        }
+        bail!(
+            "lab: no lab record in {}, but lab namespaces exist ({}); `calico-node-rs lab down` \
+             removes them",
+            dir.display(),
+            stray.join(", ")
+        );
+    };
+    let plan = Plan::new(rec.nodes, rec.pods_per_node)?;
+    let alive = rec.daemons.values().filter(|p| p.alive()).count();
+    println!(
+        "Lab in {}: {} nodes, {} pods per node, ToR {}{}; {alive}/{} daemons running.",
+        dir.display(),
+        rec.nodes,
+        rec.pods_per_node,
+        rec.tor,
+        match &rec.tor_proc {
+            Some(p) if p.alive() => format!(" (pid {} running)", p.pid),
+            Some(p) => format!(" (pid {} NOT RUNNING)", p.pid),
+            None => String::new(),
+        },
+        plan.nodes.len()
+    );
+    let o = check::observe(&plan, &rec, &paths);
+    let missing = check::missing(&plan, &o);
+    if missing.is_empty() {
+        println!("Converged: every session is up and every block is routed.");
+    }
+    print_missing(&missing, &paths);
+    report::print_nodes(&plan, &rec, &paths, &o);
+    report::print_matrix(&plan, &rec);
+    Ok(())
+}
+
+/// Removes the lab in `dir` and any `crslab-*` namespace: stops every lab process (SIGTERM, then
+/// SIGKILL after 5 s), deletes the namespaces, and removes what `up` made in `dir` (and `dir`
+/// itself if that leaves it empty). Safe to run twice, and after a half-failed `up`.
+pub fn down(dir: &Path) -> Result<()> {
+    let paths = Paths::new(dir);
+    let rec = match Record::load(&paths) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("warning: {e:#}; removing what can be found");
+            None
+        }
+    };
+    let mut namespaces = sys::lab_namespaces();
+    for ns in rec.iter().flat_map(|r| &r.namespaces) {
+        if !namespaces.contains(ns) && std::path::Path::new("/run/netns").join(ns).exists() {
+            namespaces.push(ns.clone());
+        }
+    }
+    let mut procs = rec.as_ref().map(Record::procs).unwrap_or_default();
+    for ns in &namespaces {
+        procs.extend(sys::netns_pids(ns).into_iter().filter_map(sys::ProcId::of));
+    }
+    procs.sort_by_key(|p| p.pid);
+    procs.dedup();
+    let stopped = sys::stop_all(&procs, STOP_GRACE);
+    let mut failed = Vec::new();
+    for ns in &namespaces {
+        if let Err(e) = sys::netns_del(ns) {
+            failed.push(format!("{e:#}"));
+        }
+    }
+    for p in paths.made() {
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                failed.push(format!("removing {}: {e}", p.display()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(".lab.json.tmp"));
+    // Only if empty: DIR may be a directory the user also keeps other things in.
+    let removed_dir = std::fs::remove_dir(dir).is_ok();
+    println!(
+        "Lab down: stopped {stopped} processes, deleted {} namespaces{}.",
+        namespaces.len(),
+        if removed_dir {
+            format!(", removed {}", dir.display())
+        } else {
+            String::new()
+        }
+    );
+    let left = sys::lab_namespaces();
+    if !left.is_empty() {
+        failed.push(format!("namespaces still present: {}", left.join(", ")));
+    }
+    if !failed.is_empty() {
+        bail!("lab down: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tor_names() {
+        for t in [Tor::Bird, Tor::Gobgp, Tor::None] {
+            assert_eq!(t.to_string().parse::<Tor>(), Ok(t));
+        }
+        assert!("frr".parse::<Tor>().is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = LabCfg::default();
+        assert_eq!((c.nodes, c.pods_per_node, c.tor), (3, 2, Tor::Bird));
+        assert_eq!(c.dir, PathBuf::from("/tmp/calico-rs-lab"));
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert!(ctl_next_to(Path::new("/nonexistent/calico-node-rs")).is_none());
+    }
+}

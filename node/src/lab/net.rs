@@ -1,0 +1,127 @@
+//! Plumbing of the lab's namespaces: the bridged segment, the ToR, the nodes and the pods. Every
+//! change goes through `ip -n crslab-*` / `ip netns exec crslab-*` ([`super::sys`]).
+//!
+//! Pods are plumbed as Calico's CNI plugin does it, minus what the daemon's felix does itself when
+//! it sees the interface (host-side MAC `ee:ee:ee:ee:ee:ee`, proxy ARP, sysctls, the /32 and /128
+//! routes): a veth with the host side `cali…` in the node namespace (up, nothing else) and `eth0`
+//! in the pod namespace with the pod's /32 and /128, a link-scope route to 169.254.1.1 and default
+//! routes via 169.254.1.1 and `fe80::ecee:eeff:feee:eeee`.
+
+use anyhow::{Context, Result};
+
+use super::datastore::PodIps;
+use super::plan::*;
+use super::sys;
+
+/// Link-local gateway of a pod (the host side's address once felix sets its MAC).
+const POD_GW_V6: &str = "fe80::ecee:eeff:feee:eeee";
+/// IPv4 gateway of a pod, answered by proxy ARP on the host side.
+const POD_GW_V4: &str = "169.254.1.1";
+
+/// No duplicate address detection: addresses are usable at once (the lab plans them unique).
+const NO_DAD: [(&str, &str); 2] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+];
+
+/// Makes namespace `ns` and records it first, so a failure half-way still leaves it recorded.
+fn add_ns(ns: &str, made: &mut Vec<String>) -> Result<()> {
+    made.push(ns.to_string());
+    sys::netns_add(ns)?;
+    sys::sysctls(ns, &NO_DAD)
+}
+
+/// `crslab-lan` with bridge `br0`.
+pub fn segment(made: &mut Vec<String>) -> Result<()> {
+    add_ns(LAN_NS, made)?;
+    sys::ip_batch(
+        LAN_NS,
+        &[
+            format!("link add {BRIDGE} type bridge mcast_snooping 0"),
+            format!("link set {BRIDGE} up"),
+        ],
+    )
+}
+
+/// A veth from the bridge (port `port`) to `eth0` of `ns`, with the segment addresses.
+fn attach(ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
+    sys::ip_batch(
+        LAN_NS,
+        &[
+            format!("link add {port} type veth peer name {ETH} netns {ns}"),
+            format!("link set {port} master {BRIDGE}"),
+            format!("link set {port} up"),
+        ],
+    )?;
+    sys::ip_batch(
+        ns,
+        &[
+            format!("addr add {v4}/{LAN_PREFIX_V4} dev {ETH}"),
+            format!("addr add {v6}/{LAN_PREFIX_V6} dev {ETH} nodad"),
+            format!("link set {ETH} up"),
+        ],
+    )
+}
+
+/// `crslab-tor` on the segment, forwarding on (its router fills the kernel table).
+pub fn tor(made: &mut Vec<String>) -> Result<()> {
+    add_ns(TOR_NS, made)?;
+    sys::sysctls(
+        TOR_NS,
+        &[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ],
+    )?;
+    attach(TOR_NS, TOR_PORT, &TOR_V4.to_string(), &TOR_V6.to_string())
+        .context("connecting the ToR to the segment")
+}
+
+/// A node namespace on the segment with default routes via the ToR (felix needs a non-`cali`
+/// route toward 169.254.1.1 to answer proxy ARP) and forwarding on.
+pub fn node(n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
+    add_ns(&n.netns, made)?;
+    sys::sysctls(
+        &n.netns,
+        &[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ],
+    )?;
+    attach(&n.netns, &n.lan_port, &n.v4.to_string(), &n.v6.to_string())?;
+    sys::ip_batch(
+        &n.netns,
+        &[
+            format!("route add 0.0.0.0/0 via {TOR_V4} dev {ETH}"),
+            format!("route add ::/0 via {TOR_V6} dev {ETH}"),
+        ],
+    )
+    .with_context(|| format!("setting up {}", n.name))
+}
+
+/// A pod namespace and its veth to the node.
+pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) -> Result<()> {
+    add_ns(&p.netns, made)?;
+    sys::ip_batch(
+        &node.netns,
+        &[
+            format!(
+                "link add {} type veth peer name {ETH} netns {}",
+                p.host_iface, p.netns
+            ),
+            format!("link set {} up", p.host_iface),
+        ],
+    )?;
+    sys::ip_batch(
+        &p.netns,
+        &[
+            format!("addr add {}/32 dev {ETH}", ip.v4),
+            format!("addr add {}/128 dev {ETH} nodad", ip.v6),
+            format!("link set {ETH} up"),
+            format!("route add {POD_GW_V4}/32 dev {ETH} scope link"),
+            format!("route add 0.0.0.0/0 via {POD_GW_V4} dev {ETH}"),
+            format!("route add ::/0 via {POD_GW_V6} dev {ETH}"),
+        ],
+    )
+    .with_context(|| format!("setting up pod {}", p.name))
+}
