@@ -1,3 +1,204 @@
+//! `calico-node-rs`: the node daemon (`run`) and the local lab (`lab up|down|status`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use calico_node::daemon::{self, DaemonCfg, DatastoreKind};
+use calico_node::status::NodeSnapshot;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Environment variables, in one place.
+mod env {
+    pub const NODENAME: &str = "NODENAME";
+    pub const DATASTORE_TYPE: &str = "DATASTORE_TYPE";
+    pub const DATASTORE_DIR: &str = "CALICO_DATASTORE_DIR";
+    pub const LOG: &str = "CALICO_RS_LOG";
+}
+
+#[derive(Parser)]
+#[command(
+    name = "calico-node-rs",
+    version,
+    about = "calico-rs node: BGP, routes and NetworkPolicy for one node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon in the current network namespace.
+    Run(RunArgs),
+    /// A cluster of network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name (its Node resource).
+    #[arg(long, env = env::NODENAME)]
+    nodename: String,
+    /// `file:DIR` or `kubernetes`. DATASTORE_TYPE=kubernetes or CALICO_DATASTORE_DIR=DIR work too.
+    #[arg(long)]
+    datastore: Option<String>,
+    #[command(flatten)]
+    grpc: calico_node::grpc::GrpcArgs,
+    /// /liveness and /readiness (0: off).
+    #[arg(long, default_value_t = 9099)]
+    health_port: u16,
+    /// Prometheus /metrics (0: off).
+    #[arg(long, default_value_t = 9091)]
+    metrics_port: u16,
+    /// Route protocol number that marks our kernel routes.
+    #[arg(long, default_value_t = felix::routes::DEFAULT_ROUTE_PROTOCOL)]
+    route_protocol: u8,
+    /// Our nftables table (family inet).
+    #[arg(long, default_value = "calico-rs")]
+    nft_table: String,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build and start the lab, wait until it converged, print BGP status and pod reachability.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        /// Top-of-rack router: bird, gobgp or none.
+        #[arg(long, default_value = "bird")]
+        tor: String,
+        #[arg(long, default_value = "/tmp/calico-rs-lab")]
+        dir: PathBuf,
+    },
+    /// Remove every namespace, process and file of the lab.
+    Down {
+        #[arg(long, default_value = "/tmp/calico-rs-lab")]
+        dir: PathBuf,
+    },
+    /// Print the lab's BGP status and pod reachability again.
+    Status {
+        #[arg(long, default_value = "/tmp/calico-rs-lab")]
+        dir: PathBuf,
+    },
+}
+
+fn datastore(arg: Option<String>) -> Result<DatastoreKind, String> {
+    if let Some(a) = arg {
+        return a.parse();
+    }
+    match std::env::var(env::DATASTORE_TYPE).as_deref() {
+        Ok("kubernetes") => Ok(DatastoreKind::Kubernetes),
+        Ok("file") | Err(_) => match std::env::var(env::DATASTORE_DIR) {
+            Ok(dir) if !dir.is_empty() => Ok(DatastoreKind::File(dir.into())),
+            _ => Err(format!(
+                "no datastore: pass --datastore file:DIR or set {}",
+                env::DATASTORE_DIR
+            )),
+        },
+        Ok(other) => Err(format!(
+            "{}={other:?}: expected file or kubernetes",
+            env::DATASTORE_TYPE
+        )),
+    }
+}
+
+fn init_logs() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let ds = match datastore(a.datastore.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("calico-node-rs: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut cfg = DaemonCfg::new(&a.nodename, ds);
+    cfg.health_port = a.health_port;
+    cfg.metrics_port = a.metrics_port;
+    cfg.route_protocol = a.route_protocol;
+    cfg.nft_table = a.nft_table.clone();
+    let grpc = match a.grpc.listen() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("calico-node-rs: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (status_tx, status_rx) =
+            tokio::sync::watch::channel(Arc::new(NodeSnapshot::empty(&cfg.nodename)));
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            };
+            calico_node::grpc::serve(grpc, status_rx, stop).await
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        let r = daemon::run(cfg, status_tx, shutdown).await;
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(2), grpc_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "status API"),
+            Ok(_) | Err(_) => {}
+        }
+        r
+    })
+}
+
 fn main() {
-    println!("calico-node-rs: not yet wired");
+    let cli = Cli::parse();
+    init_logs();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Lab { cmd } => match cmd {
+            LabCmd::Up {
+                nodes,
+                pods_per_node,
+                tor,
+                dir,
+            } => tor.parse().map_err(anyhow::Error::msg).and_then(|tor| {
+                let cfg = calico_node::lab::LabCfg {
+                    nodes,
+                    pods_per_node,
+                    tor,
+                    dir,
+                    ..calico_node::lab::LabCfg::default()
+                };
+                calico_node::lab::up(&cfg)
+            }),
+            LabCmd::Down { dir } => calico_node::lab::down(&dir),
+            LabCmd::Status { dir } => calico_node::lab::status(&dir),
+        },
+    };
+    if let Err(e) = r {
+        eprintln!("calico-node-rs: {e:#}");
+        std::process::exit(1);
+    }
 }

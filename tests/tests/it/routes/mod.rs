@@ -23,7 +23,7 @@ use calico_tests::Lab;
 use felix::routes::{NextHop, RemoteBlock, RouteError, RoutesInput, WorkloadEndpoint};
 use felix::workload_iface_name;
 
-mod harness;
+pub mod harness;
 
 use harness::*;
 

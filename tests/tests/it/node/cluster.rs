@@ -1,0 +1,386 @@
+//! A test cluster: node namespaces on one segment, each running the real `calico-node-rs` against
+//! one shared file datastore, pods with IPs from the real IPAM, and optionally a BIRD ToR.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use calico_node::datastore::{ClusterState, IpFamily};
+use calico_node::ipam::Ipam;
+use calico_tests::lab::{Lab, Netns, Segment};
+use calico_tests::peers::Bird;
+use calico_tests::proc::Proc;
+use calico_tests::wait::eventually;
+use ipnet::IpNet;
+
+use crate::routes::harness;
+
+pub const CONVERGE: Duration = Duration::from_secs(40);
+
+const BASE: &str = r#"apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: 64512, nodeToNodeMeshEnabled: true}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: default-ipv4-ippool}
+spec: {cidr: 10.244.0.0/16, blockSize: 26}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: default-ipv6-ippool}
+spec: {cidr: "fd00:244::/48", blockSize: 122}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+"#;
+
+#[derive(Clone)]
+pub struct PodRef {
+    pub ns: Netns,
+    pub name: String,
+    pub node: String,
+    pub v4: String,
+    pub v6: String,
+}
+
+pub struct NodeRef {
+    pub name: String,
+    pub index: usize,
+    pub ns: Netns,
+    pub pods: Vec<PodRef>,
+    pub daemon: Proc,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeRef>,
+    pub tor: Option<Bird>,
+    dir: PathBuf,
+    lan: Segment,
+    // Last: everything above lives in its namespaces.
+    lab: Lab,
+}
+
+fn daemon_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("target dir")?
+        .join("calico-node-rs");
+    ensure!(
+        bin.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn node_addr(index: usize) -> (String, String) {
+    (
+        format!("10.200.0.{}", 10 + index),
+        format!("fd00:200::{}", 10 + index),
+    )
+}
+
+impl Cluster {
+    pub fn new(tag: &str, nodes: usize, pods_per_node: usize, tor: bool) -> Result<Cluster> {
+        let lab = Lab::new(tag)?;
+        let lan = lab.segment("lan")?;
+        let dir = lab.dir().join("datastore");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("base.yaml"), BASE)?;
+        let mut c = Cluster {
+            nodes: vec![],
+            tor: None,
+            dir,
+            lan,
+            lab,
+        };
+        if tor {
+            let ns = c.lab.netns("tor")?;
+            c.lan
+                .attach(&ns, "eth0", &["10.200.0.1/24", "fd00:200::1/64"])?;
+            let mut conf = String::from("router id 10.200.0.1;\nprotocol device { }\n");
+            for i in 1..=nodes {
+                let (a4, _) = node_addr(i);
+                conf += &format!(
+                    "protocol bgp n{i} {{ local 10.200.0.1 as 65000; neighbor {a4} as 64512; connect retry time 1;\n  ipv4 {{ import all; export none; }}; ipv6 {{ import all; export none; }}; }}\n"
+                );
+            }
+            c.tor = Some(Bird::start(&ns, &conf)?);
+            c.write(
+                "tor.yaml",
+                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.200.0.1, asNumber: 65000}\n",
+            )?;
+        }
+        for i in 1..=nodes {
+            c.add_node(&format!("n{i}"), pods_per_node)?;
+        }
+        Ok(c)
+    }
+
+    pub fn write(&self, file: &str, text: &str) -> Result<()> {
+        // Write-then-rename, as an editor or kubectl-style tool would: never a half file.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.dir.join(file))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.dir.join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    fn state(&self) -> Result<ClusterState> {
+        Ok(calico_node::datastore::file::scan_dir(&self.dir)?.state)
+    }
+
+    /// Add Node `name` to the datastore, its pods (IPs from IPAM, veths as a CNI plugin makes
+    /// them), and start its daemon.
+    pub fn add_node(&mut self, name: &str, pods: usize) -> Result<()> {
+        let index = name
+            .trim_start_matches('n')
+            .parse::<usize>()
+            .context("node names are nN")?;
+        let (a4, a6) = node_addr(index);
+        let ns = self.lab.netns(name)?;
+        self.lan
+            .attach(&ns, "eth0", &[&format!("{a4}/24"), &format!("{a6}/64")])?;
+        // felix answers pods' ARP for 169.254.1.1 by proxy ARP, which needs a non-cali route there.
+        ns.ip(&["route", "add", "default", "via", "10.200.0.1"])?;
+        ns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"])?;
+        self.write(
+            &format!("node-{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {a4}/24\n    projectcalico.org/IPv6Address: \"{a6}/64\"\n"
+            ),
+        )?;
+        let state = self.state()?;
+        let ipam = Ipam::new(&self.dir)?;
+        let mut refs = Vec::new();
+        for j in 1..=pods {
+            let short = format!("p{j}");
+            let pod_name = format!("{name}-{short}");
+            let handle = format!("default/{pod_name}");
+            let v4 = ipam.allocate(
+                name,
+                &handle,
+                IpFamily::V4,
+                &state.ip_pools_for_node(name, IpFamily::V4),
+            )?;
+            let v6 = ipam.allocate(
+                name,
+                &handle,
+                IpFamily::V6,
+                &state.ip_pools_for_node(name, IpFamily::V6),
+            )?;
+            let p = harness::add_pod(&self.lab, &ns, &short, &v4.to_string(), &v6.to_string())?;
+            let r = PodRef {
+                ns: p.ns,
+                name: pod_name,
+                node: name.to_string(),
+                v4: v4.to_string(),
+                v6: v6.to_string(),
+            };
+            self.write_pod(&r, &[])?;
+            refs.push(r);
+        }
+        let daemon = self.spawn_daemon(&ns, name)?;
+        self.nodes.push(NodeRef {
+            name: name.to_string(),
+            index,
+            ns,
+            pods: refs,
+            daemon,
+        });
+        Ok(())
+    }
+
+    fn write_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
+        let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
+        self.write(
+            &format!("pod-{}.yaml", p.name),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: default, labels: {{{}}}}}\nspec: {{nodeName: {}}}\nstatus: {{podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
+                p.name,
+                labels.trim_end_matches(", "),
+                p.node,
+                p.v4,
+                p.v4,
+                p.v6
+            ),
+        )
+    }
+
+    pub fn label_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
+        self.write_pod(p, labels)
+    }
+
+    fn spawn_daemon(&self, ns: &Netns, name: &str) -> Result<Proc> {
+        let bin = daemon_bin()?;
+        let ds = format!("file:{}", self.dir.display());
+        let sock = format!(
+            "unix:{}",
+            self.lab.dir().join(format!("{name}.sock")).display()
+        );
+        let log = self.lab.dir().join(format!("{name}-daemon.log"));
+        ns.spawn_log(
+            &[
+                "env",
+                "CALICO_RS_LOG=info",
+                &bin.to_string_lossy(),
+                "run",
+                "--nodename",
+                name,
+                "--datastore",
+                &ds,
+                "--grpc",
+                &sock,
+                "--metrics-port",
+                "0",
+            ],
+            &log,
+        )
+    }
+
+    /// Stop node `name`'s daemon and delete its Node and pods from the datastore.
+    pub fn remove_node(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .context("no such node")?;
+        let mut n = self.nodes.remove(i);
+        n.daemon.terminate(Duration::from_secs(5))?;
+        for p in &n.pods {
+            self.remove(&format!("pod-{}.yaml", p.name))?;
+        }
+        self.remove(&format!("node-{name}.yaml"))
+    }
+
+    /// SIGTERM node `i`'s daemon and start it again.
+    pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].daemon.terminate(Duration::from_secs(5))?;
+        let (ns, name) = (self.nodes[i].ns.clone(), self.nodes[i].name.clone());
+        self.nodes[i].daemon = self.spawn_daemon(&ns, &name)?;
+        Ok(())
+    }
+
+    pub fn blocks_of(&self, node: &str) -> Result<Vec<IpNet>> {
+        Ok(Ipam::new(&self.dir)?.blocks_for(node)?)
+    }
+
+    /// Routes carrying our protocol in node `n`'s namespace.
+    pub fn our_routes(&self, n: &NodeRef) -> Result<BTreeSet<String>> {
+        harness::our_prefixes(&n.ns)
+    }
+
+    /// What node `name` should hold: its pods, its blocks, every other live node's blocks.
+    pub fn expected_routes(&self, name: &str) -> Result<BTreeSet<String>> {
+        let mut want = BTreeSet::new();
+        for n in &self.nodes {
+            want.extend(self.blocks_of(&n.name)?.iter().map(|b| b.to_string()));
+            if n.name == name {
+                for p in &n.pods {
+                    want.insert(format!("{}/32", p.v4));
+                    want.insert(format!("{}/128", p.v6));
+                }
+            }
+        }
+        Ok(want)
+    }
+
+    pub fn wait_converged(&mut self, limit: Duration) -> Result<()> {
+        for n in &mut self.nodes {
+            if let Some(st) = n.daemon.try_status() {
+                bail!("daemon of {} exited ({st}):\n{}", n.name, n.daemon.log());
+            }
+        }
+        for n in &self.nodes {
+            eventually(limit, || {
+                let have = self.our_routes(n)?;
+                let want = self.expected_routes(&n.name)?;
+                ensure!(
+                    have == want,
+                    "{}: routes\n have {have:?}\n want {want:?}",
+                    n.name
+                );
+                Ok(())
+            })
+            .with_context(|| format!("daemon log of {}:\n{}", n.name, tail(&n.daemon.log(), 30)))?;
+        }
+        Ok(())
+    }
+
+    /// Every pod pings every other pod, IPv4 and IPv6 (in parallel).
+    pub fn expect_full_mesh_reachability(&self) -> Result<()> {
+        let pods: Vec<&PodRef> = self.nodes.iter().flat_map(|n| n.pods.iter()).collect();
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .flat_map(|a| pods.iter().map(move |b| (*a, *b)))
+                .filter(|(a, b)| a.name != b.name)
+                .flat_map(|(a, b)| [(a, b.v4.clone()), (a, b.v6.clone())])
+                .map(|(a, dst)| {
+                    s.spawn(move || {
+                        eventually(Duration::from_secs(5), || ping(&a.ns, &dst))
+                            .err()
+                            .map(|e| format!("{} -> {dst}: {e}", a.name))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        ensure!(
+            failures.is_empty(),
+            "unreachable pod pairs:\n{}",
+            failures.join("\n")
+        );
+        Ok(())
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn ping(from: &Netns, to: &str) -> Result<()> {
+    from.run_timeout(&["ping", "-n", "-c1", "-W1", to], Duration::from_secs(5))
+        .map(|_| ())
+}
+
+/// Wait for a process to exit on its own and return its log.
+pub fn wait_exit(mut p: Proc, limit: Duration) -> Result<String> {
+    let t = std::time::Instant::now();
+    while p.try_status().is_none() {
+        if t.elapsed() > limit {
+            bail!("{:?} still running after {limit:?}", p.argv());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(p.log())
+}
+
+/// `N packets transmitted, M received` from ping's summary.
+pub fn ping_summary(out: &str) -> Result<(u64, u64)> {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .context("no ping summary")?;
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [sent, received, ..] => Ok((*sent, *received)),
+        _ => bail!("cannot read {line:?}"),
+    }
+}

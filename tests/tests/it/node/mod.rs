@@ -1,0 +1,187 @@
+//! The node daemon end to end: real `calico-node-rs` processes in node namespaces sharing one file
+//! datastore, pods plumbed as a CNI plugin would, a BIRD top-of-rack router, real packets.
+
+mod cluster;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use calico_tests::wait::{consistently, eventually};
+
+use cluster::{Cluster, CONVERGE};
+
+#[test]
+fn three_nodes_and_a_bird_tor() -> Result<()> {
+    let mut c = Cluster::new("node3", 3, 2, true)?;
+    c.wait_converged(CONVERGE)?;
+    // Every pod reaches every other pod, IPv4 and IPv6.
+    c.expect_full_mesh_reachability()?;
+    // The ToR learned every node's blocks.
+    let tor = c.tor.as_ref().expect("tor");
+    eventually(CONVERGE, || {
+        let have: BTreeSet<String> = tor.prefixes("")?.iter().map(|p| p.to_string()).collect();
+        for n in &c.nodes {
+            for b in c.blocks_of(&n.name)? {
+                ensure!(
+                    have.contains(&b.to_string()),
+                    "ToR lacks {b} of {}: {have:?}",
+                    n.name
+                );
+            }
+        }
+        Ok(())
+    })?;
+    // Each node's routes are exactly: its pods, its blocks, the other nodes' blocks.
+    for n in &c.nodes {
+        eventually(CONVERGE, || {
+            let have = c.our_routes(n)?;
+            let want = c.expected_routes(&n.name)?;
+            ensure!(
+                have == want,
+                "{}: routes\n have {have:?}\n want {want:?}",
+                n.name
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn nodes_join_and_leave_at_runtime() -> Result<()> {
+    let mut c = Cluster::new("nodejoin", 2, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    // A third node appears in the datastore and starts its daemon: it joins the mesh.
+    c.add_node("n3", 1)?;
+    c.wait_converged(CONVERGE)?;
+    c.expect_full_mesh_reachability()?;
+    let n3_blocks = c.blocks_of("n3")?;
+    ensure!(!n3_blocks.is_empty());
+    // It leaves: its Node and pods go from the datastore, its daemon stops.
+    c.remove_node("n3")?;
+    for n in &c.nodes {
+        eventually(CONVERGE, || {
+            let have = c.our_routes(n)?;
+            for b in &n3_blocks {
+                ensure!(
+                    !have.contains(&b.to_string()),
+                    "{}: still routes {b} of a deleted node",
+                    n.name
+                );
+            }
+            Ok(())
+        })?;
+    }
+    eventually(CONVERGE, || {
+        let left = c.blocks_of("n3")?;
+        ensure!(
+            left.is_empty(),
+            "blocks of a deleted node not released: {left:?}"
+        );
+        Ok(())
+    })?;
+    c.expect_full_mesh_reachability()?;
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_file_is_reported_and_the_rest_keeps_working() -> Result<()> {
+    let mut c = Cluster::new("nodebad", 2, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    c.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: [unclosed\n",
+    )?;
+    eventually(Duration::from_secs(5), || {
+        let log = c.nodes[0].daemon.log();
+        ensure!(
+            log.contains("broken.yaml"),
+            "no error naming broken.yaml in the log yet"
+        );
+        Ok(())
+    })?;
+    consistently(Duration::from_secs(2), || c.expect_full_mesh_reachability())?;
+    // Fixing the file takes effect: it now holds a policy that isolates n1's pod.
+    let pod = c.nodes[0].pods[0].clone();
+    c.write(
+        "broken.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: default}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+    )?;
+    let other = &c.nodes[1].pods[0];
+    eventually(Duration::from_secs(5), || {
+        match cluster::ping(&other.ns, &pod.v4) {
+            Ok(()) => bail!("still reachable"),
+            Err(_) => Ok(()),
+        }
+    })?;
+    Ok(())
+}
+
+#[test]
+fn network_policy_from_the_datastore_is_enforced_within_a_second() -> Result<()> {
+    let mut c = Cluster::new("nodepol", 2, 2, false)?;
+    c.wait_converged(CONVERGE)?;
+    c.expect_full_mesh_reachability()?;
+    let web = c.nodes[0].pods[0].clone();
+    let client = c.nodes[1].pods[0].clone();
+    let client2 = c.nodes[1].pods[1].clone();
+    c.label_pod(&web, &[("app", "web")])?;
+    c.label_pod(&client, &[("role", "client")])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    // Only role=client may reach app=web.
+    let t0 = std::time::Instant::now();
+    c.write(
+        "policy.yaml",
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-clients, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+"#,
+    )?;
+    eventually(Duration::from_secs(3), || {
+        match cluster::ping(&client2.ns, &web.v4) {
+            Ok(()) => bail!("a non-client still reaches web"),
+            Err(_) => Ok(()),
+        }
+    })?;
+    let took = t0.elapsed();
+    cluster::ping(&client.ns, &web.v4)?;
+    cluster::ping(&client.ns, &web.v6)?;
+    ensure!(took < Duration::from_secs(2), "enforced after {took:?}");
+    eprintln!("policy enforced {took:?} after the file was written");
+    // Removing it opens the pod again.
+    c.remove("policy.yaml")?;
+    eventually(Duration::from_secs(3), || {
+        cluster::ping(&client2.ns, &web.v4)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_daemon_restart_loses_no_packet() -> Result<()> {
+    let mut c = Cluster::new("noderst", 2, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    let a = c.nodes[0].pods[0].clone();
+    let b = c.nodes[1].pods[0].clone();
+    let pinger =
+        a.ns.spawn(&["ping", "-n", "-i", "0.05", "-w", "12", &b.v4])?;
+    std::thread::sleep(Duration::from_secs(1));
+    c.restart_daemon(0)?;
+    c.wait_converged(CONVERGE)?;
+    std::thread::sleep(Duration::from_secs(1));
+    c.restart_daemon(1)?;
+    c.wait_converged(CONVERGE)?;
+    let out = cluster::wait_exit(pinger, Duration::from_secs(20))?;
+    let (sent, received) = cluster::ping_summary(&out)?;
+    ensure!(sent >= 100, "ping sent only {sent}: {out}");
+    ensure!(
+        sent == received,
+        "lost {} of {sent} packets across two daemon restarts:\n{out}",
+        sent - received
+    );
+    Ok(())
+}
