@@ -4,6 +4,7 @@
 mod bgp;
 mod check_selftest;
 mod lab_selftest;
+mod node;
 mod peers_selftest;
 mod policy;
 mod routes;
