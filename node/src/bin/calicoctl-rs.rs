@@ -48,9 +48,26 @@ enum Output {
     Json,
 }
 
+/// Printed under `calicoctl-rs node --help`; the full list is in `calico_node::grpc::json`.
+const JSON_HELP: &str = "\
+-o json field names are stable (only ever added to):
+  status  {running, ipv4: [{peer_address, peer_type, state, since, since_unix, info, bgp_state,
+          as_number, last_error}], ipv6: [...]}; {running: false, error} when not running
+  peers   {peers: [{address, as_number, peer_type, description, state, since, since_unix,
+          last_error, local_address, capabilities, prefixes_received, prefixes_accepted,
+          prefixes_advertised, graceful_restart_stale}]}
+  routes  {routes: [{prefix, kind, next_hops, source_peer, as_path, installed, stale}]}
+  blocks  {blocks: [{cidr, affinity, pool, used, free}]}
+  policy  {table, policies_compiled, rejected: [{namespace, name, reason}], rules, set_elements,
+          endpoints, last_apply_micros, last_apply_at}
+  info    {name, addresses, as_number, router_id, version, started_at, uptime_seconds, ready,
+          live, not_ready_reasons}
+Times are RFC 3339 UTC (null when unknown). Exit status 1 when the daemon cannot be reached.";
+
 #[derive(Subcommand)]
 enum Top {
     /// The node's status.
+    #[command(after_help = JSON_HELP)]
     Node {
         #[command(subcommand)]
         what: NodeCmd,
