@@ -27,16 +27,14 @@ pub struct ClientCfg {
     pub insecure_tcp: bool,
 }
 
-/// Connects (eagerly: an unreachable daemon is an error here, not on the first call).
-///
-/// Streaming calls (`WatchPeers`) are not subject to [`REQUEST_TIMEOUT`] when the caller sets no
-/// deadline of its own: tonic applies the endpoint timeout to every request, so long-lived watchers
-/// should use [`connect_with`] and `None`.
+/// Connects (eagerly: an unreachable daemon is an error here, not on the first call), with
+/// [`REQUEST_TIMEOUT`] per call. The timeout bounds a call until its response starts: an open
+/// `WatchPeers` stream is not cut by it.
 pub async fn connect(cfg: &ClientCfg) -> Result<NodeStatusClient<Channel>, GrpcError> {
     connect_with(cfg, Some(REQUEST_TIMEOUT)).await
 }
 
-/// [`connect`] with an explicit per-request timeout (`None`: no limit, for `WatchPeers`).
+/// [`connect`] with an explicit per-call timeout (`None`: none).
 pub async fn connect_with(
     cfg: &ClientCfg,
     timeout: Option<Duration>,

@@ -177,12 +177,9 @@ fn is_ipv6(p: &pb::Peer) -> bool {
 /// The peers of one family, sorted by address (unparseable addresses last).
 pub fn family_peers(peers: &[pb::Peer], v6: bool) -> Vec<&pb::Peer> {
     let mut v: Vec<&pb::Peer> = peers.iter().filter(|p| is_ipv6(p) == v6).collect();
-    v.sort_by_key(|p| {
-        (
-            p.address.parse::<IpAddr>().ok().is_none(),
-            p.address.parse::<IpAddr>().ok(),
-            p.address.clone(),
-        )
+    v.sort_by_cached_key(|p| match p.address.parse::<IpAddr>() {
+        Ok(ip) => (false, Some(ip), String::new()),
+        Err(_) => (true, None, p.address.clone()),
     });
     v
 }

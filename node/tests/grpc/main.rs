@@ -493,3 +493,34 @@ async fn plain_tcp_needs_the_insecure_flag() {
     assert_eq!(node.name, "node1");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn request_timeout_does_not_cut_an_open_watch_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sock");
+    let srv = TestServer::start(GrpcListen::Unix(path.clone()), snapshot()).await;
+    let cfg = ClientCfg {
+        addr: GrpcAddr::Unix(path.clone()),
+        ..Default::default()
+    };
+    let mut c = grpc::connect_with(&cfg, Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let mut stream = c
+        .watch_peers(pb::WatchPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        next_event(&mut stream, Duration::from_secs(2))
+            .await
+            .snapshot
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    srv.tx.send_modify(|s| {
+        Arc::make_mut(s).peers[1].bgp.state = bgp::State::Connect;
+    });
+    let ev = next_event(&mut stream, Duration::from_secs(1)).await;
+    assert_eq!(ev.peers[0].address, "10.0.0.3");
+    srv.stop().await;
+}
