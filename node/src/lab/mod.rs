@@ -204,6 +204,9 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
         check::wait(&plan, &rec, &paths, cfg.timeout)
     };
     print_missing(&missing, &paths);
+    if let Some(line) = report::tor_summary(&plan, rec.tor, &observed) {
+        println!("{line}");
+    }
     report::print_nodes(&plan, &rec, &paths, &observed);
     let grids = report::print_matrix(&plan, &rec);
     let unreachable: usize = grids.iter().map(|g| g.count().1 - g.count().0).sum();
@@ -319,6 +322,9 @@ pub fn status(dir: &Path) -> Result<()> {
         println!("Converged: every session is up and every block is routed.");
     }
     print_missing(&missing, &paths);
+    if let Some(line) = report::tor_summary(&plan, rec.tor, &o) {
+        println!("{line}");
+    }
     report::print_nodes(&plan, &rec, &paths, &o);
     report::print_matrix(&plan, &rec);
     Ok(())

@@ -2,10 +2,13 @@
 //! change goes through `ip -n crslab-*` / `ip netns exec crslab-*` ([`super::sys`]).
 //!
 //! Pods are plumbed as Calico's CNI plugin does it, minus what the daemon's felix does itself when
-//! it sees the interface (host-side MAC `ee:ee:ee:ee:ee:ee`, proxy ARP, sysctls, the /32 and /128
-//! routes): a veth with the host side `cali…` in the node namespace (up, nothing else) and `eth0`
-//! in the pod namespace with the pod's /32 and /128, a link-scope route to 169.254.1.1 and default
-//! routes via 169.254.1.1 and `fe80::ecee:eeff:feee:eeee`.
+//! it sees the interface (proxy ARP, sysctls, the /32 and /128 routes): a veth with the host side
+//! `cali…` in the node namespace and `eth0` in the pod namespace with the pod's /32 and /128, a
+//! link-scope route to 169.254.1.1 and default routes via 169.254.1.1 and
+//! `fe80::ecee:eeff:feee:eeee`. The host side gets its MAC `ee:ee:ee:ee:ee:ee` when it is created,
+//! before it comes up, as the CNI plugin does: the kernel derives the IPv6 link-local address (the
+//! pods' IPv6 gateway) from the MAC only when the link comes up, so a MAC changed later by felix
+//! would leave the host side without `fe80::ecee:eeff:feee:eeee`.
 
 use anyhow::{Context, Result};
 
@@ -15,6 +18,8 @@ use super::sys;
 
 /// Link-local gateway of a pod (the host side's address once felix sets its MAC).
 const POD_GW_V6: &str = "fe80::ecee:eeff:feee:eeee";
+/// Calico's host-side veth MAC (`felix::veth::HOST_SIDE_MAC`).
+const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// IPv4 gateway of a pod, answered by proxy ARP on the host side.
 const POD_GW_V4: &str = "169.254.1.1";
 
@@ -106,7 +111,7 @@ pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) ->
         &node.netns,
         &[
             format!(
-                "link add {} type veth peer name {ETH} netns {}",
+                "link add {} address {HOST_MAC} type veth peer name {ETH} netns {}",
                 p.host_iface, p.netns
             ),
             format!("link set {} up", p.host_iface),
@@ -124,4 +129,18 @@ pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) ->
         ],
     )
     .with_context(|| format!("setting up pod {}", p.name))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gateways_match_felix() {
+        let mac: Vec<String> = felix::veth::HOST_SIDE_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(super::HOST_MAC, mac.join(":"));
+        assert_eq!(super::POD_GW_V6, felix::veth::IPV6_GATEWAY.to_string());
+        assert_eq!(super::POD_GW_V4, felix::veth::IPV4_GATEWAY.to_string());
+    }
 }

@@ -8,10 +8,29 @@ use std::time::Duration;
 
 use super::check::{Observed, ROUTE_PROTOCOL};
 use super::matrix::{self, Grid, Target};
-use super::plan::{NodePlan, Plan, TOR_AS, TOR_V4, TOR_V6};
+use super::plan::{NodePlan, Plan, TOR_AS, TOR_NS, TOR_V4, TOR_V6};
 use super::record::{Paths, Record};
-use super::sys;
+use super::{sys, Tor};
 use crate::datastore::IpFamily;
+
+/// One line on the ToR: sessions up, blocks learned from their owners, routes held.
+pub fn tor_summary(plan: &Plan, tor: Tor, o: &Observed) -> Option<String> {
+    let t = o.tor.as_ref()?;
+    let sessions = plan.nodes.len() * 2;
+    let up = t.sessions.iter().filter(|s| s.established()).count();
+    let learned = o
+        .blocks
+        .iter()
+        .filter(|(b, owner)| t.routes.get(b).is_some_and(|from| from.contains(*owner)))
+        .count();
+    let state = if o.tor_alive { "" } else { ", NOT RUNNING" };
+    Some(format!(
+        "ToR: {tor} in {TOR_NS} (AS {TOR_AS}, {TOR_V4}, {TOR_V6}{state}): {up}/{sessions} sessions \
+         Established, {learned}/{} node blocks learned from their owners, {} prefixes",
+        o.blocks.len(),
+        t.routes.len()
+    ))
+}
 
 /// Per node: `calicoctl-rs node status` output, or [`node_summary`].
 pub fn print_nodes(plan: &Plan, rec: &Record, paths: &Paths, o: &Observed) {
@@ -232,6 +251,12 @@ mod tests {
             }],
             routes: Default::default(),
         });
+        o.tor_alive = true;
+        assert_eq!(
+            tor_summary(&plan, Tor::Bird, &o).unwrap(),
+            "ToR: bird in crslab-tor (AS 65000, 10.200.0.1, fd00:200::1): 1/6 sessions \
+             Established, 0/3 node blocks learned from their owners, 0 prefixes"
+        );
         let s = node_summary(&plan, &plan.nodes[0], Some(42), &o);
         let expected = "\
 node1  10.200.0.11  fd00:200::11  daemon pid 42 running
