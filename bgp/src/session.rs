@@ -91,6 +91,8 @@ pub(crate) enum FromSession {
     },
     Update(Update),
     RouteRefresh(Family),
+    /// An outgoing connection attempt failed (for status: why a peer stays Active).
+    ConnectFailed(String),
 }
 
 /// One live TCP connection.
@@ -445,6 +447,7 @@ impl Session {
 
     fn connect_failed(&mut self, e: io::Error) {
         debug!(error = %e, "connect failed");
+        self.report(FromSession::ConnectFailed(e.to_string()));
         self.feed(Event::TcpFailed);
     }
 

@@ -717,6 +717,15 @@ impl Speaker {
                 local,
             } => self.on_established(id, epoch, negotiated, local),
             FromSession::Down { reason } => self.on_down(id, reason),
+            FromSession::ConnectFailed(e) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    let e = Some(e);
+                    if p.negotiated.is_none() && p.last_error != e {
+                        p.last_error = e;
+                        self.status_dirty = true;
+                    }
+                }
+            }
             FromSession::Update(u) => self.on_update(id, u),
             FromSession::RouteRefresh(f) => {
                 if let Some(p) = self.peers.get_mut(&id) {

@@ -405,7 +405,7 @@ pub fn routes_input(d: &Desired, learned: &BTreeMap<IpNet, Vec<IpAddr>>) -> Rout
                     .filter(|h| !h.is_unspecified() && !mine.contains(h))
                     .map(|h| NextHop::via(*h))
                     .collect();
-                (!hops.is_empty()).then(|| RemoteBlock {
+                (!hops.is_empty()).then_some(RemoteBlock {
                     cidr: *p,
                     next_hops: hops,
                 })

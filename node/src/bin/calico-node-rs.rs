@@ -150,11 +150,20 @@ fn run(a: RunArgs) -> Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut grpc_stop = stop_rx.clone();
+        // Bind first: a bad address, a socket in use or bad TLS material stops the daemon before
+        // it changes anything.
+        let bound = match calico_node::grpc::bind(grpc).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("calico-node-rs: status API: {e}");
+                std::process::exit(2);
+            }
+        };
         let grpc_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             };
-            calico_node::grpc::serve(grpc, status_rx, stop).await
+            bound.serve(status_rx, stop).await
         });
         let shutdown = async move {
             tokio::select! {
@@ -164,9 +173,8 @@ fn run(a: RunArgs) -> Result<()> {
         };
         let r = daemon::run(cfg, status_tx, shutdown).await;
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(Duration::from_secs(2), grpc_task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "status API"),
-            Ok(_) | Err(_) => {}
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), grpc_task).await {
+            tracing::warn!(error = %e, "status API");
         }
         r
     })

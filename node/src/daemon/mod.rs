@@ -135,6 +135,8 @@ struct Daemon {
     routes_pushed: bool,
     policy: PolicyHandle,
     bgp_synced: bool,
+    /// Every node name seen in a snapshot since start (see `release_deleted_nodes`).
+    seen_nodes: BTreeSet<String>,
     started: SystemTime,
     status: watch::Sender<Arc<NodeSnapshot>>,
     counters: Counters,
@@ -196,6 +198,7 @@ pub async fn run(
         routes_pushed: false,
         policy,
         bgp_synced: false,
+        seen_nodes: BTreeSet::new(),
         started: SystemTime::now(),
         status,
         counters: Counters::default(),
@@ -219,6 +222,7 @@ pub async fn run(
                 }
                 let s = snaps.borrow_and_update().clone();
                 d.state = s.state.clone();
+                d.seen_nodes.extend(d.state.nodes.keys().cloned());
                 let errs: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
                 for e in errs.iter().filter(|e| !d.resource_errors.contains(e)) {
                     warn!(error = %e, "resource rejected");
@@ -289,16 +293,21 @@ impl Daemon {
         false
     }
 
-    /// Free the blocks of nodes that are no longer in the datastore (any node may do it; the
-    /// IPAM lock makes it safe and it is idempotent).
+    /// Free the blocks of nodes whose deletion we saw: a node that was in the datastore and is no
+    /// longer (any node may do it; the IPAM lock makes it safe and it is idempotent). A node we
+    /// never saw is left alone: its Node may simply not have reached our snapshot yet while it
+    /// already claims blocks.
     fn release_deleted_nodes(&mut self) -> bool {
+        self.seen_nodes.extend(self.state.nodes.keys().cloned());
         let Ok(aff) = self.ipam.affinities() else {
             return false;
         };
         let gone: BTreeSet<String> = aff
             .values()
             .flatten()
-            .filter(|n| !self.state.nodes.contains_key(n.as_str()))
+            .filter(|n| {
+                self.seen_nodes.contains(n.as_str()) && !self.state.nodes.contains_key(n.as_str())
+            })
             .cloned()
             .collect();
         for n in &gone {
