@@ -173,11 +173,21 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
         println!("Removing the existing lab first (--force).");
         down(&cfg.dir)?;
     }
-    for d in [&paths.dir, &paths.run, &paths.logs, &paths.datastore] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    // `down` deletes DIR/run, DIR/logs and DIR/datastore: only ever in a directory `up` made or
+    // found empty, and the record goes in first, so those are ours whenever a record exists.
+    if std::fs::read_dir(&paths.dir).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "lab: {} is not empty and holds no lab; choose another --dir",
+            cfg.dir.display()
+        );
     }
+    std::fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("creating {}", paths.dir.display()))?;
     let mut rec = Record::new(cfg);
     rec.save(&paths)?;
+    for d in [&paths.run, &paths.logs, &paths.datastore] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     let started = std::time::Instant::now();
     if let Err(e) = build(&plan, &paths, &mut rec) {
         let _ = rec.save(&paths);
@@ -331,14 +341,15 @@ pub fn status(dir: &Path) -> Result<()> {
 }
 
 /// Removes the lab in `dir` and any `crslab-*` namespace: stops every lab process (SIGTERM, then
-/// SIGKILL after 5 s), deletes the namespaces, and removes what `up` made in `dir` (and `dir`
-/// itself if that leaves it empty). Safe to run twice, and after a half-failed `up`.
+/// SIGKILL after 5 s), deletes the namespaces, and, when `dir` holds a lab record, removes what
+/// `up` made there (and `dir` itself if that leaves it empty). Safe to run twice, and after a
+/// half-failed or killed `up`.
 pub fn down(dir: &Path) -> Result<()> {
     let paths = Paths::new(dir);
     let rec = match Record::load(&paths) {
         Ok(r) => r,
         Err(e) => {
-            println!("warning: {e:#}; removing what can be found");
+            println!("warning: {e:#}; stopping lab processes and namespaces, leaving files alone");
             None
         }
     };
@@ -361,7 +372,8 @@ pub fn down(dir: &Path) -> Result<()> {
             failed.push(format!("{e:#}"));
         }
     }
-    for p in paths.made() {
+    // Files only where a lab record proves `up` made them (DIR/run could be /run otherwise).
+    for p in paths.made().into_iter().filter(|_| rec.is_some()) {
         let r = if p.is_dir() {
             std::fs::remove_dir_all(p)
         } else {
@@ -405,6 +417,42 @@ mod tests {
             assert_eq!(t.to_string().parse::<Tor>(), Ok(t));
         }
         assert!("frr".parse::<Tor>().is_err());
+    }
+
+    /// Root only, and it uses the real `crslab-*` names, so it is run by hand:
+    /// `cargo test -p calico-node --lib lab::tests::up_without_working_daemons -- --ignored`.
+    #[test]
+    #[ignore]
+    fn up_without_working_daemons_times_out_and_down_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stub = tmp.path().join("stub-node");
+        std::fs::write(&stub, "#!/bin/sh\nexec sleep 300\n").unwrap();
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let cfg = LabCfg {
+            nodes: 2,
+            pods_per_node: 1,
+            dir: tmp.path().join("lab"),
+            node_bin: stub,
+            ctl_bin: None,
+            timeout: Duration::from_secs(3),
+            ..LabCfg::default()
+        };
+        let t = std::time::Instant::now();
+        let e = up(&cfg).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not converged within 3 s"),
+            "{e:#}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(20));
+        let rec = Record::load(&Paths::new(&cfg.dir)).unwrap().unwrap();
+        assert!(rec.daemons.values().all(|p| p.alive()));
+        assert_eq!(rec.namespaces.len(), 2 + 2 + 2);
+        assert!(up(&cfg).is_err(), "a second up must refuse");
+        down(&cfg.dir).unwrap();
+        assert!(sys::lab_namespaces().is_empty());
+        assert!(rec.procs().iter().all(|p| !p.alive()));
+        assert!(!cfg.dir.exists());
     }
 
     #[test]
