@@ -1,2 +1,496 @@
-//! Policy benchmark (placeholder while the policy engine is being written).
-fn main() {}
+//! Policy engine benchmark, in throwaway namespaces `crsbench-pol-<pid>` (the node) and
+//! `crsbench-pol-<pid>-a` / `-b` (two pods), all deleted at the end (also on panic).
+//!
+//! Prints, for a synthetic cluster of 10,000 pods in 100 namespaces with 1,000 policies
+//! (see `policy/synth.rs`), on a node holding 110 of the pods (and, as a stress case, all 10,000):
+//! - full compile + apply (`nft -f` of the whole table, fresh namespace): compile, render and nft
+//!   times, medians of several rounds;
+//! - one pod label change, input to kernel (compile + diff + incremental `nft -f`), for a remote pod
+//!   (set elements change) and a local one (its endpoint chains change), medians;
+//! - the drift probe (a netlink dump of the `fwd-egress` chain) with the big table loaded;
+//! - forwarding: iperf3 from pod a to pod b through the node with no table, with our table and no
+//!   policies, with the 1,000 policies, and with the naive reference ruleset (the same policies as
+//!   a stateless linear ACL: one rule per allowed (source, destination, port) and its reply, no
+//!   sets, no maps, no conntrack), rounds interleaved, best of each; and the naive ruleset's size
+//!   and load time.
+//!
+//! Run: `cargo bench -p felix --bench policy` (needs root, iperf3 and nft; never touches the root
+//! namespace: the process moves itself into the node namespace first).
+
+#[path = "policy/synth.rs"]
+mod synth;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use felix::policy::render::render_full;
+use felix::policy::{compile, Compiler, NetworkPolicy, NftDriver, PolicyCfg, PolicyInput};
+
+const ROUNDS: usize = 5;
+const IPERF_SECS: &str = "3";
+const IPERF_ROUNDS: usize = 5;
+/// Local pods of a realistic node: every 91st pod of the cluster = 110 pods (kubelet's default
+/// maximum is 110 pods per node).
+const NODE_STRIDE: usize = 91;
+/// Rules per chain of the naive reference actually loaded (its full expansion has millions).
+const NAIVE_CAP: usize = 50_000;
+
+/// Deletes the namespaces and kills iperf3 on drop.
+struct Guard {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(argv: &[&str]) -> Result<String> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh(ns: &str, script: &str) -> Result<()> {
+    run(&["ip", "netns", "exec", ns, "sh", "-c", script]).map(drop)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Remove namespaces of earlier runs whose process is gone.
+fn sweep() {
+    let Ok(rd) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("crsbench-pol-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// Allows iperf3 (TCP 5201) between the pods of `ns`, both ways, so the two benchmark pods are
+/// isolated in both directions and their flow walks both endpoints' policy chains.
+fn iperf_policy(ns: &str) -> NetworkPolicy {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: zz-iperf, namespace: {ns}}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{{from: [{{podSelector: {{}}}}], ports: [{{port: 5201}}]}}]
+  egress: [{{to: [{{podSelector: {{}}}}], ports: [{{port: 5201}}]}}]"
+    ))
+    .expect("policy")
+}
+
+fn main() -> Result<()> {
+    if let Ok(n) = std::env::var("POLICY_BENCH_COMPILE_ONLY") {
+        // Profiling aid: compile the node case n times, no namespaces.
+        let input = synth::input(NODE_STRIDE, &[]);
+        let t = Instant::now();
+        let fresh_rounds = if std::env::var("ONLY_INCR").is_ok() {
+            1
+        } else {
+            n.parse::<usize>()?
+        };
+        for _ in 0..fresh_rounds {
+            std::hint::black_box(compile(&input));
+        }
+        println!("compile: {:?} each", t.elapsed() / fresh_rounds as u32);
+        let c = compile(&input);
+        let t = Instant::now();
+        let copy = std::hint::black_box(c.ruleset.clone());
+        println!("clone: {:?}", t.elapsed());
+        let t = Instant::now();
+        let d = felix::policy::render::render_diff(&PolicyCfg::default(), &c.ruleset, &copy);
+        println!("diff (equal): {:?} {}", t.elapsed(), d.is_ok());
+        let mut compiler = Compiler::new();
+        compiler.compile(input.clone());
+        let mut cur = input.clone();
+        let mut total = Duration::ZERO;
+        for round in 0..n.parse::<usize>()? {
+            let v = if round % 2 == 0 { "app-0" } else { "app-none" };
+            cur.pods[1].labels.insert("app".into(), v.into());
+            let next = cur.clone();
+            let t = Instant::now();
+            let (c, old) = compiler.compile_and_take_old(next);
+            total += t.elapsed();
+            drop((c, old));
+        }
+        println!(
+            "incremental compile, one remote pod: {:?} each",
+            total / n.parse::<u32>()?
+        );
+        return Ok(());
+    }
+    sweep();
+    let pid = std::process::id();
+    let node = format!("crsbench-pol-{pid}");
+    let (pa, pb) = (format!("{node}-a"), format!("{node}-b"));
+    let mut guard = Guard {
+        namespaces: vec![],
+        children: vec![],
+    };
+    for ns in [&node, &pa, &pb] {
+        run(&["ip", "netns", "add", ns])?;
+        guard.namespaces.push(ns.clone());
+    }
+    let fd = std::fs::File::open(format!("/run/netns/{node}"))?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    // From here on this process (and every nft it runs) is inside the node namespace.
+
+    // The iperf3 pods: the node's first two endpoints, pods 0 and 91, both in ns-000.
+    let probe_input = synth::input(NODE_STRIDE, &[]);
+    let (ea, eb) = (&probe_input.endpoints[0], &probe_input.endpoints[1]);
+    assert_eq!(ea.pod.namespace, eb.pod.namespace);
+    let extra = [iperf_policy(&ea.pod.namespace)];
+    let input = synth::input(NODE_STRIDE, &extra);
+    let (ea, eb) = (input.endpoints[0].clone(), input.endpoints[1].clone());
+    setup_pods(
+        &node,
+        &[(&pa, &ea.iface, &ea.pod.ips), (&pb, &eb.iface, &eb.pod.ips)],
+    )?;
+
+    println!(
+        "calico-rs felix policy benchmark (netns {node}): {} pods in {} namespaces, {} policies",
+        input.pods.len(),
+        input.namespaces.len(),
+        input.policies.len()
+    );
+    let cfg = PolicyCfg::default();
+    if let Ok(dir) = std::env::var("POLICY_BENCH_DUMP") {
+        // Debug aid: write the full scripts and stop.
+        for (name, stride) in [("node", NODE_STRIDE), ("all", 1)] {
+            let rs = compile(&synth::input(stride, &extra)).ruleset;
+            std::fs::write(format!("{dir}/{name}.nft"), render_full(&cfg, &rs))?;
+        }
+        return Ok(());
+    }
+    let mut driver = NftDriver::new(cfg.clone());
+    let rs = bench_case(&mut driver, "node with 110 local pods", &input, &cfg)?;
+
+    // Forwarding.
+    let b_ip = eb.pod.ips[0].to_string();
+    guard.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &pb, "iperf3", "-s", "-B", &b_ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let flow: Vec<std::net::IpAddr> = ea.pod.ips.iter().chain(&eb.pod.ips).copied().collect();
+    let naive = synth::naive(&rs, &input, &cfg.table, NAIVE_CAP, &flow);
+    let naive_script = &naive.script;
+    let t = Instant::now();
+    driver.run_script("naive load", naive_script)?;
+    let naive_load = t.elapsed();
+    driver.delete_table()?;
+    let empty_rs = compile(&PolicyInput {
+        policies: vec![],
+        ..input.clone()
+    })
+    .ruleset;
+    let full_script = render_full(&cfg, &rs);
+    let empty_script = render_full(&cfg, &empty_rs);
+    let mut best = [0f64; 4];
+    let names = [
+        "no table (bare kernel)",
+        "our table, no policies",
+        "our table, 1,000 policies",
+        "naive linear (50k+ rules/dir)",
+    ];
+    for round in 0..IPERF_ROUNDS {
+        for (i, best_i) in best.iter_mut().enumerate() {
+            driver.delete_table()?;
+            match i {
+                1 => driver.run_script("empty", &empty_script)?,
+                2 => driver.run_script("full", &full_script)?,
+                3 => driver.run_script("naive", naive_script)?,
+                _ => {}
+            }
+            let g = iperf(&pa, &b_ip)?;
+            eprintln!("  round {round}: {:<28} {g:6.2} Gbit/s", names[i]);
+            *best_i = best_i.max(g);
+        }
+    }
+    driver.delete_table()?;
+    println!("forwarding, iperf3 a -> node -> b, {IPERF_SECS} s x {IPERF_ROUNDS} rounds interleaved, best of each:");
+    for (n, g) in names.iter().zip(best) {
+        println!(
+            "  {n:<28} {g:6.2} Gbit/s  ({:5.1} % of bare, {:5.1} % of no policies)",
+            100.0 * g / best[0],
+            100.0 * g / best[1]
+        );
+    }
+    println!(
+        "  ratio 1,000 policies / no policy: {:.3} (target >= 0.95); naive / ours: {:.3}",
+        best[2] / best[1],
+        best[3] / best[2]
+    );
+    println!(
+        "naive reference: full expansion {} rules; loaded the first {NAIVE_CAP} of each chain plus the \
+         benchmark flow's rules after them ({} rules, {} KiB script) in {}; ours: {} rules + {} set elements",
+        naive.total_rules,
+        naive.loaded_rules,
+        naive_script.len() / 1024,
+        ms(naive_load),
+        rs.rule_count(),
+        rs.element_count()
+    );
+
+    // Stress: the whole cluster on one node.
+    let all = synth::input(1, &extra);
+    let mut driver = NftDriver::new(cfg.clone());
+    bench_case(&mut driver, "stress: all 10,000 pods local", &all, &cfg)?;
+    driver.delete_table()?;
+    drop(guard);
+    Ok(())
+}
+
+/// Full apply, label changes, probe for one input; returns the compiled ruleset.
+fn bench_case(
+    driver: &mut NftDriver,
+    what: &str,
+    input: &PolicyInput,
+    cfg: &PolicyCfg,
+) -> Result<felix::policy::ir::Ruleset> {
+    let mut t_compile = Vec::new();
+    let mut t_render = Vec::new();
+    let mut t_nft = Vec::new();
+    let mut t_total = Vec::new();
+    let mut c = compile(input);
+    for _ in 0..ROUNDS {
+        driver.delete_table()?;
+        let t0 = Instant::now();
+        c = compile(input);
+        let t1 = Instant::now();
+        let script = render_full(cfg, &c.ruleset);
+        let t2 = Instant::now();
+        driver.run_script("full", &script)?;
+        let t3 = Instant::now();
+        t_compile.push(t1 - t0);
+        t_render.push(t2 - t1);
+        t_nft.push(t3 - t2);
+        t_total.push(t3 - t0);
+    }
+    // Bring the driver's model in line with the kernel.
+    driver.forget();
+    driver.apply(&c.ruleset)?;
+    let rs = c.ruleset.clone();
+    println!(
+        "{what}: {} endpoints, {} policies ({} rejected), {} policy chains, {} chains, {} rules, {} sets, {} set elements, script {} KiB",
+        c.stats.endpoints,
+        c.stats.policies,
+        c.stats.rejected,
+        c.stats.active_policy_chains,
+        rs.chains.len(),
+        rs.rule_count(),
+        rs.sets.len(),
+        rs.element_count(),
+        render_full(cfg, &rs).len() / 1024
+    );
+    println!(
+        "  full compile + apply: {} (compile {}, render {}, nft -f {}), median of {ROUNDS} (target < 500 ms)",
+        ms(median(t_total.clone())),
+        ms(median(t_compile)),
+        ms(median(t_render)),
+        ms(median(t_nft))
+    );
+
+    // One pod label change, input to kernel: a remote pod and a local pod, alternating values.
+    let local = input.endpoints[2].pod.name.clone();
+    let local_ns = input.endpoints[2].pod.namespace.clone();
+    let remote_idx = input.pods.iter().position(|p| {
+        !input
+            .endpoints
+            .iter()
+            .any(|e| e.pod.name == p.name && e.pod.namespace == p.namespace)
+    });
+    // The value alternates between the app label its namespace's policies select (`app-N` for
+    // ns-00N) and one nobody selects, so every round changes set membership.
+    let app_of = |ns: &str| {
+        format!(
+            "app-{}",
+            ns.trim_start_matches("ns-").parse::<usize>().unwrap_or(0) % 10
+        )
+    };
+    for (label, is_local) in [("remote pod", false), ("local pod", true)] {
+        let Some(remote_idx) = remote_idx.or(is_local.then_some(0)) else {
+            println!("  (every pod is local: no remote pod to change)");
+            continue;
+        };
+        let mut times = Vec::new();
+        let mut t_compile = Vec::new();
+        let mut kinds = String::new();
+        let mut cur = input.clone();
+        // The owner's path: an incremental compiler that has seen the current input.
+        let mut compiler = Compiler::new();
+        compiler.compile(cur.clone());
+        let (ns, name) = if is_local {
+            (local_ns.clone(), local.clone())
+        } else {
+            (
+                cur.pods[remote_idx].namespace.clone(),
+                cur.pods[remote_idx].name.clone(),
+            )
+        };
+        for round in 0..ROUNDS * 2 {
+            let value = if round % 2 == 0 {
+                app_of(&ns)
+            } else {
+                "app-none".to_string()
+            };
+            for e in &mut cur.endpoints {
+                if e.pod.name == name && e.pod.namespace == ns {
+                    e.pod.labels.insert("app".into(), value.clone());
+                }
+            }
+            for p in &mut cur.pods {
+                if p.name == name && p.namespace == ns {
+                    p.labels.insert("app".into(), value.clone());
+                }
+            }
+            // The daemon builds a fresh input and moves it in; the clone is not part of the path.
+            let next = cur.clone();
+            let t = Instant::now();
+            let (c, old) = compiler.compile_and_take_old(next);
+            // The owner frees replaced inputs on a helper thread, off the update path.
+            let reap = std::thread::spawn(move || drop(old));
+            t_compile.push(t.elapsed());
+            if round == 1 && std::env::var("POLICY_BENCH_VERBOSE").is_ok() {
+                if let Ok(Some((script, _))) = felix::policy::render::render_diff(
+                    cfg,
+                    driver.applied().expect("applied"),
+                    &c.ruleset,
+                ) {
+                    eprintln!("{script}");
+                }
+            }
+            let rep = driver.apply(&c.ruleset)?;
+            times.push(t.elapsed());
+            let _ = reap.join();
+            if round == 1 {
+                let d = rep.diff.unwrap_or_default();
+                kinds = format!(
+                    "{:?}: {} set elements, {} chains changed, {} added, {} removed",
+                    rep.kind,
+                    d.elements_added + d.elements_removed,
+                    d.chains_changed,
+                    d.chains_added,
+                    d.chains_removed
+                );
+            }
+        }
+        println!(
+            "  one {label} label change ({ns}/{name}), input to kernel: {} (compile {}) median of {} (target < 50 ms) [{kinds}]",
+            ms(median(times)),
+            ms(median(t_compile)),
+            ROUNDS * 2
+        );
+    }
+    // Back to the original input.
+    driver.apply(&rs)?;
+    let mut probes = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        if !driver.probe()? {
+            bail!("probe says the table is not intact");
+        }
+        probes.push(t.elapsed());
+    }
+    println!(
+        "  drift probe (netlink dump of fwd-egress): {}",
+        ms(median(probes))
+    );
+    Ok(rs)
+}
+
+/// Veth + addresses + routes for the iperf pods, as in the integration tests.
+fn setup_pods(node: &str, pods: &[(&str, &str, &Vec<std::net::IpAddr>)]) -> Result<()> {
+    run(&["ip", "link", "set", "lo", "up"])?;
+    sh(
+        node,
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+    )?;
+    // A unicast route for 169.254.1.1 out of another interface, so proxy ARP answers for it.
+    run(&[
+        "ip", "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
+    ])?;
+    run(&["ip", "link", "set", "bench0", "up"])?;
+    run(&["ip", "link", "set", "bench1", "up"])?;
+    run(&["ip", "route", "add", "169.254.1.1/32", "dev", "bench0"])?;
+    for (ns, iface, ips) in pods {
+        let v4 = ips[0];
+        run(&[
+            "ip",
+            "link",
+            "add",
+            iface,
+            "address",
+            "ee:ee:ee:ee:ee:ee",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        ])?;
+        sh(
+            node,
+            &format!(
+                "sysctl -qw net.ipv4.conf.{iface}.proxy_arp=1 net.ipv4.neigh.{iface}.proxy_delay=0 && \
+                 ip link set {iface} up && ip route add {v4}/32 dev {iface}"
+            ),
+        )?;
+        sh(
+            ns,
+            &format!(
+                "ip link set lo up && ip addr add {v4}/32 dev eth0 && ip link set eth0 up && \
+                 ip route add 169.254.1.1 dev eth0 scope link && \
+                 ip route add default via 169.254.1.1 dev eth0"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// One iperf3 run from pod namespace `ns` to `dst`; Gbit/s received.
+fn iperf(ns: &str, dst: &str) -> Result<f64> {
+    let out = run(&[
+        "ip", "netns", "exec", ns, "iperf3", "-c", dst, "-t", IPERF_SECS, "-J",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3 output")
+}

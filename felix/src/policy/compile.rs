@@ -25,14 +25,15 @@
 //! are resolved by content, so any permutation of the input compiles to the same [`Ruleset`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::error::InputError;
+use super::index::{CachedSet, Index, SetCache};
 use super::ir::{
     from_wl_chain, policy_chain, short_hash, to_wl_chain, Chain, Dir, Elem, Family, Match, Rule,
     Ruleset, SetDef, SetKind, Verdict,
 };
-use super::model::{Labels, Pod, PolicyInput, WorkloadEndpoint, NAMESPACE_NAME_LABEL};
+use super::model::{PolicyInput, WorkloadEndpoint};
 use super::validate::{
     check, Block, Checked, CheckedPolicy, CheckedRule, FailedPolicy, NsScope, Peer, PortSpec, Proto,
 };
@@ -69,76 +70,14 @@ pub struct Compiled {
     pub stats: CompileStats,
 }
 
-/// Facts about the cluster, indexed for the compiler.
-struct Index<'a> {
-    /// Namespace -> labels (including the implicit name label).
-    ns_labels: BTreeMap<&'a str, Labels>,
-    /// Namespace -> its pods, in key order.
-    pods_by_ns: BTreeMap<&'a str, Vec<&'a Pod>>,
-    /// (protocol, port name) -> (pod address, port).
-    named_ports: BTreeMap<(Proto, &'a str), BTreeSet<(IpAddr, u16)>>,
-}
-
-impl<'a> Index<'a> {
-    fn new(input: &'a PolicyInput, endpoints: &[&'a WorkloadEndpoint]) -> Index<'a> {
-        let mut pods: BTreeMap<(&str, &str), &Pod> = BTreeMap::new();
-        for p in &input.pods {
-            let key = (p.namespace.as_str(), p.name.as_str());
-            // Duplicates are resolved by content (smallest wins), not by position.
-            if pods.get(&key).is_none_or(|old| p < *old) {
-                pods.insert(key, p);
-            }
-        }
-        for ep in endpoints {
-            let key = (ep.pod.namespace.as_str(), ep.pod.name.as_str());
-            pods.entry(key).or_insert(&ep.pod);
-        }
-        let mut ns_labels: BTreeMap<&str, Labels> = BTreeMap::new();
-        let mut sorted_ns: Vec<_> = input.namespaces.iter().collect();
-        sorted_ns.sort();
-        for ns in sorted_ns {
-            ns_labels.entry(ns.name.as_str()).or_insert_with(|| {
-                let mut l = ns.labels.clone();
-                l.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
-                l
-            });
-        }
-        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        let mut named_ports: BTreeMap<(Proto, &str), BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
-        for ((ns, _), pod) in pods {
-            ns_labels.entry(ns).or_insert_with(|| {
-                Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())])
-            });
-            pods_by_ns.entry(ns).or_default().push(pod);
-            for np in &pod.ports {
-                if let Some(proto) = Proto::from_k8s(&np.protocol) {
-                    let e = named_ports.entry((proto, np.name.as_str())).or_default();
-                    e.extend(pod.ips.iter().map(|ip| (*ip, np.port)));
-                }
-            }
-        }
-        Index {
-            ns_labels,
-            pods_by_ns,
-            named_ports,
-        }
-    }
-
-    fn namespaces(&self, scope: &NsScope) -> Vec<&'a str> {
-        match scope {
-            NsScope::Own(ns) => self.ns_labels.keys().copied().filter(|n| n == ns).collect(),
-            NsScope::Selected(sel) => self
-                .ns_labels
-                .iter()
-                .filter(|(_, l)| sel.matches(l))
-                .map(|(n, _)| *n)
-                .collect(),
-        }
-    }
-}
-
 /// Compile the whole input. Never fails: bad objects are reported in [`Compiled::errors`].
 pub fn compile(input: &PolicyInput) -> Compiled {
+    compile_with(input, &mut SetCache::default())
+}
+
+/// [`compile`] reusing (and filling) a cache of selector-set members; the caller guarantees the
+/// cache's entries are valid for `input` (see [`super::incremental::Compiler`]).
+pub(crate) fn compile_with(input: &PolicyInput, cache: &mut SetCache) -> Compiled {
     let mut errors = Vec::new();
 
     // Local endpoints by interface; a duplicate or unusable interface is reported and skipped.
@@ -173,24 +112,21 @@ pub fn compile(input: &PolicyInput) -> Compiled {
         endpoints.push(ep);
     }
 
-    // Policies by key; duplicates resolved by content.
-    let mut by_key: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-    let mut originals: BTreeMap<(&str, &str, String), &super::model::NetworkPolicy> =
-        BTreeMap::new();
+    // Policies by key; duplicates (which the API server never produces) resolved by content.
+    let mut by_key: BTreeMap<(&str, &str), Vec<&super::model::NetworkPolicy>> = BTreeMap::new();
     for p in &input.policies {
-        let json = serde_json::to_string(p).unwrap_or_default();
         by_key
             .entry((p.namespace(), p.metadata.name.as_str()))
             .or_default()
-            .push(json.clone());
-        originals.insert((p.namespace(), p.metadata.name.as_str(), json), p);
+            .push(p);
     }
     let mut valid: BTreeMap<&str, Vec<CheckedPolicy>> = BTreeMap::new();
     let mut failed: BTreeMap<&str, Vec<FailedPolicy>> = BTreeMap::new();
     let mut stats = CompileStats::default();
-    for ((ns, name), mut versions) in by_key {
-        versions.sort();
-        if versions.len() > 1 {
+    for ((ns, name), versions) in by_key {
+        let p = if versions.len() == 1 {
+            versions[0]
+        } else {
             errors.push(InputError::policy(
                 ns,
                 name,
@@ -200,8 +136,12 @@ pub fn compile(input: &PolicyInput) -> Compiled {
                     versions.len()
                 ),
             ));
-        }
-        let p = originals[&(ns, name, versions.swap_remove(0))];
+            versions
+                .iter()
+                .min_by_key(|p| serde_json::to_string(p).unwrap_or_default())
+                .copied()
+                .expect("non-empty")
+        };
         stats.policies += 1;
         match check(p) {
             Checked::Ok(c) => {
@@ -220,6 +160,7 @@ pub fn compile(input: &PolicyInput) -> Compiled {
     let mut b = Builder {
         index: &index,
         rs: Ruleset::default(),
+        cache,
     };
     stats.endpoints = endpoints.len();
     let no_valid = Vec::new();
@@ -311,7 +252,7 @@ pub fn compile(input: &PolicyInput) -> Compiled {
     }
 }
 
-fn valid_iface(name: &str) -> bool {
+pub(crate) fn valid_iface(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
         && name != "."
@@ -334,12 +275,13 @@ enum PortAlt {
     Named(Proto, String),
 }
 
-struct Builder<'a> {
+struct Builder<'a, 'c> {
     index: &'a Index<'a>,
     rs: Ruleset,
+    cache: &'c mut SetCache,
 }
 
-impl Builder<'_> {
+impl Builder<'_, '_> {
     /// Name of the chain of `p` in one direction, building it (and its sets) on first use.
     fn policy_chain(&mut self, p: &CheckedPolicy, ingress: bool) -> String {
         let name = policy_chain(ingress, &p.namespace, &p.name);
@@ -381,9 +323,9 @@ impl Builder<'_> {
                 for peer in list {
                     match peer {
                         Peer::Pods { namespaces, pods } => {
-                            for fam in Family::BOTH {
-                                v.push(PeerAlt::Set(fam, self.pod_set(namespaces, pods, fam)));
-                            }
+                            let [n4, n6] = self.pod_sets(namespaces, pods);
+                            v.push(PeerAlt::Set(Family::V4, n4));
+                            v.push(PeerAlt::Set(Family::V6, n6));
                         }
                         Peer::Block(b) => v.push(self.block_set(b)),
                     }
@@ -417,7 +359,7 @@ impl Builder<'_> {
                         PortAlt::L4(m) => matches.push(m.clone()),
                         PortAlt::Named(proto, n) => {
                             let family = fam.unwrap_or(Family::V4);
-                            let set = self.named_port_set(*proto, n, family);
+                            let set = self.named_port_set(*proto, n, family, dir == Dir::Src);
                             matches.push(Match::NamedPort {
                                 family,
                                 proto: *proto,
@@ -483,43 +425,53 @@ impl Builder<'_> {
         out
     }
 
-    fn pod_set(
-        &mut self,
-        scope: &NsScope,
-        pods: &super::selector::Selector,
-        fam: Family,
-    ) -> String {
+    /// The v4 and v6 sets of the pods `pods` selects in the namespaces of `scope`.
+    fn pod_sets(&mut self, scope: &NsScope, pods: &super::selector::Selector) -> [String; 2] {
         let scope_text = match scope {
             NsScope::Own(ns) => format!("namespace {ns}"),
             NsScope::Selected(s) => format!("namespaces {s}"),
         };
         let desc = format!("{scope_text}; pods {pods}");
-        let name = format!("sel-{}-{}", short_hash(&desc, 12), fam.suffix());
-        if self.rs.sets.contains_key(&name) {
-            return name;
+        let hash = short_hash(&desc, 12);
+        let names = Family::BOTH.map(|f| format!("sel-{hash}-{}", f.suffix()));
+        if self.rs.sets.contains_key(&names[0]) {
+            return names;
         }
-        let mut elements = BTreeSet::new();
-        for ns in self.index.namespaces(scope) {
-            for pod in self.index.pods_by_ns.get(ns).into_iter().flatten() {
-                if pods.matches(&pod.labels) {
-                    elements.extend(
-                        pod.ips
-                            .iter()
-                            .filter(|ip| Family::of(ip) == fam)
-                            .map(|ip| Elem::Addr(*ip)),
-                    );
+        if !self.cache.sets.contains_key(&desc) {
+            let (mut v4, mut v6) = (Vec::new(), Vec::new());
+            let namespaces = self.index.namespaces(scope);
+            for ns in &namespaces {
+                for pod in self.index.pods_by_ns.get(ns).into_iter().flatten() {
+                    if pods.matches(&pod.labels) {
+                        for ip in &pod.ips {
+                            if ip.is_ipv4() { &mut v4 } else { &mut v6 }.push(Elem::Addr(*ip));
+                        }
+                    }
                 }
             }
+            // Bulk build from a vector: far cheaper than one insert per element.
+            let entry = CachedSet {
+                namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                v4: Arc::new(v4.into_iter().collect()),
+                v6: Arc::new(v6.into_iter().collect()),
+            };
+            self.cache.sets.insert(desc.clone(), entry);
         }
-        self.rs.sets.insert(
-            name.clone(),
-            SetDef {
-                kind: SetKind::Addr(fam),
-                comment: desc,
-                elements,
-            },
-        );
-        name
+        let entry = &self.cache.sets[&desc];
+        for (name, (fam, elements)) in names
+            .iter()
+            .zip([(Family::V4, &entry.v4), (Family::V6, &entry.v6)])
+        {
+            self.rs.sets.insert(
+                name.clone(),
+                SetDef {
+                    kind: SetKind::Addr(fam),
+                    comment: desc.clone(),
+                    elements: elements.clone(),
+                },
+            );
+        }
+        names
     }
 
     fn block_set(&mut self, b: &Block) -> PeerAlt {
@@ -536,7 +488,7 @@ impl Builder<'_> {
         }
         let name = format!("net-{}-{}", short_hash(&desc, 12), fam.suffix());
         if !self.rs.sets.contains_key(&name) {
-            let elements = b.prefixes().into_iter().map(Elem::Net).collect();
+            let elements = Arc::new(b.prefixes().into_iter().map(Elem::Net).collect());
             self.rs.sets.insert(
                 name.clone(),
                 SetDef {
@@ -561,28 +513,34 @@ impl Builder<'_> {
         self.rs.sets.entry(name.clone()).or_insert_with(|| SetDef {
             kind: SetKind::Ports,
             comment: format!("ports {}", text.join(",")),
-            elements: ranges.iter().map(|(a, b)| Elem::Ports(*a, *b)).collect(),
+            elements: Arc::new(ranges.iter().map(|(a, b)| Elem::Ports(*a, *b)).collect()),
         });
         name
     }
 
-    fn named_port_set(&mut self, proto: Proto, port: &str, fam: Family) -> String {
-        let name = format!("np-{}-{port}-{}", proto.nft(), fam.suffix());
+    /// `(address . port)` set of a named port. Ingress rules (`local`) only ever see local
+    /// endpoints as destinations, so their set holds just those; egress rules get every pod.
+    fn named_port_set(&mut self, proto: Proto, port: &str, fam: Family, local: bool) -> String {
+        let (prefix, scope) = if local {
+            ("npl", "local pods")
+        } else {
+            ("np", "all pods")
+        };
+        let name = format!("{prefix}-{}-{port}-{}", proto.nft(), fam.suffix());
         if !self.rs.sets.contains_key(&name) {
-            let elements = self
+            let elements: BTreeSet<Elem> = self
                 .index
-                .named_ports
-                .get(&(proto, port))
+                .named_port_members(proto, port, local)
                 .into_iter()
-                .flatten()
                 .filter(|(ip, _)| Family::of(ip) == fam)
-                .map(|(ip, p)| Elem::AddrPort(*ip, *p))
+                .map(|(ip, p)| Elem::AddrPort(ip, p))
                 .collect();
+            let elements = Arc::new(elements);
             self.rs.sets.insert(
                 name.clone(),
                 SetDef {
                     kind: SetKind::AddrPort(fam),
-                    comment: format!("named port {port}/{}", proto.nft()),
+                    comment: format!("named port {port}/{} of {scope}", proto.nft()),
                     elements,
                 },
             );

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::error::PolicyError;
 use super::ir::Ruleset;
-use super::render::{render_diff, render_full, DiffStats, MARKER};
+use super::nlprobe;
+use super::render::{render_diff, render_full, DiffStats, FWD_EGRESS, FWD_EGRESS_RULES, MARKER};
 use super::PolicyCfg;
 
 /// How a ruleset was applied.
@@ -169,11 +170,13 @@ impl NftDriver {
         })
     }
 
-    /// Whether our table is intact: its dispatch base chain exists and holds the marked rule.
-    /// Lists one small base chain only, so it stays cheap however big the table is.
+    /// Whether our table is intact: its dispatch base chain exists and holds exactly its rules,
+    /// the marked one among them. One filtered netlink dump (see [`super::nlprobe`]): microseconds
+    /// however big the table is.
     pub fn probe(&self) -> Result<bool, PolicyError> {
-        let out = self.nft_output(&["list", "chain", "inet", &self.cfg.table, "fwd-egress"])?;
-        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(MARKER))
+        let r = nlprobe::chain_rules(&self.cfg.table, FWD_EGRESS, MARKER)
+            .map_err(PolicyError::Probe)?;
+        Ok(r.marker && r.rules == FWD_EGRESS_RULES)
     }
 
     /// Delete our table (if present). For shutdown when the node stops enforcing policy.
@@ -184,17 +187,6 @@ impl NftDriver {
             "delete table",
             &format!("add table inet {t}\ndelete table inet {t}\n"),
         )
-    }
-
-    fn nft_output(&self, args: &[&str]) -> Result<std::process::Output, PolicyError> {
-        Command::new(&self.cfg.nft)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| PolicyError::Spawn {
-                cmd: format!("{} {}", self.cfg.nft.display(), args.join(" ")),
-                source,
-            })
     }
 
     /// Run `script` with `nft -f -` as one transaction.

@@ -74,6 +74,9 @@ pub enum PolicyError {
         /// nft's error output (first lines).
         stderr: String,
     },
+    /// The drift probe's netlink request failed.
+    #[error("probing the table over nfnetlink: {0}")]
+    Probe(#[source] std::io::Error),
     /// The configuration is unusable.
     #[error("policy configuration: {0}")]
     Config(String),

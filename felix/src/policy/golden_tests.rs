@@ -260,7 +260,7 @@ fn policies_parse_from_json_too() {
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     let text = render_full(&PolicyCfg::default(), &c.ruleset);
     assert!(
-        text.contains("ip daddr . sctp dport @np-sctp-http-v4 accept"),
+        text.contains("ip daddr . sctp dport @npl-sctp-http-v4 accept"),
         "{text}"
     );
 }

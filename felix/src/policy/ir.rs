@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use sha1::{Digest, Sha1};
@@ -104,8 +105,10 @@ pub struct SetDef {
     pub kind: SetKind,
     /// Human description (the selector or CIDR it stands for).
     pub comment: String,
-    /// Elements.
-    pub elements: BTreeSet<Elem>,
+    /// Elements. Shared: the compiler's set cache, the applied ruleset and the desired one hold
+    /// the same allocation while a set is unchanged, so cloning a ruleset and comparing an
+    /// unchanged set (`Arc`'s `==` checks identity first) cost nothing per element.
+    pub elements: Arc<BTreeSet<Elem>>,
 }
 
 /// Packet direction relative to the address being matched.

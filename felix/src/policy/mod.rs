@@ -18,6 +18,7 @@
 //! - [`render`] (pure): ruleset -> full `nft` script, or the diff of two rulesets as one script.
 //! - [`driver`]: runs `nft -f -`, remembers what the kernel has, applies diffs, falls back to full.
 //! - [`monitor`]: an `nft monitor` child that reports changes to our table made by anyone else.
+//! - [`nlprobe`]: the periodic intactness probe, one filtered nfnetlink rule dump.
 //! - [`manager`]: the owner thread tying them together; [`spawn`] returns a [`PolicyHandle`].
 //!
 //! # The ruleset
@@ -54,10 +55,11 @@
 //!   transaction that touched `inet <table>` from a PID that is not one of our own `nft -f` runs is
 //!   drift: the manager re-applies the full table (debounced ~50 ms). This catches `flush table`,
 //!   `delete table`, and hand edits of any rule, set element or chain.
-//! - **Probe** (every [`PolicyCfg::probe_interval`], default 500 ms): `nft list chain inet <table>
-//!   fwd-egress` and look for the dispatch rule's marker comment. Cheap at any scale (one base
-//!   chain, no sets), it catches a flushed or deleted table even if the monitor died or lost events;
-//!   a dead monitor is restarted and followed by a full re-apply.
+//! - **Probe** (every [`PolicyCfg::probe_interval`], default 500 ms): one netlink rule dump of the
+//!   `fwd-egress` base chain, filtered by the kernel ([`nlprobe`]), checking its rule count and the
+//!   dispatch rule's marker comment. Microseconds at any scale (`nft list chain` would load nft's
+//!   whole cache: 0.1-0.4 s on big tables), it catches a flushed or deleted table even if the
+//!   monitor died or lost events; a dead monitor is restarted and followed by a full re-apply.
 //!
 //! # Bad input
 //! A policy that fails validation is reported ([`PolicyStatus::rejected`]) and the pods it selects
@@ -68,10 +70,13 @@
 pub mod compile;
 pub mod driver;
 pub mod error;
+mod incremental;
+mod index;
 pub mod ir;
 pub mod manager;
 pub mod model;
 pub mod monitor;
+pub mod nlprobe;
 pub mod render;
 pub mod selector;
 pub mod validate;
@@ -85,6 +90,7 @@ use std::time::Duration;
 pub use compile::{compile, CompileStats, Compiled};
 pub use driver::{ApplyKind, ApplyReport, NftDriver};
 pub use error::{InputError, PolicyError};
+pub use incremental::Compiler;
 pub use manager::{spawn, PolicyHandle, PolicyMsg, PolicyStatus};
 pub use model::{
     LabelSelector, NamedPort, Namespace, NetworkPolicy, Pod, PolicyInput, WorkloadEndpoint,

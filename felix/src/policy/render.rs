@@ -36,6 +36,10 @@ use super::PolicyCfg;
 
 /// Comment on the base chain rule the drift probe looks for.
 pub const MARKER: &str = "calico-rs policy dispatch";
+/// The base chain holding [`MARKER`].
+pub const FWD_EGRESS: &str = "fwd-egress";
+/// Number of rules [`FWD_EGRESS`] has.
+pub const FWD_EGRESS_RULES: usize = 3;
 
 /// What a deny verdict does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,7 +147,11 @@ fn set_block(out: &mut String, name: &str, def: &SetDef) {
     }
     let _ = writeln!(out, "\t\tcomment \"{}\"", comment(&def.comment));
     if !def.elements.is_empty() {
-        let _ = writeln!(out, "\t\telements = {{ {} }}", elements(&def.elements));
+        let _ = writeln!(
+            out,
+            "\t\telements = {{ {} }}",
+            elements(def.elements.iter())
+        );
     }
     out.push_str("\t}\n");
 }
@@ -285,13 +293,14 @@ pub fn render_diff(
                     let _ = writeln!(
                         out,
                         "add element inet {t} {name} {{ {} }}",
-                        elements(&def.elements)
+                        elements(def.elements.iter())
                     );
                 }
             }
             Some(o) if o.kind != def.kind || o.comment != def.comment => {
                 return Err(NeedsFull(format!("set {name} changed type")));
             }
+            Some(o) if o.elements == def.elements => {}
             Some(o) => {
                 let gone: Vec<&Elem> = o.elements.difference(&def.elements).collect();
                 let added: Vec<&Elem> = def.elements.difference(&o.elements).collect();
