@@ -68,6 +68,7 @@ fn install(proto: u8, changes: &[bgp::RouteChange]) -> Result<()> {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BGP_LOG")
                 .unwrap_or_else(|_| "info".into()),

@@ -110,10 +110,12 @@ fn datastore(arg: Option<String>) -> Result<DatastoreKind, String> {
     }
 }
 
-fn init_logs() {
+/// Logs go to stderr; `default` is the level when CALICO_RS_LOG is unset.
+fn init_logs(default: &str) {
     let filter =
-        tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -182,7 +184,12 @@ fn run(a: RunArgs) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    init_logs();
+    // The lab prints a report on stdout; only its problems should show beside it.
+    init_logs(if matches!(cli.cmd, Cmd::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Lab { cmd } => match cmd {

@@ -124,6 +124,8 @@ struct Daemon {
     state: ClusterState,
     resource_errors: Vec<String>,
     blocks: Vec<IpNet>,
+    /// Every IPAM block with its usage, as of the last refresh (for status).
+    block_views: Vec<BlockView>,
     desired: Option<Desired>,
     speaker: Option<Speaker>,
     rx: SpeakerRx,
@@ -188,6 +190,7 @@ pub async fn run(
         state: first.state.clone(),
         resource_errors: first.errors.iter().map(|e| e.to_string()).collect(),
         blocks: vec![],
+        block_views: vec![],
         desired: None,
         speaker: None,
         rx: SpeakerRx::default(),
@@ -280,11 +283,28 @@ async fn recv<T: Clone>(
 impl Daemon {
     /// Re-read this node's affine blocks; true when they changed.
     fn refresh_blocks(&mut self) -> bool {
-        match self.ipam.blocks_for(&self.cfg.nodename) {
-            Ok(mut b) => {
-                b.sort();
-                if b != self.blocks {
-                    self.blocks = b;
+        match self.ipam.usage() {
+            Ok(u) => {
+                let mut mine: Vec<IpNet> = u
+                    .blocks
+                    .iter()
+                    .filter(|b| b.affinity.as_deref() == Some(self.cfg.nodename.as_str()))
+                    .map(|b| b.cidr)
+                    .collect();
+                mine.sort();
+                self.block_views = u
+                    .blocks
+                    .into_iter()
+                    .map(|b| BlockView {
+                        cidr: b.cidr,
+                        affinity: b.affinity,
+                        used: b.used as u32,
+                        free: b.free as u32,
+                        pool: b.pool.unwrap_or_default(),
+                    })
+                    .collect();
+                if mine != self.blocks {
+                    self.blocks = mine;
                     return true;
                 }
             }
@@ -545,22 +565,7 @@ impl Daemon {
             };
             routes.push(mk(*prefix, kind, hops.clone(), hops.first().copied()));
         }
-        let blocks = self
-            .ipam
-            .usage()
-            .map(|u| {
-                u.blocks
-                    .into_iter()
-                    .map(|b| BlockView {
-                        cidr: b.cidr,
-                        affinity: b.affinity,
-                        used: b.used as u32,
-                        free: b.free as u32,
-                        pool: b.pool.unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let blocks = self.block_views.clone();
         NodeSnapshot {
             node: NodeView {
                 name: self.cfg.nodename.clone(),
