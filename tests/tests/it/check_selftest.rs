@@ -24,6 +24,10 @@ fn tcp_udp_ping_v4_v6() -> Result<()> {
     lan.attach(&a, "eth0", &["10.0.0.1/24", "fd00::1/64"])?;
     lan.attach(&b, "eth0", &["10.0.0.2/24", "fd00::2/64"])?;
     let _srv = EchoServer::start(&b, "b", &[80, 81])?;
+    // Let neighbour discovery settle first: the probes below use short timeouts, and a loaded
+    // machine can take longer than one of them to resolve the first ARP / NDP entry.
+    calico_tests::wait::eventually(Duration::from_secs(10), || expect_some(&a, "10.0.0.2"))?;
+    calico_tests::wait::eventually(Duration::from_secs(10), || expect_some(&a, "fd00::2"))?;
 
     assert_eq!(
         check::tcp(&a, sa("10.0.0.2:80"), PROBE_TIMEOUT)?,
