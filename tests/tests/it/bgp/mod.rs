@@ -5,6 +5,7 @@
 //! `gobgp` CLI.
 
 mod bird;
+mod collision;
 mod gobgp;
 mod gr;
 mod rr;
