@@ -65,12 +65,21 @@ pub struct Cluster {
 }
 
 fn daemon_bin() -> Result<PathBuf> {
+    built_bin("calico-node-rs")
+}
+
+/// `calicoctl-rs`, built next to `calico-node-rs`.
+pub fn ctl_bin() -> Result<PathBuf> {
+    built_bin("calicoctl-rs")
+}
+
+fn built_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
         .and_then(|d| d.parent())
         .context("target dir")?
-        .join("calico-node-rs");
+        .join(name);
     ensure!(
         bin.exists(),
         "{} not built: run `cargo build --workspace --bins` first",
@@ -121,6 +130,19 @@ impl Cluster {
             c.add_node(&format!("n{i}"), pods_per_node)?;
         }
         Ok(c)
+    }
+
+    /// Node `name`'s status API socket (its daemon serves `--grpc unix:` this path).
+    pub fn grpc_socket(&self, name: &str) -> PathBuf {
+        self.lab.dir().join(format!("{name}.sock"))
+    }
+
+    /// An extra BIRD (a peer the nodes reach on the segment) in a namespace `name` of its own, with
+    /// `addrs` (CIDRs) on its `eth0`; `config` needs a `router id`.
+    pub fn add_bird(&self, name: &str, addrs: &[&str], config: &str) -> Result<Bird> {
+        let ns = self.lab.netns(name)?;
+        self.lan.attach(&ns, "eth0", addrs)?;
+        Bird::start(&ns, config)
     }
 
     pub fn write(&self, file: &str, text: &str) -> Result<()> {
@@ -223,10 +245,7 @@ impl Cluster {
     fn spawn_daemon(&self, ns: &Netns, name: &str) -> Result<Proc> {
         let bin = daemon_bin()?;
         let ds = format!("file:{}", self.dir.display());
-        let sock = format!(
-            "unix:{}",
-            self.lab.dir().join(format!("{name}.sock")).display()
-        );
+        let sock = format!("unix:{}", self.grpc_socket(name).display());
         let log = self.lab.dir().join(format!("{name}-daemon.log"));
         ns.spawn_log(
             &[

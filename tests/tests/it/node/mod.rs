@@ -2,6 +2,7 @@
 //! datastore, pods plumbed as a CNI plugin would, a BIRD top-of-rack router, real packets.
 
 mod cluster;
+mod status;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
