@@ -5,15 +5,19 @@
 //! - [`proc`]: commands with deadlines and background processes ([`Proc`](proc::Proc)) killed on drop.
 //! - [`wait`]: [`eventually`](wait::eventually) and friends instead of fixed sleeps.
 //! - [`peers`]: BIRD 2 and GoBGP daemons in lab namespaces, configured from strings and queried.
+//! - [`pods`]: pods as a CNI plugin makes them; [`cluster`]: real `calico-node-rs` daemons on a
+//!   shared file datastore, for end-to-end tests and benchmarks.
 //! - [`mrt`]: an MRT TABLE_DUMP_V2 writer to bulk-load routes into GoBGP.
 //! - [`check`]: ping / TCP / UDP probes, echo servers, `expect_some` / `expect_none`, matrices.
 //!
 //! Nothing here ever changes the root network namespace. Tests need root.
 
 pub mod check;
+pub mod cluster;
 pub mod lab;
 pub mod mrt;
 pub mod peers;
+pub mod pods;
 pub mod proc;
 pub mod wait;
 

@@ -1,7 +1,6 @@
 //! The node daemon end to end: real `calico-node-rs` processes in node namespaces sharing one file
 //! datastore, pods plumbed as a CNI plugin would, a BIRD top-of-rack router, real packets.
 
-mod cluster;
 mod status;
 
 use std::collections::BTreeSet;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Result};
 use calico_tests::wait::{consistently, eventually};
 
-use cluster::{Cluster, CONVERGE};
+use calico_tests::cluster::{self, Cluster, CONVERGE};
 
 #[test]
 fn three_nodes_and_a_bird_tor() -> Result<()> {

@@ -32,7 +32,7 @@ use calico_tests::peers::Bird;
 use calico_tests::wait::eventually;
 use serde_json::{json, Value};
 
-use super::cluster::{self, Cluster, CONVERGE};
+use calico_tests::cluster::{self, Cluster, CONVERGE};
 
 const TOR: &str = "10.200.0.1";
 const TOR6: &str = "fd00:200::1";

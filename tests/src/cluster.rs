@@ -1,20 +1,21 @@
 //! A test cluster: node namespaces on one segment, each running the real `calico-node-rs` against
-//! one shared file datastore, pods with IPs from the real IPAM, and optionally a BIRD ToR.
+//! one shared file datastore, pods with IPs from the real IPAM, and optionally a BIRD ToR. Used by
+//! the node end-to-end tests and the node benchmark (which finds the release binary the same way:
+//! next to the test or bench executable's `deps/` directory).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::lab::{Lab, Netns, Segment};
+use crate::peers::Bird;
+use crate::pods;
+use crate::proc::Proc;
+use crate::wait::eventually;
 use anyhow::{bail, ensure, Context, Result};
 use calico_node::datastore::{ClusterState, IpFamily};
 use calico_node::ipam::Ipam;
-use calico_tests::lab::{Lab, Netns, Segment};
-use calico_tests::peers::Bird;
-use calico_tests::proc::Proc;
-use calico_tests::wait::eventually;
 use ipnet::IpNet;
-
-use crate::routes::harness;
 
 pub const CONVERGE: Duration = Duration::from_secs(40);
 
@@ -53,6 +54,8 @@ pub struct NodeRef {
     pub ns: Netns,
     pub pods: Vec<PodRef>,
     pub daemon: Proc,
+    /// When the current daemon process was started.
+    pub spawned: Instant,
 }
 
 pub struct Cluster {
@@ -97,6 +100,26 @@ fn node_addr(index: usize) -> (String, String) {
 
 impl Cluster {
     pub fn new(tag: &str, nodes: usize, pods_per_node: usize, tor: bool) -> Result<Cluster> {
+        Cluster::build(tag, nodes, pods_per_node, tor.then_some(0))
+    }
+
+    /// A cluster with a BIRD ToR that announces `routes` /26 prefixes (from 100.64.0.0) to every
+    /// node, for scale measurements.
+    pub fn with_tor_routes(
+        tag: &str,
+        nodes: usize,
+        pods_per_node: usize,
+        routes: usize,
+    ) -> Result<Cluster> {
+        Cluster::build(tag, nodes, pods_per_node, Some(routes))
+    }
+
+    fn build(
+        tag: &str,
+        nodes: usize,
+        pods_per_node: usize,
+        tor_routes: Option<usize>,
+    ) -> Result<Cluster> {
         let lab = Lab::new(tag)?;
         let lan = lab.segment("lan")?;
         let dir = lab.dir().join("datastore");
@@ -109,15 +132,37 @@ impl Cluster {
             lan,
             lab,
         };
-        if tor {
+        if let Some(routes) = tor_routes {
             let ns = c.lab.netns("tor")?;
             c.lan
                 .attach(&ns, "eth0", &["10.200.0.1/24", "fd00:200::1/64"])?;
-            let mut conf = String::from("router id 10.200.0.1;\nprotocol device { }\n");
+            let mut conf = String::from(
+                "router id 10.200.0.1;
+protocol device { }
+",
+            );
+            let export = if routes > 0 {
+                let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
+                conf += "protocol static scale { ipv4;
+";
+                for k in 0..routes as u32 {
+                    conf += &format!(
+                        "  route {}/26 blackhole;
+",
+                        std::net::Ipv4Addr::from(base + k * 64)
+                    );
+                }
+                conf += "}
+";
+                "where source = RTS_STATIC"
+            } else {
+                "none"
+            };
             for i in 1..=nodes {
                 let (a4, _) = node_addr(i);
                 conf += &format!(
-                    "protocol bgp n{i} {{ local 10.200.0.1 as 65000; neighbor {a4} as 64512; connect retry time 1;\n  ipv4 {{ import all; export none; }}; ipv6 {{ import all; export none; }}; }}\n"
+                    "protocol bgp n{i} {{ local 10.200.0.1 as 65000; neighbor {a4} as 64512; connect retry time 1;
+  ipv4 {{ import all; export {export}; }}; ipv6 {{ import all; export none; }}; }}\n"
                 );
             }
             c.tor = Some(Bird::start(&ns, &conf)?);
@@ -130,6 +175,21 @@ impl Cluster {
             c.add_node(&format!("n{i}"), pods_per_node)?;
         }
         Ok(c)
+    }
+
+    /// Wait until every daemon answers `/readiness` with 200; returns each one's time from spawn
+    /// to ready.
+    pub fn wait_ready(&self, limit: Duration) -> Result<Vec<Duration>> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let took = eventually(limit, || {
+                let ok = n.ns.in_ns(|| http_get("127.0.0.1:9099", "/readiness"))??;
+                ensure!(ok.starts_with("HTTP/1.1 200"), "{}: {ok}", n.name);
+                Ok(n.spawned.elapsed())
+            })?;
+            out.push(took);
+        }
+        Ok(out)
     }
 
     /// Node `name`'s status API socket (its daemon serves `--grpc unix:` this path).
@@ -200,7 +260,7 @@ impl Cluster {
                 IpFamily::V6,
                 &state.ip_pools_for_node(name, IpFamily::V6),
             )?;
-            let p = harness::add_pod(&self.lab, &ns, &short, &v4.to_string(), &v6.to_string())?;
+            let p = pods::add_pod(&self.lab, &ns, &short, &v4.to_string(), &v6.to_string())?;
             let r = PodRef {
                 ns: p.ns,
                 name: pod_name,
@@ -211,6 +271,7 @@ impl Cluster {
             self.write_pod(&r, &[])?;
             refs.push(r);
         }
+        let spawned = Instant::now();
         let daemon = self.spawn_daemon(&ns, name)?;
         self.nodes.push(NodeRef {
             name: name.to_string(),
@@ -218,6 +279,7 @@ impl Cluster {
             ns,
             pods: refs,
             daemon,
+            spawned,
         });
         Ok(())
     }
@@ -285,6 +347,7 @@ impl Cluster {
     pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
         self.nodes[i].daemon.terminate(Duration::from_secs(5))?;
         let (ns, name) = (self.nodes[i].ns.clone(), self.nodes[i].name.clone());
+        self.nodes[i].spawned = Instant::now();
         self.nodes[i].daemon = self.spawn_daemon(&ns, &name)?;
         Ok(())
     }
@@ -295,7 +358,7 @@ impl Cluster {
 
     /// Routes carrying our protocol in node `n`'s namespace.
     pub fn our_routes(&self, n: &NodeRef) -> Result<BTreeSet<String>> {
-        harness::our_prefixes(&n.ns)
+        pods::our_prefixes(&n.ns)
     }
 
     /// What node `name` should hold: its pods, its blocks, every other live node's blocks.
@@ -402,4 +465,18 @@ pub fn ping_summary(out: &str) -> Result<(u64, u64)> {
         [sent, received, ..] => Ok((*sent, *received)),
         _ => bail!("cannot read {line:?}"),
     }
+}
+
+/// A minimal HTTP/1.1 GET (one request, connection closed): the first line and body.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }

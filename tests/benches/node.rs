@@ -1,0 +1,93 @@
+//! Benchmark: the node daemon in a lab of 3 and 20 nodes (release build of `calico-node-rs`).
+//!
+//! For each size it prints: startup to ready (spawn -> `/readiness` 200) per daemon, median and
+//! max; time to converge (every node holds every block route); time from a new Node and pod written
+//! to the datastore until a pod on node 1 reaches the new pod. Then peak RSS (VmHWM) of one daemon
+//! with 20 BGP peers (19 mesh nodes + a BIRD ToR) and 10,000 routes learned from the ToR.
+//! Targets (issue 5): under 2 s to ready, under 30 MB RSS.
+//!
+//! Run (root): `cargo build --release -p calico-node --bins && cargo bench -p calico-tests --bench node`
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use calico_tests::cluster::{ping, Cluster};
+use calico_tests::wait::eventually;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn vm_hwm_kib(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM for {pid}"))
+}
+
+fn size(n: usize) -> Result<()> {
+    let t0 = Instant::now();
+    let mut c = Cluster::new("nbench", n, 1, false)?;
+    let built = t0.elapsed();
+    let ready = c.wait_ready(Duration::from_secs(60))?;
+    let t1 = Instant::now();
+    c.wait_converged(Duration::from_secs(120))?;
+    let converged = t1.elapsed();
+    // A new node with a pod, written to the datastore, its daemon started.
+    let t2 = Instant::now();
+    let name = format!("n{}", n + 1);
+    c.add_node(&name, 1)?;
+    let newpod = c
+        .nodes
+        .last()
+        .map(|n| n.pods[0].v4.clone())
+        .unwrap_or_default();
+    let from = c.nodes[0].pods[0].ns.clone();
+    eventually(Duration::from_secs(60), || ping(&from, &newpod))?;
+    let join = t2.elapsed();
+    println!(
+        "nodes={n:>2}  lab build {:>6.2} s  startup->ready median {:>6.3} s max {:>6.3} s  converge {:>6.3} s  new node+pod -> reachable {:>6.3} s",
+        built.as_secs_f64(),
+        median(ready.clone()).as_secs_f64(),
+        ready.iter().max().copied().unwrap_or_default().as_secs_f64(),
+        converged.as_secs_f64(),
+        join.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn rss_20_peers_10k_routes() -> Result<()> {
+    let routes = 10_000;
+    // 20 nodes: node 1 peers with 19 others in the mesh and with the ToR.
+    let mut c = Cluster::with_tor_routes("nrss", 20, 1, routes)?;
+    c.wait_converged(Duration::from_secs(180))?;
+    let n1 = &c.nodes[0];
+    eventually(Duration::from_secs(120), || {
+        let have = n1.ns.ip(&["route", "show", "proto", "80"])?.lines().count();
+        if have < routes {
+            bail!("node 1 has {have} of {routes}+ routes");
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let kib = vm_hwm_kib(n1.daemon.pid())?;
+    println!(
+        "one daemon with 20 BGP peers (19 mesh + ToR) and {routes} routes learned from the ToR: peak RSS {:.1} MiB (target < 30 MiB)",
+        kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    println!("calico-node-rs in a lab (release build)");
+    for n in [3, 20] {
+        size(n)?;
+    }
+    rss_20_peers_10k_routes()?;
+    Ok(())
+}
