@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use super::error::PolicyError;
 use super::ir::Ruleset;
-use super::nlprobe;
-use super::render::{render_diff, render_full, DiffStats, FWD_EGRESS, FWD_EGRESS_RULES, MARKER};
+use super::netlink::{self, ElementSocket};
+use super::render::{
+    element_changes, render_diff, render_full, DiffStats, FWD_EGRESS, FWD_EGRESS_RULES, MARKER,
+};
 use super::PolicyCfg;
 
 /// How a ruleset was applied.
@@ -47,6 +49,8 @@ pub struct ApplyReport {
     pub diff: Option<DiffStats>,
     /// Why an incremental apply became a full one.
     pub fallback: Option<String>,
+    /// The change was set elements only and went as one nfnetlink batch instead of `nft -f`.
+    pub netlink: bool,
 }
 
 /// PIDs of our recent `nft` runs, shared with the monitor.
@@ -83,6 +87,8 @@ pub struct NftDriver {
     cfg: PolicyCfg,
     applied: Option<Ruleset>,
     own: OwnPids,
+    /// Long-lived socket for element-only changes (opened on first use, dropped on error).
+    elements: Option<ElementSocket>,
 }
 
 impl NftDriver {
@@ -92,6 +98,7 @@ impl NftDriver {
             cfg,
             applied: None,
             own: OwnPids::default(),
+            elements: None,
         }
     }
 
@@ -121,6 +128,34 @@ impl NftDriver {
         let Some(old) = &self.applied else {
             return self.apply_full(rs, None);
         };
+        if self.cfg.netlink_elements {
+            if let Some(changes) = element_changes(old, rs).filter(|c| !c.is_empty()) {
+                match self.apply_elements(&changes) {
+                    Ok(bytes) => {
+                        self.applied = Some(rs.clone());
+                        let n = |f: fn(&netlink::ElemChange) -> usize| changes.iter().map(f).sum();
+                        return Ok(ApplyReport {
+                            kind: ApplyKind::Incremental,
+                            duration: start.elapsed(),
+                            script_bytes: bytes,
+                            diff: Some(DiffStats {
+                                elements_added: n(|c| c.add.len()),
+                                elements_removed: n(|c| c.del.len()),
+                                ..DiffStats::default()
+                            }),
+                            fallback: None,
+                            netlink: true,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "element batch refused; replacing table");
+                        self.elements = None;
+                        self.applied = None;
+                        return self.apply_full(rs, Some(format!("element batch: {e}")));
+                    }
+                }
+            }
+        }
         match render_diff(&self.cfg, old, rs) {
             Ok(None) => Ok(ApplyReport {
                 kind: ApplyKind::Noop,
@@ -128,6 +163,7 @@ impl NftDriver {
                 script_bytes: 0,
                 diff: None,
                 fallback: None,
+                netlink: false,
             }),
             Ok(Some((script, diff))) => match self.run_script("incremental apply", &script) {
                 Ok(()) => {
@@ -138,6 +174,7 @@ impl NftDriver {
                         script_bytes: script.len(),
                         diff: Some(diff),
                         fallback: None,
+                        netlink: false,
                     })
                 }
                 Err(e) => {
@@ -167,14 +204,28 @@ impl NftDriver {
             script_bytes: script.len(),
             diff: None,
             fallback,
+            netlink: false,
         })
     }
 
+    /// Send element changes as one nfnetlink transaction; returns the batch size.
+    fn apply_elements(&mut self, changes: &[netlink::ElemChange]) -> std::io::Result<usize> {
+        if self.elements.is_none() {
+            self.elements = Some(ElementSocket::open()?);
+        }
+        // The kernel names the committing *thread* in its generation notice.
+        if let Some(tid) = current_tid() {
+            self.own.push(tid);
+        }
+        let sock = self.elements.as_mut().expect("opened above");
+        sock.apply(&self.cfg.table, changes)
+    }
+
     /// Whether our table is intact: its dispatch base chain exists and holds exactly its rules,
-    /// the marked one among them. One filtered netlink dump (see [`super::nlprobe`]): microseconds
-    /// however big the table is.
+    /// the marked one among them. One filtered netlink dump (see [`super::netlink`]):
+    /// microseconds however big the table is.
     pub fn probe(&self) -> Result<bool, PolicyError> {
-        let r = nlprobe::chain_rules(&self.cfg.table, FWD_EGRESS, MARKER)
+        let r = netlink::chain_rules(&self.cfg.table, FWD_EGRESS, MARKER)
             .map_err(PolicyError::Probe)?;
         Ok(r.marker && r.rules == FWD_EGRESS_RULES)
     }
@@ -225,6 +276,12 @@ impl NftDriver {
             stderr: lines.join("\n"),
         })
     }
+}
+
+/// The calling thread's id (what the kernel reports as the committing "process").
+fn current_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! ```text
 //!   PolicyHandle::update(input) ──PolicyMsg::Update──┐
 //!   PolicyHandle::resync()      ──PolicyMsg::Resync──┤
-//!   nft monitor reader thread   ──PolicyMsg::Drift───┤──> owner thread (this module)
+//!   nf_tables event reader      ──PolicyMsg::Drift───┤──> owner thread (this module)
 //!                                                    │      drain + coalesce: last Update wins
 //!                                                    │      compile -> NftDriver::apply
 //!   PolicyHandle::status / wait_applied <── status ──┘      probe timer, retry backoff
@@ -35,7 +35,7 @@ use super::error::{InputError, PolicyError};
 use super::incremental::Compiler;
 use super::ir::Ruleset;
 use super::model::PolicyInput;
-use super::monitor::{MonitorEvent, NftMonitor};
+use super::monitor::{EventMonitor, MonitorEvent};
 use super::PolicyCfg;
 
 /// Messages to the owner thread.
@@ -45,6 +45,8 @@ pub enum PolicyMsg {
     Update(u64, Box<PolicyInput>),
     /// Our table was changed by someone else.
     Drift(String),
+    /// Change notifications were lost; a foreign change may be among them.
+    EventsLost,
     /// Replace the table whole now.
     Resync,
     /// Stop the owner.
@@ -137,9 +139,9 @@ pub fn spawn(cfg: PolicyCfg) -> Result<PolicyHandle, PolicyError> {
         shared: shared.clone(),
         status: PolicyStatus::default(),
         monitor: None,
+        last_lost_repair: None,
         compiled: None,
         compiler: Compiler::new(),
-        reaper: None,
     };
     let thread = std::thread::Builder::new()
         .name("felix-policy".into())
@@ -259,6 +261,7 @@ impl Drop for PolicyHandle {
 
 const DRIFT_DEBOUNCE: Duration = Duration::from_millis(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LOST_REPAIR_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Owner {
     cfg: PolicyCfg,
@@ -266,13 +269,13 @@ struct Owner {
     tx: mpsc::Sender<PolicyMsg>,
     shared: Arc<Shared>,
     status: PolicyStatus,
-    monitor: Option<NftMonitor>,
+    monitor: Option<EventMonitor>,
+    /// When notifications were last lost and answered with a repair (rate limit).
+    last_lost_repair: Option<Instant>,
     /// Sequence number and ruleset of the newest compiled input.
     compiled: Option<(u64, Ruleset)>,
     /// Keeps the last input and selector-set members between updates.
     compiler: Compiler,
-    /// Frees replaced inputs off the update path (see [`Owner::reap`]).
-    reaper: Option<mpsc::Sender<PolicyInput>>,
 }
 
 impl Owner {
@@ -285,6 +288,7 @@ impl Owner {
         let mut backoff = FIRST_BACKOFF;
         let mut next_probe = Instant::now() + self.cfg.probe_interval;
         let mut dirty = false; // the compiled ruleset is not (known to be) in the kernel
+        let mut graveyard: Option<PolicyInput> = None; // replaced input, dropped after the apply
         loop {
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(3600);
@@ -311,6 +315,18 @@ impl Owner {
                         tracing::warn!(%why, "policy table changed by someone else; restoring");
                         drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
                     }
+                    PolicyMsg::EventsLost => {
+                        // Re-apply, but not in a loop: our own big applies are what overflows
+                        // the socket, so within 10 s of the last such repair trust the probe.
+                        let recent = self
+                            .last_lost_repair
+                            .is_some_and(|t| t.elapsed() < LOST_REPAIR_INTERVAL);
+                        if !recent {
+                            tracing::warn!("policy change notifications lost; re-applying");
+                            self.last_lost_repair = Some(Instant::now());
+                            drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
+                        }
+                    }
                     PolicyMsg::Resync => {
                         self.driver.forget();
                         dirty = true;
@@ -322,9 +338,8 @@ impl Owner {
             if let Some((seq, input)) = pending.take() {
                 let t = Instant::now();
                 let (c, old) = self.compiler.compile_and_take_old(*input);
-                if let Some(old) = old {
-                    self.reap(old);
-                }
+                // Freeing a 10k-pod snapshot takes milliseconds: do it after the apply.
+                graveyard = old;
                 self.status.last_compile = t.elapsed();
                 for e in &c.errors {
                     if !self.status.rejected.contains(e) {
@@ -394,23 +409,7 @@ impl Owner {
                     dirty = false;
                 }
             }
-        }
-    }
-
-    /// Drop a replaced input on a helper thread: freeing a 10k-pod snapshot costs several
-    /// milliseconds of allocator time that would otherwise sit between an update and the kernel.
-    fn reap(&mut self, old: PolicyInput) {
-        if self.reaper.is_none() {
-            let (tx, rx) = mpsc::channel::<PolicyInput>();
-            let spawned = std::thread::Builder::new()
-                .name("felix-policy-reaper".into())
-                .spawn(move || rx.into_iter().for_each(drop));
-            if spawned.is_ok() {
-                self.reaper = Some(tx);
-            }
-        }
-        if let Some(tx) = &self.reaper {
-            let _ = tx.send(old);
+            drop(graveyard.take());
         }
     }
 
@@ -442,22 +441,27 @@ impl Owner {
         if !self.cfg.monitor {
             return false;
         }
-        let restarted = match self.monitor.as_mut().map(|m| m.is_alive()) {
+        let restarted = match self.monitor.as_ref().map(|m| m.is_alive()) {
             Some(true) => return false,
             Some(false) => true,
             None => false,
         };
         self.monitor = None;
         let tx = self.tx.clone();
-        match NftMonitor::spawn(&self.cfg, self.driver.own_pids(), move |ev| {
-            let why = match ev {
-                MonitorEvent::Drift { by, sample } => format!("by {by}: {}", sample.join("; ")),
-                MonitorEvent::Exited(e) => format!("nft monitor exited: {e}"),
+        match EventMonitor::spawn(&self.cfg, self.driver.own_pids(), move |ev| {
+            let msg = match ev {
+                MonitorEvent::Drift { by, changes } => {
+                    PolicyMsg::Drift(format!("{changes} changes by {by}"))
+                }
+                MonitorEvent::Lost => PolicyMsg::EventsLost,
+                MonitorEvent::Exited(e) => PolicyMsg::Drift(format!("event reader stopped: {e}")),
             };
-            let _ = tx.send(PolicyMsg::Drift(why));
+            let _ = tx.send(msg);
         }) {
             Ok(m) => self.monitor = Some(m),
-            Err(e) => tracing::warn!(error = %e, "cannot start nft monitor; relying on the probe"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch nf_tables events; relying on the probe")
+            }
         }
         restarted
     }

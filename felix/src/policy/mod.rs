@@ -2,24 +2,35 @@
 //!
 //! ```text
 //!  node daemon ──PolicyInput──> PolicyHandle::update ──PolicyMsg (coalesced)──┐
-//!       ^  (watch: PolicyStatus: compiled / rejected / counts / last apply)   v
+//!       ^  (PolicyStatus: compiled / rejected / counts / last apply)          v
 //!       └──────────────────────────────────────────────────────────  owner thread (manager)
-//!                                                                      │ compile (pure)
+//!                                                                      │ Compiler (pure, incremental)
 //!                                                                      │ render_diff / render_full (pure)
-//!   `nft monitor` child ──"someone else changed our table"──Drift──>   │ NftDriver: `nft -f -`
-//!   kernel <──────────────────────── one batch per change ─────────────┘
+//!   nf_tables event reader ──"someone else changed our table"──Drift─> │ NftDriver
+//!   kernel <── `nft -f -` (structure) / nfnetlink batch (set elements) ┘  one transaction per change
 //! ```
 //!
 //! - [`model`]: the input — serde mirrors of `networking.k8s.io/v1` NetworkPolicy (real YAML or
 //!   JSON deserializes into them), plus pods, namespaces and the node's workload endpoints.
 //! - [`selector`], [`validate`]: label selectors and policy validation; errors name the policy and
 //!   the field (`NetworkPolicy prod/web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR ...`).
-//! - [`compile`] (pure): input -> [`ir::Ruleset`] (sets, chains, dispatch-map elements) + errors.
+//! - [`compile`] (pure): input -> [`ir::Ruleset`] (sets, chains, dispatch-map elements) + errors;
+//!   [`Compiler`] gives the same result reusing selector-set members between inputs.
 //! - [`render`] (pure): ruleset -> full `nft` script, or the diff of two rulesets as one script.
 //! - [`driver`]: runs `nft -f -`, remembers what the kernel has, applies diffs, falls back to full.
-//! - [`monitor`]: an `nft monitor` child that reports changes to our table made by anyone else.
-//! - [`nlprobe`]: the periodic intactness probe, one filtered nfnetlink rule dump.
+//! - [`netlink`]: what is done over raw nfnetlink: the intactness probe, element-only changes and
+//!   decoding change notifications.
+//! - [`monitor`]: the reader of change notifications that tells our transactions from others'.
 //! - [`manager`]: the owner thread tying them together; [`spawn`] returns a [`PolicyHandle`].
+//!
+//! # Using it (the node daemon)
+//! `let h = policy::spawn(PolicyCfg::default())?` on a thread in the node's network namespace;
+//! then `h.update(input)` with a full [`PolicyInput`] snapshot whenever anything changes (it
+//! returns a sequence number and never blocks; bursts coalesce). [`PolicyHandle::status`] /
+//! [`PolicyHandle::subscribe`] give a [`PolicyStatus`]: policies compiled and rejected (each
+//! [`InputError`] names object and field), chains / rules / sets / set elements / map elements in
+//! the kernel, the last compile and apply durations and kinds, drift repairs, the last error.
+//! [`PolicyHandle::wait_applied`] blocks until an input is in the kernel.
 //!
 //! # The ruleset
 //! One table, `table inet calico-rs` ([`PolicyCfg::table`]); no other table is read or written.
@@ -28,9 +39,11 @@
 //! ingress), which jump to per-policy chains (`pe-NS.NAME`, `pi-NS.NAME`) and deny at the end. Peer
 //! pods and ipBlocks live in named sets shared by every rule that names the same selector or block
 //! (`sel-HASH-v4`, `net-HASH-v6`), port lists in shared interval sets (`ports-80_443`), named
-//! ports in `(address . port)` sets (`np-tcp-http-v4`). Per-packet cost is a conntrack lookup, one
-//! map lookup per direction and, for a new flow only, the rules of the policies selecting the pod,
-//! each one set lookup — independent of the number of pods. See [`render`] for the base chains.
+//! ports in `(address . port)` sets (`np-tcp-http-v4`; `npl-` for ingress, local pods only). Per
+//! packet: a conntrack lookup and one map lookup per direction; for a new flow only, the rules of
+//! the policies selecting the pod, each one set lookup — independent of the number of pods. Only
+//! policies selecting a local pod, and the sets they name, are in the table. See [`render`] for the
+//! base chains.
 //!
 //! # Why `nft -f -` with text, not the `nftables` crate's JSON
 //! Both drive the same `nft` binary / libnftables. Text is what we need and what is fast: named
@@ -39,27 +52,32 @@
 //! ~0.39 s as text against ~0.6 s as JSON (see `shared/CRATES.md`). The script is fed on stdin
 //! (no temp files) and rendering is a pure function with golden-file tests, so the text form is as
 //! checkable as a typed one. nft's stderr is captured into [`PolicyError::Nft`].
+//! The one exception is the hot path of pod churn — elements of address sets and nothing else —
+//! which goes as one nfnetlink batch on a long-lived socket ([`netlink`]): the same single
+//! transaction without a process start, nft's cache fetch and a socket close that blocks for
+//! 6-30 ms after element deletes (measured; a kernel effect), i.e. ~1 ms instead of 10-40.
 //!
 //! # Atomicity and incrementality
-//! Every change is one `nft -f` run = one netlink batch = one kernel transaction. The first apply
-//! (and any repair) replaces the table whole (`add table; delete table; table { ... }`); after that
-//! the driver diffs the ruleset it last applied against the new one and sends only changed set
-//! elements, chains and map elements. It keeps its own copy of what it applied and never lists the
-//! ruleset on the hot path (listing a big table takes seconds). Re-applying the same input sends
+//! Every change is one kernel transaction (one `nft -f` run, or one nfnetlink batch). The first
+//! apply (and any repair) replaces the table whole (`add table; delete table; table { ... }`);
+//! after that the driver diffs the ruleset it last applied against the new one and sends only
+//! changed set elements, chains and map elements. It keeps its own copy of what it applied and
+//! never lists the ruleset (listing a big table takes seconds). Re-applying the same input sends
 //! nothing.
 //!
 //! # Drift
 //! Two mechanisms, because either alone has a blind spot:
-//! - **`nft monitor`** (event-driven, milliseconds): a child process prints every ruleset change in
-//!   the namespace, each transaction closed by `# new generation N by process PID (COMM)`. A
-//!   transaction that touched `inet <table>` from a PID that is not one of our own `nft -f` runs is
-//!   drift: the manager re-applies the full table (debounced ~50 ms). This catches `flush table`,
-//!   `delete table`, and hand edits of any rule, set element or chain.
+//! - **Change notifications** (event-driven, milliseconds; [`monitor`]): a socket subscribed to
+//!   nf_tables' notification group sees every change in the namespace and, per transaction, the
+//!   committing PID. A transaction that touched `inet <table>` and was not committed by one of our
+//!   own `nft` runs or element batches is drift: the owner re-applies the full table (20 ms
+//!   debounce). This catches `flush table`, `delete table`, and hand edits of any rule, set element
+//!   or chain. Lost notifications (socket overflow) also trigger a re-apply (rate-limited).
 //! - **Probe** (every [`PolicyCfg::probe_interval`], default 500 ms): one netlink rule dump of the
-//!   `fwd-egress` base chain, filtered by the kernel ([`nlprobe`]), checking its rule count and the
+//!   `fwd-egress` base chain, filtered by the kernel ([`netlink`]), checking its rule count and the
 //!   dispatch rule's marker comment. Microseconds at any scale (`nft list chain` would load nft's
 //!   whole cache: 0.1-0.4 s on big tables), it catches a flushed or deleted table even if the
-//!   monitor died or lost events; a dead monitor is restarted and followed by a full re-apply.
+//!   event reader died or lost events; a dead reader is restarted and followed by a re-apply.
 //!
 //! # Bad input
 //! A policy that fails validation is reported ([`PolicyStatus::rejected`]) and the pods it selects
@@ -76,7 +94,7 @@ pub mod ir;
 pub mod manager;
 pub mod model;
 pub mod monitor;
-pub mod nlprobe;
+pub mod netlink;
 pub mod render;
 pub mod selector;
 pub mod validate;
@@ -111,12 +129,15 @@ pub struct PolicyCfg {
     pub iface_prefix: String,
     /// The `nft` binary.
     pub nft: PathBuf,
-    /// Watch `nft monitor` for changes made by others.
+    /// Watch nf_tables change notifications for changes made by others (see [`monitor`]).
     pub monitor: bool,
     /// How often the owner probes that the table is intact (zero: never).
     pub probe_interval: Duration,
     /// Upper bound of the retry backoff after a failed apply.
     pub max_backoff: Duration,
+    /// Send element-only changes (pods changing labels or addresses) as an nfnetlink batch on a
+    /// long-lived socket instead of running `nft` (see [`netlink`]).
+    pub netlink_elements: bool,
 }
 
 impl Default for PolicyCfg {
@@ -129,6 +150,7 @@ impl Default for PolicyCfg {
             monitor: true,
             probe_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            netlink_elements: true,
         }
     }
 }

@@ -1,42 +1,56 @@
-//! Drift detection by `nft monitor`: changes to our table made by anyone but us.
+//! Drift detection: changes to our table made by anyone but us, as they happen.
 //!
-//! `nft monitor` (a child process in the caller's network namespace) prints one line per ruleset
-//! change and closes each kernel transaction with
-//! `# new generation N by process PID (COMM)`. [`Tracker`] (pure, unit-tested) folds those lines:
-//! a transaction with at least one event on `inet <table>` whose PID is not one of our own `nft -f`
-//! runs ([`OwnPids`]) is drift. [`NftMonitor`] owns the child and a reader thread that feeds the
-//! tracker and calls back on drift or when the child exits (then the owner restarts it and
-//! re-applies, since events may have been missed).
+//! A reader thread holds a netlink socket subscribed to the kernel's nf_tables notification group
+//! (see [`netlink::parse_notifications`](super::netlink::parse_notifications)): every change in the
+//! namespace arrives as a message naming its table, and every transaction ends with a generation
+//! notice naming the committing thread. [`Tracker`] (pure, unit-tested) folds them: a transaction
+//! that touched `inet <table>` and was committed by a PID/TID that is not one of our own runs
+//! ([`OwnPids`]: our `nft -f` children and our element-batch thread) is drift. `nft flush table`,
+//! `delete table`, and hand edits of any rule, set element or chain are all transactions.
+//!
+//! This replaced an `nft monitor` child (same events as text): formatting each event made nft use
+//! more CPU than our whole full apply, and every full apply paid for it on a 2-core node. If the
+//! socket overflows (`ENOBUFS`: events lost) the monitor reports [`MonitorEvent::Lost`] and the
+//! owner re-applies, since a foreign change may be among the lost ones.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
+
+use rtnetlink::sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 
 use super::driver::OwnPids;
 use super::error::PolicyError;
+use super::netlink::{parse_notifications, Notification, NFNLGRP_NFTABLES};
 use super::PolicyCfg;
+
+const NFPROTO_INET: u8 = 1;
+const ENOBUFS: i32 = 105;
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`); the kernel coalesces
+/// notifications into page-sized messages and the reader drains as they come, so this holds a
+/// full apply's burst with room to spare.
+const RCVBUF: usize = 8 << 20;
 
 /// What the monitor reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MonitorEvent {
     /// Someone else changed our table.
     Drift {
-        /// PID and command of the process that did it (if nft printed them).
+        /// PID and command of the committer (as the kernel names it).
         by: String,
-        /// The first event lines of that transaction.
-        sample: Vec<String>,
+        /// Number of changes to our table in that transaction.
+        changes: usize,
     },
-    /// The monitor process ended; events may have been missed.
+    /// Notifications were lost (socket overflow); a foreign change may be among them.
+    Lost,
+    /// The reader stopped (socket error); the owner restarts it.
     Exited(String),
 }
 
-/// Folds `nft monitor` lines into drift decisions.
+/// Folds notifications into drift decisions.
 #[derive(Debug)]
 pub struct Tracker {
     table: String,
     own: OwnPids,
-    touched: bool,
-    sample: Vec<String>,
+    touched: usize,
 }
 
 impl Tracker {
@@ -45,112 +59,135 @@ impl Tracker {
         Tracker {
             table: table.to_string(),
             own,
-            touched: false,
-            sample: Vec::new(),
+            touched: 0,
         }
     }
 
-    /// Feed one line; returns a drift event when a foreign transaction on our table completes.
-    pub fn line(&mut self, line: &str) -> Option<MonitorEvent> {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("# new generation") {
-            let pid = rest
-                .split_once("by process ")
-                .and_then(|(_, r)| r.split_whitespace().next())
-                .and_then(|p| p.parse::<u32>().ok());
-            let touched = std::mem::take(&mut self.touched);
-            let sample = std::mem::take(&mut self.sample);
-            // Without a PID (very old kernels) a change cannot be attributed: treat it as foreign.
-            let ours = pid.is_some_and(|p| self.own.take(p));
-            return (touched && !ours).then(|| MonitorEvent::Drift {
-                by: rest
-                    .split_once("by process ")
-                    .map(|(_, r)| r.to_string())
-                    .unwrap_or_else(|| "unknown process".to_string()),
-                sample,
-            });
-        }
-        let toks: Vec<&str> = line.split_whitespace().take(5).collect();
-        let ours = toks
-            .windows(2)
-            .any(|w| w[0] == "inet" && w[1] == self.table);
-        if ours {
-            self.touched = true;
-            if self.sample.len() < 5 {
-                self.sample.push(line.chars().take(200).collect());
+    /// Feed one notification; returns a drift event when a foreign transaction that touched our
+    /// table completes.
+    pub fn event(&mut self, n: &Notification) -> Option<MonitorEvent> {
+        match n {
+            Notification::Object { family, table, .. } => {
+                if *family == NFPROTO_INET && *table == self.table {
+                    self.touched += 1;
+                }
+                None
+            }
+            Notification::Generation { pid, comm } => {
+                let changes = std::mem::take(&mut self.touched);
+                // Without a PID (very old kernels) a change cannot be attributed: foreign.
+                let ours = pid.is_some_and(|p| self.own.take(p));
+                (changes > 0 && !ours).then(|| MonitorEvent::Drift {
+                    by: match pid {
+                        Some(p) => format!("{p} ({comm})"),
+                        None => format!("unknown process ({comm})"),
+                    },
+                    changes,
+                })
             }
         }
-        None
     }
 }
 
-/// The `nft monitor` child and its reader thread; killed and joined on drop.
+/// The reader thread; stopped and joined on drop.
 #[derive(Debug)]
-pub struct NftMonitor {
-    child: Child,
-    reader: Option<JoinHandle<()>>,
+pub struct EventMonitor {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-impl NftMonitor {
-    /// Start `nft monitor` in the calling thread's network namespace; `on_event` runs on the reader
-    /// thread.
+impl EventMonitor {
+    /// Subscribe in the calling thread's network namespace (the reader thread inherits it) and
+    /// start reading; `on_event` runs on the reader thread.
     pub fn spawn(
         cfg: &PolicyCfg,
         own: OwnPids,
         on_event: impl Fn(MonitorEvent) + Send + 'static,
-    ) -> Result<NftMonitor, PolicyError> {
-        let mut child = Command::new(&cfg.nft)
-            .arg("monitor")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| PolicyError::Spawn {
-                cmd: format!("{} monitor", cfg.nft.display()),
-                source,
-            })?;
-        let stdout = child.stdout.take().expect("piped stdout");
+    ) -> Result<EventMonitor, PolicyError> {
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let mut tracker = Tracker::new(&cfg.table, own);
-        let reader = std::thread::Builder::new()
-            .name("nft-monitor".into())
+        let spawn_err = |source| PolicyError::Spawn {
+            cmd: "nf_tables event reader".into(),
+            source,
+        };
+        let thread = std::thread::Builder::new()
+            .name("felix-policy-events".into())
             .spawn(move || {
-                let mut r = BufReader::new(stdout);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line) {
-                        Ok(0) => break on_event(MonitorEvent::Exited("end of output".into())),
-                        Ok(_) => {
-                            if let Some(ev) = tracker.line(&line) {
-                                on_event(ev);
-                            }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                rt.block_on(async move {
+                    let sock = match subscribe() {
+                        Ok(s) => s,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop_rx => return,
+                            r = sock.recv_from_full() => match r {
+                                Ok((data, _)) => {
+                                    for n in parse_notifications(&data) {
+                                        if let Some(ev) = tracker.event(&n) {
+                                            on_event(ev);
+                                        }
+                                    }
+                                }
+                                Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
+                                    tracker = Tracker::new(&tracker.table, tracker.own.clone());
+                                    on_event(MonitorEvent::Lost);
+                                }
+                                Err(e) => return on_event(MonitorEvent::Exited(e.to_string())),
+                            },
                         }
-                        Err(e) => break on_event(MonitorEvent::Exited(e.to_string())),
                     }
-                }
+                });
             })
-            .map_err(|source| PolicyError::Spawn {
-                cmd: "nft monitor reader thread".into(),
-                source,
-            })?;
-        Ok(NftMonitor {
-            child,
-            reader: Some(reader),
-        })
+            .map_err(spawn_err)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(EventMonitor {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(spawn_err(e))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(spawn_err(std::io::Error::other("event reader died")))
+            }
+        }
     }
 
-    /// Whether the child still runs.
-    pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether the reader still runs.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
-impl Drop for NftMonitor {
+fn subscribe() -> std::io::Result<TokioSocket> {
+    let mut sock = TokioSocket::new(NETLINK_NETFILTER)?;
+    let s = sock.socket_mut();
+    s.bind_auto()?;
+    // Best effort: a smaller buffer only makes overflow (reported as Lost) likelier.
+    let _ = s.set_rx_buf_sz(RCVBUF);
+    s.add_membership(NFNLGRP_NFTABLES)?;
+    Ok(sock)
+}
+
+impl Drop for EventMonitor {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -159,35 +196,51 @@ impl Drop for NftMonitor {
 mod tests {
     use super::*;
 
+    fn obj(table: &str) -> Notification {
+        Notification::Object {
+            msg: 8,
+            family: NFPROTO_INET,
+            table: table.into(),
+        }
+    }
+
+    fn gen(pid: u32, comm: &str) -> Notification {
+        Notification::Generation {
+            pid: Some(pid),
+            comm: comm.into(),
+        }
+    }
+
     #[test]
     fn foreign_transactions_on_our_table_are_drift() {
         let own = OwnPids::default();
         let mut t = Tracker::new("calico-rs", own.clone());
         // Someone flushes our table.
+        assert_eq!(t.event(&obj("calico-rs")), None);
+        assert_eq!(t.event(&obj("calico-rs")), None);
         assert_eq!(
-            t.line("delete rule inet calico-rs fwd-egress handle 19"),
-            None
-        );
-        let ev = t.line("# new generation 4 by process 18876 (nft)").unwrap();
-        assert_eq!(
-            ev,
-            MonitorEvent::Drift {
+            t.event(&gen(18876, "nft")),
+            Some(MonitorEvent::Drift {
                 by: "18876 (nft)".into(),
-                sample: vec!["delete rule inet calico-rs fwd-egress handle 19".into()]
-            }
+                changes: 2
+            })
         );
         // Another table's change is not ours to care about.
-        t.line("add rule ip kube-proxy chain ip daddr 10.0.0.1 accept");
-        assert_eq!(t.line("# new generation 5 by process 77 (iptables)"), None);
-        // A table whose name merely starts like ours.
-        t.line("add table inet calico-rs-other");
-        assert_eq!(t.line("# new generation 6 by process 78 (nft)"), None);
+        t.event(&obj("kube-proxy"));
+        assert_eq!(t.event(&gen(77, "kube-proxy")), None);
+        // Same name in another family is another table.
+        t.event(&Notification::Object {
+            msg: 0,
+            family: 2,
+            table: "calico-rs".into(),
+        });
+        assert_eq!(t.event(&gen(78, "nft")), None);
         // Our own apply.
         own.push(4242);
-        t.line("add element inet calico-rs sel-x-v4 { 10.0.0.1 }");
-        assert_eq!(t.line("# new generation 7 by process 4242 (nft)"), None);
+        t.event(&obj("calico-rs"));
+        assert_eq!(t.event(&gen(4242, "nft")), None);
         // The same pid again is not ours any more (each run commits once).
-        t.line("delete table inet calico-rs");
-        assert!(t.line("# new generation 8 by process 4242 (nft)").is_some());
+        t.event(&obj("calico-rs"));
+        assert!(t.event(&gen(4242, "nft")).is_some());
     }
 }

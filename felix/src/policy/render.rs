@@ -32,6 +32,7 @@ use std::fmt::Write as _;
 use super::ir::{
     Chain, Dir, Elem, Match, Rule, Ruleset, SetDef, SetKind, Verdict, FROM_WL_MAP, TO_WL_MAP,
 };
+use super::netlink::ElemChange;
 use super::PolicyCfg;
 
 /// Comment on the base chain rule the drift probe looks for.
@@ -265,6 +266,36 @@ impl DiffStats {
     pub fn is_empty(&self) -> bool {
         *self == DiffStats::default()
     }
+}
+
+/// If `old` and `new` differ only in elements of plain address sets (the common case of a pod
+/// changing labels or addresses), those changes; `None` otherwise.
+pub fn element_changes(old: &Ruleset, new: &Ruleset) -> Option<Vec<ElemChange>> {
+    if old.chains != new.chains
+        || old.from_wl != new.from_wl
+        || old.to_wl != new.to_wl
+        || old.sets.len() != new.sets.len()
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    for ((n1, a), (n2, b)) in old.sets.iter().zip(&new.sets) {
+        if n1 != n2 || a.kind != b.kind || a.comment != b.comment {
+            return None;
+        }
+        if a.elements == b.elements {
+            continue;
+        }
+        if !matches!(a.kind, SetKind::Addr(_) | SetKind::AddrPort(_)) {
+            return None;
+        }
+        out.push(ElemChange {
+            set: n1.clone(),
+            del: a.elements.difference(&b.elements).cloned().collect(),
+            add: b.elements.difference(&a.elements).cloned().collect(),
+        });
+    }
+    Some(out)
 }
 
 /// The script turning `old` (what the kernel has) into `new`, or `Ok(None)` when they are equal.

@@ -49,6 +49,8 @@ pub struct Pod {
     /// Next source port for probes: every probe gets a fresh one, so a conntrack entry of an
     /// earlier scenario can never make a new probe look established.
     next_port: AtomicU16,
+    /// The `pod` label this pod reports (its name, unless a test relabels it).
+    pub label: std::sync::Mutex<String>,
 }
 
 impl Pod {
@@ -93,7 +95,7 @@ impl Pod {
             namespace: self.ns_name.into(),
             name: self.name.into(),
             ips: vec![self.v4, self.v6],
-            labels: BTreeMap::from([("pod".to_string(), self.name.to_string())]),
+            labels: BTreeMap::from([("pod".to_string(), self.label.lock().unwrap().clone())]),
             ports: self.named_ports(),
         }
     }
@@ -192,6 +194,7 @@ impl Cluster {
                 v4: v4.parse()?,
                 v6: v6.parse()?,
                 next_port: AtomicU16::new(10000),
+                label: std::sync::Mutex::new(name.to_string()),
             });
         }
         let mut servers = Vec::new();
