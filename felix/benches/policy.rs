@@ -5,19 +5,25 @@
 //! (see `policy/synth.rs`), on a node holding 110 of the pods (and, as a stress case, all 10,000):
 //! - full compile + apply (`nft -f` of the whole table, fresh namespace): compile, render and nft
 //!   times, medians of several rounds;
-//! - one pod label change, input to kernel (compile + diff + incremental `nft -f`), for a remote pod
-//!   (set elements change) and a local one (its endpoint chains change), medians;
+//! - one pod label change, input to kernel (incremental compile + diff + apply), for a remote pod
+//!   (set elements change: one nfnetlink batch) and a local one (its endpoint chains change:
+//!   incremental `nft -f`), medians;
 //! - the drift probe (a netlink dump of the `fwd-egress` chain) with the big table loaded;
 //! - the same through the owner thread the daemon uses (`spawn` / `update` / `wait_applied`, with
 //!   the change-notification reader running): first apply and one remote pod label change;
 //! - forwarding: iperf3 from pod a to pod b through the node with no table, with our table and no
 //!   policies, with the 1,000 policies, and with the naive reference ruleset (the same policies as
 //!   a stateless linear ACL: one rule per allowed (source, destination, port) and its reply, no
-//!   sets, no maps, no conntrack), rounds interleaved, best of each; and the naive ruleset's size
-//!   and load time.
+//!   sets, no maps, no conntrack; truncated, see `synth::naive`), rounds interleaved, medians and
+//!   the median of per-round ratios; and the naive ruleset's size and load time.
 //!
 //! Run: `cargo bench -p felix --bench policy` (needs root, iperf3 and nft; never touches the root
-//! namespace: the process moves itself into the node namespace first).
+//! namespace: the process moves itself into the node namespace first). On a shared machine the
+//! figures move with the load (forwarding by +-30 %): read them next to `uptime`.
+//! Debug aids: `POLICY_BENCH_QUICK=1` stops after the owner-thread figures;
+//! `POLICY_BENCH_NO_MONITOR=1` runs the owner without drift monitoring;
+//! `POLICY_BENCH_COMPILE_ONLY=N` times the compiler alone (N rounds, no namespaces, for `perf`);
+//! `POLICY_BENCH_DUMP=DIR` writes the full scripts; `POLICY_BENCH_VERBOSE=1` prints the diffs.
 
 #[path = "policy/synth.rs"]
 mod synth;
@@ -30,8 +36,8 @@ use felix::policy::render::render_full;
 use felix::policy::{compile, Compiler, NetworkPolicy, NftDriver, PolicyCfg, PolicyInput};
 
 const ROUNDS: usize = 5;
-const IPERF_SECS: &str = "3";
-const IPERF_ROUNDS: usize = 5;
+const IPERF_SECS: &str = "2";
+const IPERF_ROUNDS: usize = 9;
 /// Local pods of a realistic node: every 91st pod of the cluster = 110 pods (kubelet's default
 /// maximum is 110 pods per node).
 const NODE_STRIDE: usize = 91;
@@ -227,15 +233,29 @@ fn main() -> Result<()> {
     .ruleset;
     let full_script = render_full(&cfg, &rs);
     let empty_script = render_full(&cfg, &empty_rs);
-    let mut best = [0f64; 4];
     let names = [
         "no table (bare kernel)",
         "our table, no policies",
         "our table, 1,000 policies",
         "naive linear (50k+ rules/dir)",
     ];
+    // Per round, every configuration back to back (order alternating), so slow changes in the
+    // machine's load hit all of them alike; the per-round ratio policies / no policies is the
+    // robust figure, its median the one to read. The naive ruleset is measured in two rounds only
+    // (it barely moves a packet).
+    let mut runs: [Vec<f64>; 4] = Default::default();
+    let mut ratios = Vec::new();
     for round in 0..IPERF_ROUNDS {
-        for (i, best_i) in best.iter_mut().enumerate() {
+        let mut order: Vec<usize> = if round < 2 {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![0, 1, 2]
+        };
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut got = [0f64; 4];
+        for i in order {
             driver.delete_table()?;
             match i {
                 1 => driver.run_script("empty", &empty_script)?,
@@ -243,24 +263,37 @@ fn main() -> Result<()> {
                 3 => driver.run_script("naive", naive_script)?,
                 _ => {}
             }
-            let g = iperf(&pa, &b_ip)?;
-            eprintln!("  round {round}: {:<28} {g:6.2} Gbit/s", names[i]);
-            *best_i = best_i.max(g);
+            got[i] = iperf(&pa, &b_ip)?;
+            eprintln!("  round {round}: {:<30} {:6.2} Gbit/s", names[i], got[i]);
+            runs[i].push(got[i]);
         }
+        ratios.push(got[2] / got[1]);
     }
     driver.delete_table()?;
-    println!("forwarding, iperf3 a -> node -> b, {IPERF_SECS} s x {IPERF_ROUNDS} rounds interleaved, best of each:");
-    for (n, g) in names.iter().zip(best) {
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let best = |v: &[f64]| v.iter().copied().fold(0f64, f64::max);
+    println!(
+        "forwarding, iperf3 a -> node -> b (one TCP flow through both pods' policy chains), \
+         {IPERF_SECS} s x {IPERF_ROUNDS} rounds interleaved:"
+    );
+    for (n, v) in names.iter().zip(&runs) {
         println!(
-            "  {n:<28} {g:6.2} Gbit/s  ({:5.1} % of bare, {:5.1} % of no policies)",
-            100.0 * g / best[0],
-            100.0 * g / best[1]
+            "  {n:<30} median {:6.2} Gbit/s, best {:6.2}",
+            med(v),
+            best(v)
         );
     }
     println!(
-        "  ratio 1,000 policies / no policy: {:.3} (target >= 0.95); naive / ours: {:.3}",
-        best[2] / best[1],
-        best[3] / best[2]
+        "  1,000 policies / no policies: median of per-round ratios {:.3} (target >= 0.95), ratio of \
+         medians {:.3}, of bests {:.3}; naive / ours (medians): {:.4}",
+        med(&ratios),
+        med(&runs[2]) / med(&runs[1]),
+        best(&runs[2]) / best(&runs[1]),
+        med(&runs[3]) / med(&runs[2])
     );
     println!(
         "naive reference: full expansion {} rules; loaded the first {NAIVE_CAP} of each chain plus the \
@@ -477,22 +510,25 @@ fn via_owner(input: &PolicyInput, cfg: &PolicyCfg) -> Result<()> {
                 .map(|a| a.duration)
                 .unwrap_or_default(),
         );
-        assert_eq!(
-            st.last_apply.map(|a| a.kind),
-            Some(felix::policy::ApplyKind::Incremental)
-        );
+        if st.last_apply.as_ref().map(|a| a.kind) != Some(felix::policy::ApplyKind::Incremental) {
+            eprintln!(
+                "  (round {round}: not incremental: {:?}; drift repairs {})",
+                st.last_apply, st.drift_repairs
+            );
+        }
     }
     let st = handle.status();
     println!(
         "  via the owner thread (drift monitor {}): first apply {}, one remote pod label change {} \
-         (compile {}, apply {}) median of {} (update -> status applied; drift repairs {})",
+         (compile {}, apply {}) median of {} (update -> status applied; drift repairs {}, events lost {})",
         if cfg.monitor { "on" } else { "off" },
         ms(full),
         ms(median(times)),
         ms(median(comp)),
         ms(median(app)),
         ROUNDS * 2,
-        st.drift_repairs
+        st.drift_repairs,
+        st.events_lost
     );
     drop(handle);
     NftDriver::new(cfg.clone()).delete_table()?;

@@ -84,6 +84,8 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     /// Number of full re-applies caused by drift.
     pub drift_repairs: u64,
+    /// Times change notifications were lost (event socket overflow).
+    pub events_lost: u64,
     /// Applies by kind, since start.
     pub full_applies: u64,
     /// See `full_applies`.
@@ -316,6 +318,7 @@ impl Owner {
                         drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
                     }
                     PolicyMsg::EventsLost => {
+                        self.status.events_lost += 1;
                         // Re-apply, but not in a loop: our own big applies are what overflows
                         // the socket, so within 10 s of the last such repair trust the probe.
                         let recent = self

@@ -24,10 +24,11 @@ use super::PolicyCfg;
 
 const NFPROTO_INET: u8 = 1;
 const ENOBUFS: i32 = 105;
-/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`); the kernel coalesces
-/// notifications into page-sized messages and the reader drains as they come, so this holds a
-/// full apply's burst with room to spare.
-const RCVBUF: usize = 8 << 20;
+/// Receive buffer. A full apply of a big table is a burst of tens of thousands of notifications;
+/// the reader drains as they come, but on a busy node it can be starved for a while, and the
+/// default cap (`net.core.rmem_max`, often 4 MB or less) then overflows. `SO_RCVBUFFORCE`
+/// (CAP_NET_ADMIN, which we need anyway) lifts the cap; memory is used only while full.
+const RCVBUF: usize = 64 << 20;
 
 /// What the monitor reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,13 +76,11 @@ impl Tracker {
             }
             Notification::Generation { pid, comm } => {
                 let changes = std::mem::take(&mut self.touched);
-                // Without a PID (very old kernels) a change cannot be attributed: foreign.
-                let ours = pid.is_some_and(|p| self.own.take(p));
-                (changes > 0 && !ours).then(|| MonitorEvent::Drift {
-                    by: match pid {
-                        Some(p) => format!("{p} ({comm})"),
-                        None => format!("unknown process ({comm})"),
-                    },
+                // Without a PID (old kernels) a change cannot be attributed; calling it
+                // drift would make every apply of ours trigger another. Leave it to the probe.
+                let pid = (*pid)?;
+                (changes > 0 && !self.own.take(pid)).then(|| MonitorEvent::Drift {
+                    by: format!("{pid} ({comm})"),
                     changes,
                 })
             }
@@ -176,7 +175,9 @@ fn subscribe() -> std::io::Result<TokioSocket> {
     let s = sock.socket_mut();
     s.bind_auto()?;
     // Best effort: a smaller buffer only makes overflow (reported as Lost) likelier.
-    let _ = s.set_rx_buf_sz(RCVBUF);
+    if nix::sys::socket::setsockopt(&*s, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF).is_err() {
+        let _ = s.set_rx_buf_sz(RCVBUF);
+    }
     s.add_membership(NFNLGRP_NFTABLES)?;
     Ok(sock)
 }
