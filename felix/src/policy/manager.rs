@@ -417,16 +417,17 @@ impl Owner {
     }
 
     fn record_success(&mut self, seq: u64, rep: ApplyReport) {
-        let rs = self.driver.applied().cloned().unwrap_or_default();
         let st = &mut self.status;
         st.seq_done = seq;
         st.seq_applied = seq;
         st.last_error = None;
-        st.chains = rs.chains.len();
-        st.rules = rs.rule_count();
-        st.sets = rs.sets.len();
-        st.set_elements = rs.element_count();
-        st.map_elements = rs.from_wl.len() + rs.to_wl.len();
+        if let Some(rs) = self.driver.applied() {
+            st.chains = rs.chains.len();
+            st.rules = rs.rule_count();
+            st.sets = rs.sets.len();
+            st.set_elements = rs.element_count();
+            st.map_elements = rs.from_wl.len() + rs.to_wl.len();
+        }
         match rep.kind {
             ApplyKind::Full => st.full_applies += 1,
             ApplyKind::Incremental => st.incremental_applies += 1,
