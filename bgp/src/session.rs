@@ -435,7 +435,13 @@ impl Session {
                 return self.connect_failed(e);
             }
         }
-        let limit = self.cfg.connect_retry.max(Duration::from_secs(1));
+        // Shorter than the ConnectRetryTimer, so a silent peer is reported as a timeout by the
+        // attempt itself rather than cut off by the next retry.
+        let limit = self
+            .cfg
+            .connect_retry
+            .saturating_sub(Duration::from_millis(200))
+            .max(Duration::from_millis(800));
         self.connecting = Some(Box::pin(async move {
             tokio::time::timeout(limit, sock.connect(remote))
                 .await
@@ -586,7 +592,10 @@ impl Session {
                 Action::Connect => self.start_connect(),
                 Action::Disconnect => {
                     self.close_link();
-                    self.connecting = None;
+                    if self.connecting.take().is_some() {
+                        // The ConnectRetryTimer beat the attempt: say why we are still not up.
+                        self.report(FromSession::ConnectFailed("connect timed out".into()));
+                    }
                 }
                 Action::Send(m) => {
                     if let Some(l) = &self.link {

@@ -1159,6 +1159,11 @@ impl Speaker {
         to_ebgp: bool,
     ) -> Option<RouteAttrs> {
         let local_as = self.cfg.local_as;
+        // Rejected routes cost no copy: policies match on the prefix and on communities, which the
+        // adjustments below never change.
+        if !peer.cfg.export.is_passthrough() {
+            peer.cfg.export.apply(prefix, &best.attrs.attrs)?;
+        }
         let mut a = best.attrs.attrs.clone();
         let mut next_hop = best.attrs.next_hop;
         let mut link_local = best.attrs.link_local;

@@ -248,6 +248,13 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
             }
         }
         peers.retain(|_, s| s.cfg.validate(me.as_number).is_ok());
+        // As Calico: what a node announces to any peer is pod addresses, i.e. prefixes inside an
+        // IPPool (its blocks, pod /32s, other nodes' blocks it passes on). Routes a ToR sends us
+        // are not re-advertised to the mesh: every node learns them from the ToR itself.
+        let export = pool_export_policy(state);
+        for spec in peers.values_mut() {
+            spec.cfg.export = export.clone();
+        }
     }
 
     // Local pods and what to originate.
@@ -283,6 +290,32 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
         local_blocks: local_blocks.to_vec(),
         policy,
         errors,
+    }
+}
+
+/// Accept prefixes inside any IPPool (enabled or not: a disabled pool may still have blocks in
+/// use), reject the rest.
+fn pool_export_policy(state: &ClusterState) -> bgp::Policy {
+    use bgp::policy::{Match, PrefixMatch, Rule, Verdict};
+    let prefixes: Vec<PrefixMatch> = state
+        .ip_pools
+        .values()
+        .map(|p| PrefixMatch {
+            prefix: p.cidr,
+            ge: Some(p.cidr.prefix_len()),
+            le: Some(p.cidr.max_prefix_len()),
+        })
+        .collect();
+    bgp::Policy {
+        rules: vec![Rule {
+            when: Match {
+                prefixes,
+                ..Match::default()
+            },
+            set: vec![],
+            verdict: Some(Verdict::Accept),
+        }],
+        default: Verdict::Reject,
     }
 }
 
