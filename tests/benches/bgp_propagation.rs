@@ -6,13 +6,14 @@
 //! - time from the device's process start, and from the sender<->device session reaching
 //!   Established, until the receiver holds all N prefixes;
 //! - the device's peak RSS (VmHWM) and CPU seconds (user + system) at that point;
+//!
 //! then prints the figures and the ratios ours/BIRD and ours/GoBGP.
 //!
 //! Run (root; builds our runner in release first):
 //! `cargo build --release -p bgp --example bgp-runner && cargo bench -p calico-tests --bench bgp_propagation`
 //! `BENCH_N=10000,100000` picks the sizes (default both); `BENCH_REPS=3` the runs per device (median).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -110,7 +111,7 @@ impl Running {
     }
 }
 
-fn start_dut(dut: Dut, d: &Netns, runner: &PathBuf) -> Result<Running> {
+fn start_dut(dut: Dut, d: &Netns, runner: &Path) -> Result<Running> {
     Ok(match dut {
         Dut::Ours => {
             let cfg = d.file("ours", "yaml");
@@ -147,7 +148,7 @@ protocol bgp receiver { local 10.0.0.2 as 65002; neighbor 10.0.0.3 as 65003; con
     })
 }
 
-fn run_one(dut: Dut, n: usize, routes: &[IpNet], runner: &PathBuf) -> Result<Sample> {
+fn run_one(dut: Dut, n: usize, routes: &[IpNet], runner: &Path) -> Result<Sample> {
     let lab = Lab::new("bench")?;
     let lan = lab.segment("lan")?;
     let s = lab.netns("s")?;
