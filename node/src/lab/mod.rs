@@ -422,7 +422,7 @@ mod tests {
     /// Root only, and it uses the real `crslab-*` names, so it is run by hand:
     /// `cargo test -p calico-node --lib lab::tests::up_without_working_daemons -- --ignored`.
     #[test]
-    #[ignore]
+    #[ignore = "root and the shared crslab- names: would clash with a running lab; run with --ignored"]
     fn up_without_working_daemons_times_out_and_down_cleans_up() {
         let tmp = tempfile::tempdir().unwrap();
         let stub = tmp.path().join("stub-node");
