@@ -373,3 +373,49 @@ fn import_policy_and_max_prefixes() -> Result<()> {
         .starts_with("sent NOTIFICATION"));
     Ok(())
 }
+
+#[test]
+fn import_policy_change_uses_route_refresh_without_reset() -> Result<()> {
+    use bgp::policy::{Match, Policy, PrefixMatch, Rule, Verdict};
+    let lab = Lab::new("brr")?;
+    let (a, b) = pair(&lab)?;
+    let _bird = Bird::start(&b, &bird_conf(65002, 65001, ""))?;
+    let mut peer = peer_cfg("10.0.0.2", 65002);
+    peer.import = Policy {
+        rules: vec![Rule {
+            when: Match {
+                prefixes: vec![PrefixMatch {
+                    prefix: net("10.99.0.64/26"),
+                    ge: None,
+                    le: None,
+                }],
+                ..Match::default()
+            },
+            set: vec![],
+            verdict: Some(Verdict::Reject),
+        }],
+        default: Verdict::Accept,
+    };
+    let ours = Ours::start(&a, speaker_cfg(65001, "10.0.0.1"), vec![peer.clone()])?;
+    let up = ours.wait_state("10.0.0.2", State::Established, UP)?;
+    ensure!(
+        up.negotiated.as_ref().is_some_and(|n| n.route_refresh),
+        "BIRD offers route refresh"
+    );
+    ours.wait_learned("10.99.0.0/26", UP)?;
+    ensure!(
+        ours.learned("10.99.0.64/26")?.is_none(),
+        "rejected by import policy"
+    );
+    // We kept no copy of what the policy rejected: accepting it now needs BIRD to send its
+    // routes again (RFC 2918), which must not reset the session.
+    peer.import = Policy::accept_all();
+    ours.block(ours.h.update_peer(peer))?;
+    ours.wait_learned("10.99.0.64/26", UP)?;
+    let st = ours.peer("10.0.0.2").expect("peer");
+    ensure!(
+        st.state == State::Established && st.since == up.since,
+        "session was reset: {st:?}"
+    );
+    Ok(())
+}
