@@ -316,18 +316,14 @@ fn connections_from_unconfigured_addresses_are_refused() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn import_policy_and_max_prefixes() -> Result<()> {
-    use bgp::policy::{Match, Policy, PrefixMatch, Rule, Verdict};
-    let lab = Lab::new("bpol")?;
-    let (a, b) = pair(&lab)?;
-    let _bird = Bird::start(&b, &bird_conf(65002, 65001, ""))?;
-    let mut peer = peer_cfg("10.0.0.2", 65002);
-    peer.import = Policy {
+/// An import policy that rejects exactly `prefix` and accepts the rest.
+fn reject_one(prefix: &str) -> bgp::Policy {
+    use bgp::policy::{Match, PrefixMatch, Rule, Verdict};
+    bgp::Policy {
         rules: vec![Rule {
             when: Match {
                 prefixes: vec![PrefixMatch {
-                    prefix: net("10.99.0.64/26"),
+                    prefix: net(prefix),
                     ge: None,
                     le: None,
                 }],
@@ -337,7 +333,16 @@ fn import_policy_and_max_prefixes() -> Result<()> {
             verdict: Some(Verdict::Reject),
         }],
         default: Verdict::Accept,
-    };
+    }
+}
+
+#[test]
+fn import_policy_and_max_prefixes() -> Result<()> {
+    let lab = Lab::new("bpol")?;
+    let (a, b) = pair(&lab)?;
+    let _bird = Bird::start(&b, &bird_conf(65002, 65001, ""))?;
+    let mut peer = peer_cfg("10.0.0.2", 65002);
+    peer.import = reject_one("10.99.0.64/26");
     let ours = Ours::start(&a, speaker_cfg(65001, "10.0.0.1"), vec![peer.clone()])?;
     ours.wait_learned("10.99.0.0/26", UP)?;
     ours.wait_learned("fd99::/64", UP)?;
@@ -376,26 +381,12 @@ fn import_policy_and_max_prefixes() -> Result<()> {
 
 #[test]
 fn import_policy_change_uses_route_refresh_without_reset() -> Result<()> {
-    use bgp::policy::{Match, Policy, PrefixMatch, Rule, Verdict};
+    use bgp::policy::Policy;
     let lab = Lab::new("brr")?;
     let (a, b) = pair(&lab)?;
     let _bird = Bird::start(&b, &bird_conf(65002, 65001, ""))?;
     let mut peer = peer_cfg("10.0.0.2", 65002);
-    peer.import = Policy {
-        rules: vec![Rule {
-            when: Match {
-                prefixes: vec![PrefixMatch {
-                    prefix: net("10.99.0.64/26"),
-                    ge: None,
-                    le: None,
-                }],
-                ..Match::default()
-            },
-            set: vec![],
-            verdict: Some(Verdict::Reject),
-        }],
-        default: Verdict::Accept,
-    };
+    peer.import = reject_one("10.99.0.64/26");
     let ours = Ours::start(&a, speaker_cfg(65001, "10.0.0.1"), vec![peer.clone()])?;
     let up = ours.wait_state("10.0.0.2", State::Established, UP)?;
     ensure!(
