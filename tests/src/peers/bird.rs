@@ -152,9 +152,18 @@ impl Bird {
     /// A prefix BIRD does not know (`Network not found`, which `birdc` reports as an error) gives an
     /// empty list.
     pub fn routes(&self, args: &str) -> Result<Vec<BirdRoute>> {
+        match self.show_route(args)? {
+            Some(out) => parse_routes(&out),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The raw output of `birdc show route {args}` (e.g. `"10.0.0.0/24 all"` for the attributes), or
+    /// `None` when BIRD knows no such route (`Network not found`, which `birdc` reports as an error).
+    pub fn show_route(&self, args: &str) -> Result<Option<String>> {
         match self.birdc(&format!("show route {args}")) {
-            Ok(out) => parse_routes(&out),
-            Err(e) if format!("{e:#}").contains("Network not found") => Ok(Vec::new()),
+            Ok(out) => Ok(Some(out)),
+            Err(e) if format!("{e:#}").contains("Network not found") => Ok(None),
             Err(e) => Err(e),
         }
     }

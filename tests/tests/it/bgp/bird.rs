@@ -37,12 +37,9 @@ protocol bgp ours {{
 
 /// The route line BIRD shows for `prefix` (with attributes: `show route all`), if it has one.
 pub fn bird_route(bird: &Bird, prefix: &str) -> Result<Option<String>> {
-    match bird.birdc(&format!("show route {prefix} all")) {
-        Ok(out) => Ok(out.contains(prefix).then_some(out)),
-        // birdc exits 1 with "Network not found" when BIRD has no route for it.
-        Err(e) if format!("{e:#}").contains("Network not found") => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(bird
+        .show_route(&format!("{prefix} all"))?
+        .filter(|out| out.contains(prefix)))
 }
 
 fn exchange(bird_as: u32, our_as: u32) -> Result<()> {
