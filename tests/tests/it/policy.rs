@@ -282,11 +282,16 @@ fn drift(c: &Cluster) -> Result<()> {
         t.elapsed()
     );
 
-    let after: Vec<u64> = c.felix.iter().map(|f| f.status().drift_repairs).collect();
-    ensure!(
-        after[0] >= before[0] + 2 && after[1] > before[1],
-        "drift repairs {before:?} -> {after:?}"
-    );
+    // The table is in the kernel a moment before the manager publishes the status of the apply
+    // that put it there.
+    let repaired = |f: &felix::policy::PolicyHandle| f.status().drift_repairs;
+    calico_tests::wait::until(Duration::from_secs(1), "drift repairs counted", || {
+        repaired(&c.felix[0]) >= before[0] + 2 && repaired(&c.felix[1]) > before[1]
+    })
+    .with_context(|| {
+        let after: Vec<u64> = c.felix.iter().map(repaired).collect();
+        format!("drift repairs {before:?} -> {after:?}")
+    })?;
     if let Some(r) = probe::check(c, Fam::V4, &expect)? {
         bail!("matrix after drift repair:\n{r}");
     }
@@ -478,6 +483,10 @@ fn policy_probe_repairs_without_monitor() -> Result<()> {
             t.elapsed()
         );
     }
-    ensure!(felix.status().drift_repairs == 2, "{:?}", felix.status());
+    // The table is in the kernel a moment before the manager publishes the apply's status.
+    calico_tests::wait::until(Duration::from_secs(1), "two drift repairs counted", || {
+        felix.status().drift_repairs == 2
+    })
+    .with_context(|| format!("{:?}", felix.status()))?;
     Ok(())
 }
