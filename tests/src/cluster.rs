@@ -67,7 +67,8 @@ pub struct Cluster {
     lab: Lab,
 }
 
-fn daemon_bin() -> Result<PathBuf> {
+/// `calico-node-rs`, built by `cargo build --workspace --bins`.
+pub fn daemon_bin() -> Result<PathBuf> {
     built_bin("calico-node-rs")
 }
 

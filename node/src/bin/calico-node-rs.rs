@@ -77,16 +77,32 @@ enum LabCmd {
         tor: String,
         #[arg(long, default_value = "/tmp/calico-rs-lab")]
         dir: PathBuf,
+        /// Prefix of the lab's network namespace names: `crs`, letters or digits, `-`. Another
+        /// prefix and --dir make a second lab beside the first.
+        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
+        netns_prefix: String,
+        /// Remove an existing lab in --dir (or with this prefix) first instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for BGP sessions and routes.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Remove every namespace, process and file of the lab.
     Down {
         #[arg(long, default_value = "/tmp/calico-rs-lab")]
         dir: PathBuf,
+        /// Used when --dir holds no lab record: the prefix of the namespaces to remove.
+        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
+        netns_prefix: String,
     },
     /// Print the lab's BGP status and pod reachability again.
     Status {
         #[arg(long, default_value = "/tmp/calico-rs-lab")]
         dir: PathBuf,
+        /// Used when --dir holds no lab record, to name stray namespaces.
+        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
+        netns_prefix: String,
     },
 }
 
@@ -218,18 +234,24 @@ fn main() {
                 pods_per_node,
                 tor,
                 dir,
+                netns_prefix,
+                force,
+                timeout,
             } => tor.parse().map_err(anyhow::Error::msg).and_then(|tor| {
                 let cfg = calico_node::lab::LabCfg {
                     nodes,
                     pods_per_node,
                     tor,
                     dir,
+                    netns_prefix,
+                    force,
+                    timeout: Duration::from_secs(timeout),
                     ..calico_node::lab::LabCfg::default()
                 };
                 calico_node::lab::up(&cfg)
             }),
-            LabCmd::Down { dir } => calico_node::lab::down(&dir),
-            LabCmd::Status { dir } => calico_node::lab::status(&dir),
+            LabCmd::Down { dir, netns_prefix } => calico_node::lab::down(&dir, &netns_prefix),
+            LabCmd::Status { dir, netns_prefix } => calico_node::lab::status(&dir, &netns_prefix),
         },
     };
     if let Err(e) = r {

@@ -305,13 +305,13 @@ mod tests {
 
     #[test]
     fn ready_when_everything_is_there() {
-        let plan = Plan::new(2, 1).unwrap();
+        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         assert_eq!(missing(&plan, &converged(&plan)), Vec::<String>::new());
     }
 
     #[test]
     fn names_what_is_missing() {
-        let plan = Plan::new(2, 1).unwrap();
+        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let mut o = converged(&plan);
         o.daemons.insert("node2".into(), false);
         let t = o.tor.as_mut().unwrap();
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn without_tor_only_the_mesh_counts() {
-        let plan = Plan::new(2, 1).unwrap();
+        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let mut o = converged(&plan);
         o.tor = None;
         o.tor_alive = false;

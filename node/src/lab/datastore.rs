@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn config_parses_as_the_daemon_reads_it() {
-        let plan = Plan::new(3, 2).unwrap();
+        let plan = Plan::new(3, 2, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let text = [
             bgp_yaml(Tor::Bird),
             pools_yaml(),
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn pods_carry_node_and_addresses() {
-        let plan = Plan::new(2, 1).unwrap();
+        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let mut ips = BTreeMap::new();
         for (i, p) in plan.pods().enumerate() {
             ips.insert(
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn write_all_allocates_from_ipam() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = Plan::new(2, 2).unwrap();
+        let plan = Plan::new(2, 2, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let ips = write_all(dir.path(), &plan, Tor::Bird).unwrap();
         assert_eq!(ips.len(), 4);
         let ipam = Ipam::new(dir.path()).unwrap();

@@ -6,17 +6,18 @@
 //!       -> pods (veths) -> ToR router (BIRD | GoBGP) -> one daemon per node (detached)
 //!       -> wait until converged (check::missing is empty) -> print peers + reachability matrix
 //!  status: lab.json -> observe once -> print the same
-//!  down: SIGTERM (5 s) / SIGKILL every lab process -> delete every crslab-* namespace -> remove DIR
+//!  down: SIGTERM (5 s) / SIGKILL every lab process -> delete every PREFIX* namespace -> remove DIR
 //! ```
 //!
 //! Layout and addresses: [`plan`]. Datastore: [`datastore`]. What is recorded: [`record`]
-//! (`DIR/lab.json`). Everything lives in `crslab-*` network namespaces; nothing here changes the
-//! root namespace's links, routes, sysctls or nftables (see [`sys`]). The `crslab-` prefix is
-//! reserved for the lab: `down` removes every namespace carrying it, recorded or not, so a
-//! crashed `up` is always cleaned up.
+//! (`DIR/lab.json`). Everything lives in network namespaces named `PREFIX*` (`crslab-*` unless
+//! `--netns-prefix` picks another `crs…-`); nothing here changes the root namespace's links,
+//! routes, sysctls or nftables (see [`sys`]). The prefix is reserved for the lab: `down` removes
+//! every namespace carrying it, recorded or not, so a crashed `up` is always cleaned up. A second
+//! lab with another prefix and directory runs beside the first (the tests use that).
 //!
 //! The daemons run `NODE_BIN run --nodename nodeK --datastore file:DIR/datastore
-//! --grpc unix:DIR/run/nodeK.sock` inside `crslab-nodeK`, in sessions of their own, logging to
+//! --grpc unix:DIR/run/nodeK.sock` inside `PREFIXnodeK`, in sessions of their own, logging to
 //! `DIR/logs/nodeK.log`, so they outlive `up`.
 
 pub mod check;
@@ -101,6 +102,9 @@ pub struct LabCfg {
     pub force: bool,
     /// How long `up` waits for BGP and routes (default 60 s).
     pub timeout: Duration,
+    /// Prefix of every namespace name (default [`plan::DEFAULT_PREFIX`]); another prefix and
+    /// `dir` make a second lab beside the first.
+    pub netns_prefix: String,
 }
 
 impl Default for LabCfg {
@@ -115,6 +119,7 @@ impl Default for LabCfg {
             node_bin,
             force: false,
             timeout: Duration::from_secs(60),
+            netns_prefix: plan::DEFAULT_PREFIX.to_string(),
         }
     }
 }
@@ -157,10 +162,10 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
 /// `cfg.force`), if building fails (what was built is removed), or if the lab does not converge
 /// within `cfg.timeout` or pods cannot reach each other (the lab is left running to inspect).
 pub fn up(cfg: &LabCfg) -> Result<()> {
-    let plan = Plan::new(cfg.nodes, cfg.pods_per_node)?;
+    let plan = Plan::new(cfg.nodes, cfg.pods_per_node, &cfg.netns_prefix)?;
     check_tools(cfg)?;
     let paths = Paths::new(&cfg.dir);
-    let leftover = sys::lab_namespaces();
+    let leftover = sys::lab_namespaces(&plan.prefix);
     if paths.record.exists() || !leftover.is_empty() {
         if !cfg.force {
             let what = if paths.record.exists() {
@@ -171,7 +176,7 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
             bail!("lab: {what}; run `calico-node-rs lab down` first, or `lab up --force`");
         }
         println!("Removing the existing lab first (--force).");
-        down(&cfg.dir)?;
+        down(&cfg.dir, &plan.prefix)?;
     }
     // `down` deletes DIR/run, DIR/logs and DIR/datastore: only ever in a directory `up` made or
     // found empty, and the record goes in first, so those are ours whenever a record exists.
@@ -193,7 +198,7 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
         let _ = rec.save(&paths);
         println!("lab up failed: {e:#}");
         println!("Removing what was built.");
-        let _ = down(&cfg.dir);
+        let _ = down(&cfg.dir, &plan.prefix);
         return Err(e);
     }
     println!(
@@ -253,10 +258,10 @@ fn print_missing(missing: &[String], paths: &Paths) {
 
 /// Every step of `up` that makes something, recording as it goes.
 fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
-    net::segment(&mut rec.namespaces)?;
-    net::tor(&mut rec.namespaces)?;
+    net::segment(plan, &mut rec.namespaces)?;
+    net::tor(plan, &mut rec.namespaces)?;
     for n in &plan.nodes {
-        net::node(n, &mut rec.namespaces)?;
+        net::node(plan, n, &mut rec.namespaces)?;
     }
     rec.save(paths)?;
     rec.pods = datastore::write_all(&paths.datastore, plan, rec.tor)?;
@@ -296,11 +301,11 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
 }
 
 /// Prints the state of the lab in `dir` (daemons, peers, routes, reachability); an error only if
-/// there is no lab there.
-pub fn status(dir: &Path) -> Result<()> {
+/// there is no lab there. `netns_prefix` only names stray namespaces when there is no record.
+pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
     let paths = Paths::new(dir);
     let Some(rec) = Record::load(&paths)? else {
-        let stray = sys::lab_namespaces();
+        let stray = sys::lab_namespaces(netns_prefix);
         if stray.is_empty() {
             bail!("lab: no lab in {}", dir.display());
         }
@@ -311,7 +316,7 @@ pub fn status(dir: &Path) -> Result<()> {
             stray.join(", ")
         );
     };
-    let plan = Plan::new(rec.nodes, rec.pods_per_node)?;
+    let plan = Plan::new(rec.nodes, rec.pods_per_node, &rec.netns_prefix)?;
     let alive = rec.daemons.values().filter(|p| p.alive()).count();
     println!(
         "Lab in {}: {} nodes, {} pods per node, ToR {}{}; {alive}/{} daemons running.",
@@ -340,11 +345,12 @@ pub fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the lab in `dir` and any `crslab-*` namespace: stops every lab process (SIGTERM, then
-/// SIGKILL after 5 s), deletes the namespaces, and, when `dir` holds a lab record, removes what
-/// `up` made there (and `dir` itself if that leaves it empty). Safe to run twice, and after a
-/// half-failed or killed `up`.
-pub fn down(dir: &Path) -> Result<()> {
+/// Removes the lab in `dir` and any namespace named with its prefix (the record's, else
+/// `netns_prefix`): stops every lab process (SIGTERM, then SIGKILL after 5 s), deletes the
+/// namespaces, and, when `dir` holds a lab record, removes what `up` made there (and `dir` itself
+/// if that leaves it empty). Safe to run twice, and after a half-failed or killed `up`.
+pub fn down(dir: &Path, netns_prefix: &str) -> Result<()> {
+    plan::check_prefix(netns_prefix)?;
     let paths = Paths::new(dir);
     let rec = match Record::load(&paths) {
         Ok(r) => r,
@@ -353,7 +359,11 @@ pub fn down(dir: &Path) -> Result<()> {
             None
         }
     };
-    let mut namespaces = sys::lab_namespaces();
+    let prefix = rec
+        .as_ref()
+        .map_or(netns_prefix, |r| r.netns_prefix.as_str())
+        .to_string();
+    let mut namespaces = sys::lab_namespaces(&prefix);
     for ns in rec.iter().flat_map(|r| &r.namespaces) {
         if !namespaces.contains(ns) && std::path::Path::new("/run/netns").join(ns).exists() {
             namespaces.push(ns.clone());
@@ -397,7 +407,7 @@ pub fn down(dir: &Path) -> Result<()> {
             String::new()
         }
     );
-    let left = sys::lab_namespaces();
+    let left = sys::lab_namespaces(&prefix);
     if !left.is_empty() {
         failed.push(format!("namespaces still present: {}", left.join(", ")));
     }
@@ -419,11 +429,15 @@ mod tests {
         assert!("frr".parse::<Tor>().is_err());
     }
 
-    /// Root only, and it uses the real `crslab-*` names, so it is run by hand:
-    /// `cargo test -p calico-node --lib lab::tests::up_without_working_daemons -- --ignored`.
+    /// Needs root (network namespaces), as every test run by `scripts/test.sh`; uses a prefix of
+    /// its own, so a running lab is left alone.
     #[test]
-    #[ignore = "root and the shared crslab- names: would clash with a running lab; run with --ignored"]
     fn up_without_working_daemons_times_out_and_down_cleans_up() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test makes network namespaces: run it as root (scripts/test.sh does)"
+        );
+        let prefix = "crsut1-";
         let tmp = tempfile::tempdir().unwrap();
         let stub = tmp.path().join("stub-node");
         std::fs::write(&stub, "#!/bin/sh\nexec sleep 300\n").unwrap();
@@ -436,8 +450,10 @@ mod tests {
             node_bin: stub,
             ctl_bin: None,
             timeout: Duration::from_secs(3),
+            netns_prefix: prefix.to_string(),
             ..LabCfg::default()
         };
+        let _ = down(&cfg.dir, prefix);
         let t = std::time::Instant::now();
         let e = up(&cfg).unwrap_err();
         assert!(
@@ -448,9 +464,15 @@ mod tests {
         let rec = Record::load(&Paths::new(&cfg.dir)).unwrap().unwrap();
         assert!(rec.daemons.values().all(|p| p.alive()));
         assert_eq!(rec.namespaces.len(), 2 + 2 + 2);
+        assert!(rec.namespaces.iter().all(|n| n.starts_with(prefix)));
+        assert_eq!(sys::lab_namespaces(prefix), {
+            let mut v = rec.namespaces.clone();
+            v.sort();
+            v
+        });
         assert!(up(&cfg).is_err(), "a second up must refuse");
-        down(&cfg.dir).unwrap();
-        assert!(sys::lab_namespaces().is_empty());
+        down(&cfg.dir, plan::DEFAULT_PREFIX).unwrap();
+        assert!(sys::lab_namespaces(prefix).is_empty());
         assert!(rec.procs().iter().all(|p| !p.alive()));
         assert!(!cfg.dir.exists());
     }

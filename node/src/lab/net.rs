@@ -1,5 +1,5 @@
 //! Plumbing of the lab's namespaces: the bridged segment, the ToR, the nodes and the pods. Every
-//! change goes through `ip -n crslab-*` / `ip netns exec crslab-*` ([`super::sys`]).
+//! change goes through `ip -n PREFIX*` / `ip netns exec PREFIX*` ([`super::sys`]).
 //!
 //! Pods are plumbed as Calico's CNI plugin does it, minus what the daemon's felix does itself when
 //! it sees the interface (proxy ARP, sysctls, the /32 and /128 routes): a veth with the host side
@@ -36,11 +36,12 @@ fn add_ns(ns: &str, made: &mut Vec<String>) -> Result<()> {
     sys::sysctls(ns, &NO_DAD)
 }
 
-/// `crslab-lan` with bridge `br0`.
-pub fn segment(made: &mut Vec<String>) -> Result<()> {
-    add_ns(LAN_NS, made)?;
+/// `PREFIXlan` with bridge `br0`.
+pub fn segment(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
+    let lan = plan.lan_ns();
+    add_ns(&lan, made)?;
     sys::ip_batch(
-        LAN_NS,
+        &lan,
         &[
             format!("link add {BRIDGE} type bridge mcast_snooping 0"),
             format!("link set {BRIDGE} up"),
@@ -49,9 +50,9 @@ pub fn segment(made: &mut Vec<String>) -> Result<()> {
 }
 
 /// A veth from the bridge (port `port`) to `eth0` of `ns`, with the segment addresses.
-fn attach(ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
+fn attach(plan: &Plan, ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
     sys::ip_batch(
-        LAN_NS,
+        &plan.lan_ns(),
         &[
             format!("link add {port} type veth peer name {ETH} netns {ns}"),
             format!("link set {port} master {BRIDGE}"),
@@ -68,23 +69,30 @@ fn attach(ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
     )
 }
 
-/// `crslab-tor` on the segment, forwarding on (its router fills the kernel table).
-pub fn tor(made: &mut Vec<String>) -> Result<()> {
-    add_ns(TOR_NS, made)?;
+/// `PREFIXtor` on the segment, forwarding on (its router fills the kernel table).
+pub fn tor(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
+    let tor = plan.tor_ns();
+    add_ns(&tor, made)?;
     sys::sysctls(
-        TOR_NS,
+        &tor,
         &[
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv6.conf.all.forwarding", "1"),
         ],
     )?;
-    attach(TOR_NS, TOR_PORT, &TOR_V4.to_string(), &TOR_V6.to_string())
-        .context("connecting the ToR to the segment")
+    attach(
+        plan,
+        &tor,
+        TOR_PORT,
+        &TOR_V4.to_string(),
+        &TOR_V6.to_string(),
+    )
+    .context("connecting the ToR to the segment")
 }
 
 /// A node namespace on the segment with default routes via the ToR (felix needs a non-`cali`
 /// route toward 169.254.1.1 to answer proxy ARP) and forwarding on.
-pub fn node(n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
+pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
     add_ns(&n.netns, made)?;
     sys::sysctls(
         &n.netns,
@@ -93,7 +101,13 @@ pub fn node(n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
             ("net.ipv6.conf.all.forwarding", "1"),
         ],
     )?;
-    attach(&n.netns, &n.lan_port, &n.v4.to_string(), &n.v6.to_string())?;
+    attach(
+        plan,
+        &n.netns,
+        &n.lan_port,
+        &n.v4.to_string(),
+        &n.v6.to_string(),
+    )?;
     sys::ip_batch(
         &n.netns,
         &[

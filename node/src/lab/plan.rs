@@ -9,19 +9,24 @@
 //!    '-- vK -- crslab-nodeK  eth0 10.200.0.(10+K)/24 fd00:200::(10+K)/64
 //! ```
 //! The IPv6 host part repeats the decimal digits of the IPv4 one (`.11` -> `::11`), so the two read
-//! alike. Every namespace name starts with [`NETNS_PREFIX`], which is reserved for the lab.
+//! alike. Every namespace name starts with the lab's prefix ([`DEFAULT_PREFIX`] unless
+//! `--netns-prefix` says otherwise), which is reserved for the lab.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Prefix of every namespace the lab makes; `lab down` removes all namespaces that carry it.
-pub const NETNS_PREFIX: &str = "crslab-";
-/// Namespace holding the L2 segment's bridge.
-pub const LAN_NS: &str = "crslab-lan";
-/// Namespace of the top-of-rack router.
-pub const TOR_NS: &str = "crslab-tor";
-/// The bridge inside [`LAN_NS`].
+/// Prefix of every namespace the default lab makes; `lab down` removes all namespaces that carry
+/// the lab's prefix. Two labs with different prefixes (and directories) can run side by side: their
+/// addresses only ever exist inside their own namespaces.
+pub const DEFAULT_PREFIX: &str = "crslab-";
+/// What every lab prefix starts with, so that the lab's guard ([`super::sys::in_lab_ns`]) can
+/// refuse to touch any other namespace whatever prefix it was given.
+pub const PREFIX_FAMILY: &str = "crs";
+/// Longest prefix: `PREFIX` + `n200p64` must stay within 15 characters (the names also label the
+/// tables).
+pub const MAX_PREFIX_LEN: usize = 8;
+/// The bridge inside the segment namespace ([`Plan::lan_ns`]).
 pub const BRIDGE: &str = "br0";
-/// Bridge port (in [`LAN_NS`]) of the ToR's link.
+/// Bridge port (in [`Plan::lan_ns`]) of the ToR's link.
 pub const TOR_PORT: &str = "t0";
 /// Interface name of the segment link in the ToR and node namespaces, and of a pod's veth.
 pub const ETH: &str = "eth0";
@@ -54,7 +59,7 @@ pub struct NodePlan {
     /// Kubernetes Node name, `node{K}`.
     pub name: String,
     pub netns: String,
-    /// Bridge port in [`LAN_NS`] of this node's link.
+    /// Bridge port in [`Plan::lan_ns`] of this node's link.
     pub lan_port: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
@@ -84,12 +89,38 @@ impl PodPlan {
 /// The whole lab layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// Prefix of every namespace name (see [`check_prefix`]).
+    pub prefix: String,
     pub nodes: Vec<NodePlan>,
 }
 
+/// Checks a namespace prefix: `crs`, a lowercase letter, lowercase letters and digits, then `-`, at
+/// most [`MAX_PREFIX_LEN`] characters. The letter keeps lab names apart from the test crate's
+/// `crs{PID}-…` namespaces, which its sweeper deletes once that PID is gone.
+pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
+    let middle = prefix
+        .strip_prefix(PREFIX_FAMILY)
+        .and_then(|p| p.strip_suffix('-'));
+    let ok = middle.is_some_and(|m| {
+        m.starts_with(|c: char| c.is_ascii_lowercase())
+            && m.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    }) && prefix.len() <= MAX_PREFIX_LEN;
+    if !ok {
+        anyhow::bail!(
+            "lab: --netns-prefix {prefix:?}: must be `{PREFIX_FAMILY}`, a lowercase letter, \
+             lowercase letters or digits, then `-`, at most {MAX_PREFIX_LEN} characters (e.g. \
+             {DEFAULT_PREFIX:?})"
+        );
+    }
+    Ok(())
+}
+
 impl Plan {
-    /// The layout for `nodes` nodes with `pods_per_node` pods each; checks the limits.
-    pub fn new(nodes: usize, pods_per_node: usize) -> anyhow::Result<Plan> {
+    /// The layout for `nodes` nodes with `pods_per_node` pods each, in namespaces named
+    /// `{prefix}...`; checks the limits and the prefix.
+    pub fn new(nodes: usize, pods_per_node: usize, prefix: &str) -> anyhow::Result<Plan> {
+        check_prefix(prefix)?;
         if nodes == 0 || nodes > MAX_NODES {
             anyhow::bail!("lab: --nodes {nodes}: must be 1-{MAX_NODES}");
         }
@@ -102,7 +133,7 @@ impl Plan {
                 let host = 10 + k;
                 NodePlan {
                     index: k,
-                    netns: format!("{NETNS_PREFIX}{name}"),
+                    netns: format!("{prefix}{name}"),
                     lan_port: format!("v{k}"),
                     v4: Ipv4Addr::new(10, 200, 0, host as u8),
                     v6: v6_host(host),
@@ -112,7 +143,7 @@ impl Plan {
                             let label = format!("n{k}p{j}");
                             PodPlan {
                                 host_iface: felix::workload_iface_name(POD_NAMESPACE, &pod),
-                                netns: format!("{NETNS_PREFIX}{label}"),
+                                netns: format!("{prefix}{label}"),
                                 name: pod,
                                 node: name.clone(),
                                 label,
@@ -123,7 +154,20 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Plan { nodes })
+        Ok(Plan {
+            prefix: prefix.to_string(),
+            nodes,
+        })
+    }
+
+    /// Namespace holding the L2 segment's bridge.
+    pub fn lan_ns(&self) -> String {
+        format!("{}lan", self.prefix)
+    }
+
+    /// Namespace of the top-of-rack router.
+    pub fn tor_ns(&self) -> String {
+        format!("{}tor", self.prefix)
     }
 
     /// Every pod, node by node.
@@ -133,7 +177,7 @@ impl Plan {
 
     /// Every namespace of the lab, in creation order (segment, ToR, nodes, pods).
     pub fn namespaces(&self) -> Vec<String> {
-        let mut v = vec![LAN_NS.to_string(), TOR_NS.to_string()];
+        let mut v = vec![self.lan_ns(), self.tor_ns()];
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
         v.extend(self.pods().map(|p| p.netns.clone()));
         v
@@ -161,7 +205,7 @@ mod tests {
 
     #[test]
     fn addresses_and_names() {
-        let p = Plan::new(12, 2).unwrap();
+        let p = Plan::new(12, 2, DEFAULT_PREFIX).unwrap();
         let n1 = &p.nodes[0];
         assert_eq!(n1.name, "node1");
         assert_eq!(n1.netns, "crslab-node1");
@@ -184,7 +228,13 @@ mod tests {
         assert!(p
             .namespaces()
             .iter()
-            .all(|n| n.starts_with(NETNS_PREFIX) && n.len() <= 15));
+            .all(|n| n.starts_with(DEFAULT_PREFIX) && n.len() <= 15));
+        assert_eq!(p.tor_ns(), "crslab-tor");
+        let other = Plan::new(1, 1, "crst1-").unwrap();
+        assert_eq!(
+            other.namespaces(),
+            ["crst1-lan", "crst1-tor", "crst1-node1", "crst1-n1p1"]
+        );
         assert_eq!(
             p.node_by_addr("fd00:200::22".parse().unwrap())
                 .unwrap()
@@ -195,16 +245,32 @@ mod tests {
 
     #[test]
     fn largest_lab_fits_the_segment() {
-        let p = Plan::new(MAX_NODES, 0).unwrap();
+        let p = Plan::new(MAX_NODES, 0, DEFAULT_PREFIX).unwrap();
         assert_eq!(p.nodes.last().unwrap().v4.to_string(), "10.200.0.210");
         assert_eq!(p.nodes.last().unwrap().v6.to_string(), "fd00:200::210");
     }
 
     #[test]
     fn limits() {
-        assert!(Plan::new(0, 1).is_err());
-        assert!(Plan::new(MAX_NODES + 1, 1).is_err());
-        assert!(Plan::new(1, MAX_PODS_PER_NODE + 1).is_err());
-        assert_eq!(Plan::new(1, 0).unwrap().pods().count(), 0);
+        let d = DEFAULT_PREFIX;
+        assert!(Plan::new(0, 1, d).is_err());
+        assert!(Plan::new(MAX_NODES + 1, 1, d).is_err());
+        assert!(Plan::new(1, MAX_PODS_PER_NODE + 1, d).is_err());
+        assert_eq!(Plan::new(1, 0, d).unwrap().pods().count(), 0);
+        let longest = Plan::new(MAX_NODES, MAX_PODS_PER_NODE, "crsabcd-").unwrap();
+        assert!(longest.namespaces().iter().all(|n| n.len() <= 15));
+        for bad in [
+            "",
+            "crs-",
+            "lab-",
+            "crslab",
+            "crsLab-",
+            "crs/x-",
+            "crsabcde-",
+            "crs-x-",
+            "crs12-",
+        ] {
+            assert!(Plan::new(1, 1, bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `DIR/lab.json`: what `lab up` made, so `lab status` and `lab down` (another process, later)
 //! find it. Written after every step of `up` (temp + rename), so a crash leaves a record of
-//! everything made so far; `down` also sweeps every `crslab-*` namespace, record or not.
+//! everything made so far; `down` also sweeps every namespace with the lab's prefix, record or not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,10 @@ pub struct Record {
     pub tor: Tor,
     pub node_bin: PathBuf,
     pub ctl_bin: Option<PathBuf>,
+    /// Prefix of the lab's namespace names (records of builds before it was configurable have
+    /// none: those labs used the default).
+    #[serde(default = "default_prefix")]
+    pub netns_prefix: String,
     /// Namespaces made so far, in creation order.
     pub namespaces: Vec<String>,
     pub tor_proc: Option<ProcId>,
@@ -76,6 +80,10 @@ pub struct Record {
     pub created: u64,
 }
 
+fn default_prefix() -> String {
+    super::plan::DEFAULT_PREFIX.to_string()
+}
+
 impl Record {
     pub fn new(cfg: &super::LabCfg) -> Record {
         Record {
@@ -85,6 +93,7 @@ impl Record {
             tor: cfg.tor,
             node_bin: cfg.node_bin.clone(),
             ctl_bin: cfg.ctl_bin.clone(),
+            netns_prefix: cfg.netns_prefix.clone(),
             namespaces: Vec::new(),
             tor_proc: None,
             daemons: BTreeMap::new(),

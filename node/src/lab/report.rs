@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::check::{Observed, ROUTE_PROTOCOL};
 use super::matrix::{self, Grid, Target};
-use super::plan::{NodePlan, Plan, TOR_AS, TOR_NS, TOR_V4, TOR_V6};
+use super::plan::{NodePlan, Plan, TOR_AS, TOR_V4, TOR_V6};
 use super::record::{Paths, Record};
 use super::{sys, Tor};
 use crate::datastore::IpFamily;
@@ -25,8 +25,9 @@ pub fn tor_summary(plan: &Plan, tor: Tor, o: &Observed) -> Option<String> {
         .count();
     let state = if o.tor_alive { "" } else { ", NOT RUNNING" };
     Some(format!(
-        "ToR: {tor} in {TOR_NS} (AS {TOR_AS}, {TOR_V4}, {TOR_V6}{state}): {up}/{sessions} sessions \
+        "ToR: {tor} in {} (AS {TOR_AS}, {TOR_V4}, {TOR_V6}{state}): {up}/{sessions} sessions \
          Established, {learned}/{} node blocks learned from their owners, {} prefixes",
+        plan.tor_ns(),
         o.blocks.len(),
         t.routes.len()
     ))
@@ -45,7 +46,11 @@ pub fn print_nodes(plan: &Plan, rec: &Record, paths: &Paths, o: &Observed) {
                 Ok(out) if out.status.success() => {
                     println!("{} ({}, {}):", n.name, n.v4, n.v6);
                     for line in String::from_utf8_lossy(&out.stdout).lines() {
-                        println!("  {line}");
+                        if line.is_empty() {
+                            println!();
+                        } else {
+                            println!("  {line}");
+                        }
                     }
                     print!("{}", blocks_and_routes(plan, n, o));
                     continue;
@@ -221,7 +226,7 @@ mod tests {
 
     #[test]
     fn summary_shows_peers_mesh_and_routes() {
-        let plan = Plan::new(3, 1).unwrap();
+        let plan = Plan::new(3, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let mut o = Observed::default();
         let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
         o.blocks.insert(net("10.244.0.0/26"), "node1".into());

@@ -2,7 +2,8 @@
 //! namespaces (`ip netns`), detached daemons and signals.
 //!
 //! Safety: every link, address, route and sysctl is changed with `ip -n NS` or
-//! `ip netns exec NS`, where NS starts with [`NETNS_PREFIX`]; [`in_lab_ns`] guards that, so a bug
+//! `ip netns exec NS`, where NS starts with a lab prefix ([`super::plan::check_prefix`]);
+//! [`in_lab_ns`] guards that, so a bug
 //! cannot reach the root namespace. Processes are identified by (pid, start time), so a recycled
 //! pid is never signalled.
 
@@ -17,7 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::plan::NETNS_PREFIX;
+use super::plan::{check_prefix, PREFIX_FAMILY};
 
 const NETNS_DIR: &str = "/run/netns";
 /// Deadline of ordinary commands (`ip`, `birdc`, `sysctl`).
@@ -80,14 +81,19 @@ pub fn output(
     }
 }
 
-/// Whether `ns` is a lab namespace (the only kind this module changes).
+/// Whether `ns` is a lab namespace (the only kind this module changes): a valid lab prefix, then a
+/// name.
 pub fn in_lab_ns(ns: &str) -> bool {
-    ns.len() > NETNS_PREFIX.len() && ns.starts_with(NETNS_PREFIX) && !ns.contains('/')
+    let Some(dash) = ns.find('-') else {
+        return false;
+    };
+    let (prefix, name) = ns.split_at(dash + 1);
+    check_prefix(prefix).is_ok() && !name.is_empty() && !ns.contains('/')
 }
 
 fn check_ns(ns: &str) -> Result<()> {
     if !in_lab_ns(ns) {
-        bail!("lab: refusing to act on namespace {ns:?} (not a {NETNS_PREFIX}* namespace)");
+        bail!("lab: refusing to act on namespace {ns:?} (not a {PREFIX_FAMILY}*-* lab namespace)");
     }
     Ok(())
 }
@@ -133,14 +139,14 @@ pub fn netns_add(ns: &str) -> Result<()> {
     ip(ns, &["link", "set", "lo", "up"]).map(drop)
 }
 
-/// Every existing namespace named with the lab prefix.
-pub fn lab_namespaces() -> Vec<String> {
+/// Every existing namespace named with the lab prefix `prefix`.
+pub fn lab_namespaces(prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| in_lab_ns(n))
+        .filter(|n| n.starts_with(prefix) && in_lab_ns(n))
         .collect();
     v.sort();
     v
@@ -272,7 +278,10 @@ mod tests {
     fn only_lab_namespaces() {
         assert!(in_lab_ns("crslab-node1"));
         assert!(!in_lab_ns("crslab-"));
-        assert!(!in_lab_ns("crs123-x"));
+        assert!(in_lab_ns("crsut1-x"));
+        assert!(!in_lab_ns("crs123-x"), "the test crate's crs{{PID}}- names");
+        assert!(!in_lab_ns("crs-x"));
+        assert!(!in_lab_ns("lab-x"));
         assert!(!in_lab_ns("crslab-../x"));
         assert!(ip("default", &["link"]).is_err());
         assert!(netns_del("other").is_err());

@@ -151,7 +151,7 @@ impl TorFiles<'_> {
     }
 }
 
-/// Writes the config and starts the router in [`TOR_NS`]; returns once it answers queries.
+/// Writes the config and starts the router in [`Plan::tor_ns`]; returns once it answers queries.
 pub fn start(tor: Tor, plan: &Plan, files: &TorFiles<'_>) -> Result<Option<ProcId>> {
     let proc = match tor {
         Tor::None => return Ok(None),
@@ -161,7 +161,11 @@ pub fn start(tor: Tor, plan: &Plan, files: &TorFiles<'_>) -> Result<Option<ProcI
             let conf = conf.to_string_lossy().into_owned();
             sys::run(&["bird", "-p", "-c", &conf]).context("BIRD rejects the lab's config")?;
             let sock = files.bird_socket().to_string_lossy().into_owned();
-            sys::spawn_detached(TOR_NS, &["bird", "-f", "-c", &conf, "-s", &sock], files.log)?
+            sys::spawn_detached(
+                &plan.tor_ns(),
+                &["bird", "-f", "-c", &conf, "-s", &sock],
+                files.log,
+            )?
         }
         Tor::Gobgp => {
             let conf = files.run_dir.join("gobgpd.toml");
@@ -178,7 +182,7 @@ pub fn start(tor: Tor, plan: &Plan, files: &TorFiles<'_>) -> Result<Option<ProcI
                 GOBGP_API,
                 "--pprof-disable",
             ];
-            sys::spawn_detached(TOR_NS, &argv, files.log)?
+            sys::spawn_detached(&plan.tor_ns(), &argv, files.log)?
         }
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,7 +223,7 @@ pub fn view(tor: Tor, plan: &Plan, files: &TorFiles<'_>) -> Result<TorView> {
             let gobgp = |args: &[&str]| -> Result<serde_json::Value> {
                 let mut argv = vec!["gobgp", "-j"];
                 argv.extend_from_slice(args);
-                let out = sys::exec(TOR_NS, &argv, sys::CMD_TIMEOUT)?;
+                let out = sys::exec(&plan.tor_ns(), &argv, sys::CMD_TIMEOUT)?;
                 if !out.status.success() {
                     bail!(
                         "`gobgp {}` failed: {}",
@@ -392,7 +396,7 @@ mod tests {
 
     #[test]
     fn bird_conf_has_a_session_per_node_and_family() {
-        let c = bird_conf(&Plan::new(2, 0).unwrap());
+        let c = bird_conf(&Plan::new(2, 0, crate::lab::plan::DEFAULT_PREFIX).unwrap());
         assert!(c.contains("protocol bgp node1_v4 from calico_node"));
         assert!(c.contains("neighbor 10.200.0.12 as 64512;"));
         assert!(c.contains("neighbor fd00:200::12 as 64512;"));
@@ -402,7 +406,7 @@ mod tests {
 
     #[test]
     fn gobgp_conf_rejects_exports() {
-        let c = gobgp_conf(&Plan::new(2, 0).unwrap());
+        let c = gobgp_conf(&Plan::new(2, 0, crate::lab::plan::DEFAULT_PREFIX).unwrap());
         assert!(c.contains("default-export-policy = \"reject-route\""));
         assert_eq!(c.matches("[[neighbors]]").count(), 4);
         assert!(c.contains("neighbor-address = \"fd00:200::11\""));
@@ -455,7 +459,7 @@ mod tests {
 
     #[test]
     fn gobgp_json() {
-        let plan = Plan::new(2, 0).unwrap();
+        let plan = Plan::new(2, 0, crate::lab::plan::DEFAULT_PREFIX).unwrap();
         let neighbors = serde_json::json!([
             {"conf": {"neighbor_address": "10.200.0.11", "peer_asn": 64512},
              "state": {"session_state": 6}},
