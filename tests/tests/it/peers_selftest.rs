@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use calico_tests::lab::{Lab, Netns};
-use calico_tests::peers::{bird_static_routes, prefixes_v4, Bird, Gobgp, MrtAttrs};
+use calico_tests::peers::{prefixes_v4, Bird, Gobgp, MrtAttrs};
 use calico_tests::wait::{consistently, eventually};
 use ipnet::IpNet;
 
@@ -268,16 +268,11 @@ protocol bgp peer from ibgp_peer {{ neighbor {peer} as 64512; }}
     Ok(())
 }
 
-/// Bulk injection into GoBGP, then all of it reaches BIRD. 10k here; `bulk_inject_100k` measures 100k.
+/// Bulk injection into GoBGP, then all of it reaches BIRD (the 100k case is measured by the
+/// `bgp_propagation` benchmark, which injects the same way).
 #[test]
 fn bulk_inject_reaches_bird() -> Result<()> {
     bulk_inject("bulk", 10_000)
-}
-
-#[test]
-#[ignore = "benchmark: 100k routes (~ tens of seconds); run with --ignored --nocapture"]
-fn bulk_inject_100k() -> Result<()> {
-    bulk_inject("bulk100k", 100_000)
 }
 
 fn bulk_inject(tag: &str, n: usize) -> Result<()> {
@@ -313,55 +308,5 @@ fn bulk_inject(tag: &str, n: usize) -> Result<()> {
         "bulk inject {n} prefixes: CLI returned after {injected:.2?}, in gobgp RIB after {in_rib:.2?} \
          (from RIB poll start), all at BIRD after {at_bird:.2?}"
     );
-    Ok(())
-}
-
-/// BIRD as the injector: 100k static routes in its config, exported to GoBGP and to another BIRD.
-#[test]
-#[ignore = "benchmark: 100k routes; run with --ignored --nocapture"]
-fn bulk_static_bird() -> Result<()> {
-    let n = 100_000;
-    let lab = Lab::new("bulkbird")?;
-    let lan = lab.segment("lan")?;
-    let b = lab.netns("bird")?;
-    let g = lab.netns("gobgp")?;
-    let b2 = lab.netns("bird2")?;
-    lan.attach(&b, "eth0", &["10.0.0.1/24", "fd00::1/64"])?;
-    lan.attach(&g, "eth0", &["10.0.0.2/24", "fd00::2/64"])?;
-    lan.attach(&b2, "eth0", &["10.0.0.3/24"])?;
-    let gobgp = Gobgp::start(&g, &gobgp_conf("", false))?;
-    let sink = Bird::start(
-        &b2,
-        "router id 10.0.0.3;\nprotocol device {}\nprotocol bgp upstream {\n  local 10.0.0.3 as 65003; \
-         neighbor 10.0.0.1 as 65001;\n  ipv4 { import all; export none; };\n}\n",
-    )?;
-    let prefixes = prefixes_v4("100.64.0.0".parse()?, 24, n)?;
-    let conf = format!(
-        "{}\nprotocol bgp sink {{\n  local 10.0.0.1 as 65001; neighbor 10.0.0.3 as 65003;\n  \
-         ipv4 {{ import none; export all; }};\n}}\n{}",
-        bird_conf(""),
-        bird_static_routes("bulk", &prefixes)
-    );
-    let t = Instant::now();
-    let bird = Bird::start(&b, &conf)?;
-    let started = t.elapsed();
-    let at_gobgp = gobgp.wait_rib_count("ipv4", n as u64, Duration::from_secs(300))?;
-    let at_gobgp = started + at_gobgp;
-    let at_bird = eventually(Duration::from_secs(300), || {
-        let out = sink.birdc("show protocols all upstream")?;
-        let imported: usize = out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Routes:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
-        ensure!(imported >= n, "bird2 has {imported} of {n}");
-        Ok(t.elapsed())
-    })?;
-    eprintln!(
-        "bird static {n}: bird up after {started:.2?}, all in gobgp RIB after {at_gobgp:.2?}, \
-         all at the second BIRD after {at_bird:.2?}"
-    );
-    drop(bird);
     Ok(())
 }

@@ -493,20 +493,35 @@ fn framing_consumes_exactly_what_the_header_says() {
     }
 }
 
-/// Writes the cargo-fuzz seed corpus (`bgp/fuzz/README.md`): each file is the capabilities
-/// byte the fuzz target expects, then one encoded message.
+/// The cargo-fuzz seed corpus (`bgp/fuzz/README.md`): each file is the capabilities byte the
+/// fuzz target reads (bit 0 four-octet AS, bit 1 eBGP), then one encoded message, which must decode
+/// under exactly those capabilities. Written to `BGP_FUZZ_CORPUS=DIR` when that is set.
 #[test]
-#[ignore = "writes files; run with BGP_FUZZ_CORPUS=DIR"]
-fn write_fuzz_corpus() {
-    let Ok(dir) = std::env::var("BGP_FUZZ_CORPUS") else {
-        return;
-    };
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, seed) in seeds().iter().enumerate() {
-        // seeds() cycles through ALL_CAPS: IBGP4, EBGP4, EBGP2, iBGP 2-octet.
-        let sel = [1u8, 3, 2, 0][i % 4];
-        let mut file = vec![sel];
-        file.extend_from_slice(seed);
-        std::fs::write(format!("{dir}/seed-{i:03}"), file).unwrap();
+fn fuzz_corpus() {
+    let files: Vec<Vec<u8>> = seeds()
+        .iter()
+        .enumerate()
+        .map(|(i, seed)| {
+            // seeds() cycles through ALL_CAPS: IBGP4, EBGP4, EBGP2, iBGP 2-octet.
+            let sel = [1u8, 3, 2, 0][i % 4];
+            let caps = ALL_CAPS[i % 4];
+            assert_eq!(
+                (sel & 1 != 0, sel & 2 != 0),
+                (caps.four_octet_as, caps.ebgp),
+                "seed {i}: selector byte {sel} does not name its capabilities"
+            );
+            let msg = decode_message(seed, &caps);
+            assert!(msg.is_ok(), "seed {i} does not decode: {msg:?}");
+            let mut file = vec![sel];
+            file.extend_from_slice(seed);
+            file
+        })
+        .collect();
+    assert_eq!(files.len(), 200);
+    if let Ok(dir) = std::env::var("BGP_FUZZ_CORPUS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, file) in files.iter().enumerate() {
+            std::fs::write(format!("{dir}/seed-{i:03}"), file).unwrap();
+        }
     }
 }
