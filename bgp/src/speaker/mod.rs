@@ -232,9 +232,7 @@ impl Speaker {
                 }
             }
             self.export();
-            if self.status_dirty {
-                self.publish_status();
-            }
+            self.publish_if_dirty();
         }
         for t in &self.listener_tasks {
             t.abort();
@@ -251,10 +249,14 @@ impl Speaker {
     fn on_msg(&mut self, m: SpeakerMsg) -> Option<(oneshot::Sender<()>, bool)> {
         match m {
             SpeakerMsg::AddPeer(cfg, tx) => {
-                let _ = tx.send(self.add_peer(cfg));
+                let r = self.add_peer(cfg);
+                self.publish_if_dirty();
+                let _ = tx.send(r);
             }
             SpeakerMsg::UpdatePeer(cfg, tx) => {
-                let _ = tx.send(self.update_peer(cfg));
+                let r = self.update_peer(cfg);
+                self.publish_if_dirty();
+                let _ = tx.send(r);
             }
             SpeakerMsg::RemovePeer(addr, tx) => {
                 let r = match self.by_addr.get(&addr).copied() {
@@ -267,6 +269,7 @@ impl Speaker {
                     }
                     None => Err(SpeakerError::NoSuchPeer(addr)),
                 };
+                self.publish_if_dirty();
                 let _ = tx.send(r);
             }
             SpeakerMsg::Originate(routes) => {
@@ -287,6 +290,7 @@ impl Speaker {
                     .iter()
                     .filter_map(|(p, d)| self.best_route(&p, d))
                     .collect();
+                self.publish_if_dirty();
                 let _ = tx.send(routes);
             }
             SpeakerMsg::RequestRefresh(addr) => {
@@ -1020,6 +1024,14 @@ impl Speaker {
             (Family::Ipv6Unicast, Some(a @ IpAddr::V6(_))) => Some(a),
             (Family::Ipv4Unicast, _) => self.cfg.next_hop_v4.map(IpAddr::V4),
             (Family::Ipv6Unicast, _) => self.cfg.next_hop_v6.map(IpAddr::V6),
+        }
+    }
+
+    /// Publishes the status before a reply goes out, so a caller that saw a change in the reply
+    /// (a route gone, a peer added) finds it in `SpeakerHandle::status` too.
+    fn publish_if_dirty(&mut self) {
+        if self.status_dirty {
+            self.publish_status();
         }
     }
 
