@@ -172,8 +172,9 @@ fn routes_pods_reach_each_other_blackhole_tamper_foreign() -> Result<()> {
     let mut input = c.input(0);
     input.workloads[0].nets.push("10.65.1.40/32".parse()?);
     f1.set(input.clone())?;
-    f1.handle().resync_now()?;
+    // Counted before asking: the resync may be done before `resync_now` returns.
     let resyncs = f1.status().resyncs;
+    f1.handle().resync_now()?;
     let s = eventually(SYNC, || {
         let s = f1.status();
         ensure!(
