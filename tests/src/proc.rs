@@ -16,10 +16,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -62,47 +62,14 @@ pub fn run_stdin(argv: &[&str], stdin: &[u8], timeout: Duration) -> Result<Strin
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Run `argv` within `timeout` and return its raw output whatever the exit status.
+/// Run `argv` within `timeout` and return its raw output whatever the exit status (the lab's
+/// runner: SIGKILLed at the deadline, stdin written from a thread of its own).
 pub fn run_output(
     argv: &[&str],
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<std::process::Output> {
-    let (prog, args) = argv.split_first().context("empty command")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", argv.join(" ")))?;
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().context("stdin pipe")?;
-        let input = input.to_vec();
-        // A writer thread, so a command that does not read all of its stdin cannot deadlock us.
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let pid = Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.with_context(|| format!("waiting for `{}`", argv.join(" "))),
-        Err(_) => {
-            // The waiter thread has not reaped the child yet, so the pid cannot have been reused.
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = rx.recv();
-            Err(anyhow!("`{}` timed out after {timeout:?}", argv.join(" ")))
-        }
-    }
+    calico_node::lab::sys::output(argv, stdin, timeout)
 }
 
 /// A background process owned by a test; SIGKILLed and reaped on drop (unless the lab is kept).

@@ -27,7 +27,7 @@ pub const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs `argv` with `stdin` fed to it; its stdout on success, else an error with its stderr.
 /// Killed after `timeout`.
 pub fn run_input(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result<String> {
-    let out = output(argv, stdin, timeout)?;
+    let out = output(argv, stdin.map(str::as_bytes), timeout)?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",
@@ -45,14 +45,17 @@ pub fn run(argv: &[&str]) -> Result<String> {
 }
 
 /// Runs `argv` and returns its exit status and output whatever they are (an error only if it
-/// could not be started or timed out).
+/// could not be started or timed out: then it is SIGKILLed). `stdin` is written from a thread of
+/// its own, so a command that does not read all of it cannot block us. The test crate runs its
+/// commands through this too.
 pub fn output(
     argv: &[&str],
-    stdin: Option<&str>,
+    stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<std::process::Output> {
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let mut child = Command::new(prog)
+        .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -62,11 +65,13 @@ pub fn output(
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting `{}`", argv.join(" ")))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .with_context(|| format!("writing to `{}`", argv.join(" ")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
     }
-    let pid = child.id();
+    let pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -74,7 +79,8 @@ pub fn output(
     match rx.recv_timeout(timeout) {
         Ok(r) => r.with_context(|| format!("running `{}`", argv.join(" "))),
         Err(_) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            // Not reaped yet (the waiter still holds it), so the pid cannot have been reused.
+            let _ = kill(pid, Signal::SIGKILL);
             let _ = rx.recv();
             bail!("`{}` timed out after {timeout:?}", argv.join(" "))
         }
