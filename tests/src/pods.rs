@@ -24,15 +24,7 @@ pub fn add_pod(lab: &Lab, node: &Netns, name: &str, v4: &str, v6: &str) -> Resul
     let pod_name = format!("{}-{name}", node.short());
     let iface = workload_iface_name("default", &pod_name);
     make_veth(node, &iface, &ns)?;
-    ns.sh(&format!(
-        "set -e
-         ip addr add {v4}/32 dev eth0
-         ip -6 addr add {v6}/128 dev eth0 nodad
-         ip link set eth0 up
-         ip route add 169.254.1.1 dev eth0 scope link
-         ip route add default via 169.254.1.1 dev eth0
-         ip -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0"
-    ))?;
+    configure_pod_side(&ns, v4, v6)?;
     Ok(Pod {
         ns,
         id: format!("default/{pod_name}"),
@@ -40,6 +32,23 @@ pub fn add_pod(lab: &Lab, node: &Netns, name: &str, v4: &str, v6: &str) -> Resul
         v4: v4.into(),
         v6: v6.into(),
     })
+}
+
+/// Inside the pod's namespace, as the CNI plugin does it: the pod's /32 and /128 on `eth0`, a
+/// link-scope route to 169.254.1.1 and the default routes via Calico's gateways.
+pub fn configure_pod_side(pod: &Netns, v4: &str, v6: &str) -> Result<()> {
+    pod.sh(&format!(
+        "set -e
+         ip addr add {v4}/32 dev eth0
+         ip -6 addr add {v6}/128 dev eth0 nodad
+         ip link set eth0 up
+         ip route add {gw4} dev eth0 scope link
+         ip route add default via {gw4} dev eth0
+         ip -6 route add default via {gw6} dev eth0",
+        gw4 = felix::veth::IPV4_GATEWAY,
+        gw6 = felix::veth::IPV6_GATEWAY,
+    ))?;
+    Ok(())
 }
 
 pub fn make_veth(node: &Netns, iface: &str, pod: &Netns) -> Result<()> {

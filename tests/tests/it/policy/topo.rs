@@ -176,15 +176,7 @@ impl Cluster {
                  ip route add {v4}/32 dev {iface}
                  ip -6 route add {v6}/128 dev {iface}"
             ))?;
-            netns.sh(&format!(
-                "set -e
-                 ip addr add {v4}/32 dev eth0
-                 ip -6 addr add {v6}/128 dev eth0 nodad
-                 ip link set eth0 up
-                 ip route add 169.254.1.1 dev eth0 scope link
-                 ip route add default via 169.254.1.1 dev eth0
-                 ip -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0"
-            ))?;
+            calico_tests::pods::configure_pod_side(&netns, &v4, &v6)?;
             pods.push(Pod {
                 ns_name,
                 name,

@@ -407,13 +407,7 @@ fn routes_late_veth_gets_route_fast_and_gone_veth_loses_it() -> Result<()> {
     );
 
     // The pod uses its gateways right away (felix set the host side up with the fixed MAC).
-    pod_ns.sh("set -e
-         ip addr add 10.65.1.9/32 dev eth0
-         ip -6 addr add fd10:65:1::9/128 dev eth0 nodad
-         ip link set eth0 up
-         ip route add 169.254.1.1 dev eth0 scope link
-         ip route add default via 169.254.1.1 dev eth0
-         ip -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0")?;
+    calico_tests::pods::configure_pod_side(&pod_ns, "10.65.1.9", "fd10:65:1::9")?;
     eventually(SYNC, || ping(&pod_ns, "10.99.0.1"))?;
     eventually(SYNC, || ping(&pod_ns, "fd00:99::1"))?;
     f.wait_in_sync()?;
