@@ -173,7 +173,16 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
             } else {
                 format!("lab namespaces exist ({})", leftover.join(", "))
             };
-            bail!("lab: {what}; run `calico-node-rs lab down` first, or `lab up --force`");
+            let mut down_args = String::new();
+            if cfg.dir != Path::new(DEFAULT_DIR) {
+                down_args += &format!(" --dir {}", cfg.dir.display());
+            }
+            if plan.prefix != plan::DEFAULT_PREFIX {
+                down_args += &format!(" --netns-prefix {}", plan.prefix);
+            }
+            bail!(
+                "lab: {what}; run `calico-node-rs lab down{down_args}` first, or `lab up --force`"
+            );
         }
         println!("Removing the existing lab first (--force).");
         down(&cfg.dir, &plan.prefix)?;
