@@ -1,6 +1,7 @@
 //! calico-rs node daemon library.
 
 pub mod calc;
+pub mod cli;
 pub mod daemon;
 pub mod datastore;
 pub mod grpc;

@@ -219,6 +219,7 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn main() {
+    calico_node::cli::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     // The lab prints a report on stdout; only its problems should show beside it.
     init_logs(if matches!(cli.cmd, Cmd::Run(_)) {

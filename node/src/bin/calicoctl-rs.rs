@@ -115,6 +115,7 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    calico_node::cli::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let cfg = match cli.client_cfg() {
         Ok(c) => c,

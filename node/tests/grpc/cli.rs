@@ -182,6 +182,28 @@ async fn other_subcommands_table_and_json() {
     srv.stop().await;
 }
 
+/// A reader that quit early (`calicoctl-rs node status | head -0`): the message meets a closed
+/// pipe, and the process ends as if killed by SIGPIPE (141), with no panic on stderr.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = grpc_arg(&dir.path().join("nothing-here.sock"));
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_calicoctl-rs"))
+        .args(["node", "status", "--grpc", &g])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(calico_node::cli::BROKEN_PIPE_STATUS),
+        "{out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[tokio::test]
 async fn no_daemon_prints_calicos_message_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();

@@ -170,6 +170,19 @@ fn lab_up_status_down() -> Result<()> {
         "lab status:\n{s}"
     );
     check_report("lab status", &s)?;
+    // Its reader gone early (`lab status | head -0`): the exit status of SIGPIPE, no panic.
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let cut = Command::new(&bin)
+        .args(["lab", "status", "--dir", &d])
+        .stdout(writer)
+        .output()?;
+    ensure!(
+        cut.status.code() == Some(calico_node::cli::BROKEN_PIPE_STATUS)
+            && !String::from_utf8_lossy(&cut.stderr).contains("panicked"),
+        "lab status into a closed pipe:\n{}",
+        text(&cut)
+    );
 
     // A second `up` on the same lab refuses and leaves it running.
     let again = lab(
