@@ -7,7 +7,7 @@
 //! benchmark does) or by [`RouteManager`], which runs it as a task:
 //!
 //! ```text
-//! RouteManagerHandle::set_desired ─┐ RoutesMsg (coalesced: last input wins)
+//! RouteManagerHandle::set_desired ─┐ one-input slot (last wins) + RoutesMsg::NewInput
 //! RouteManagerHandle::resync_now ──┤
 //!                                  v
 //!           ┌───────────── RouteManager task ──────────────┐
@@ -26,6 +26,7 @@
 //! thread that entered the namespace with `setns`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -435,8 +436,10 @@ impl RouteSyncer {
 /// Messages to the route manager task.
 #[derive(Debug)]
 pub enum RoutesMsg {
-    /// A new complete input; queued ones are coalesced (the last wins).
-    SetDesired(RoutesInput),
+    /// A new complete input waits in the handle's slot. The slot holds one input: a newer one
+    /// replaces it, so a burst of inputs while the task is busy costs one input's memory, not
+    /// one per input (10k routes each).
+    NewInput,
     /// Dump and diff now.
     Resync,
     /// Finish and exit (routes stay).
@@ -459,28 +462,59 @@ impl RouteManager {
     pub fn spawn(syncer: RouteSyncer) -> RouteManagerHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(syncer.status());
-        let task = tokio::spawn(run(syncer, rx, status_tx));
+        let pending = InputSlot::default();
+        let task = tokio::spawn(run(syncer, rx, pending.clone(), status_tx));
         RouteManagerHandle {
             tx,
+            pending,
             status: status_rx,
             task: Some(task),
         }
     }
 }
 
+/// The newest input not yet taken by the task.
+#[derive(Clone, Default)]
+struct InputSlot(Arc<Mutex<Option<RoutesInput>>>);
+
+impl InputSlot {
+    /// Puts `input` in, returning what it replaces.
+    fn put(&self, input: RoutesInput) -> Option<RoutesInput> {
+        self.lock().replace(input)
+    }
+
+    fn take(&self) -> Option<RoutesInput> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RoutesInput>> {
+        // Nothing panics while holding it; a poisoned slot still holds a whole input.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Handle to the route manager task. Dropping it aborts the task (routes stay programmed).
 pub struct RouteManagerHandle {
     tx: mpsc::UnboundedSender<RoutesMsg>,
+    pending: InputSlot,
     status: watch::Receiver<RoutesStatus>,
     task: Option<JoinHandle<()>>,
 }
 
 impl RouteManagerHandle {
-    /// Replace the whole input (callable from any thread; coalesced with queued ones).
+    /// Replace the whole input (callable from any thread). An input the task has not taken yet
+    /// is replaced, and freed here, so inputs never pile up.
     pub fn set_desired(&self, input: RoutesInput) -> Result<(), RouteError> {
-        self.tx
-            .send(RoutesMsg::SetDesired(input))
-            .map_err(|_| RouteError::Stopped)
+        if self.tx.is_closed() {
+            return Err(RouteError::Stopped);
+        }
+        // If the slot held one, its NewInput is still on its way: no second message needed.
+        if self.pending.put(input).is_none() {
+            self.tx
+                .send(RoutesMsg::NewInput)
+                .map_err(|_| RouteError::Stopped)?;
+        }
+        Ok(())
     }
 
     /// Ask for a full dump and diff now.
@@ -520,6 +554,7 @@ impl Drop for RouteManagerHandle {
 async fn run(
     mut s: RouteSyncer,
     mut rx: mpsc::UnboundedReceiver<RoutesMsg>,
+    pending: InputSlot,
     status: watch::Sender<RoutesStatus>,
 ) {
     let interval = s.cfg.resync_interval;
@@ -543,7 +578,12 @@ async fn run(
                 let mut handle = |m: Option<RoutesMsg>| match m {
                     None | Some(RoutesMsg::Stop) => stop = true,
                     Some(RoutesMsg::Resync) => force = true,
-                    Some(RoutesMsg::SetDesired(i)) => latest = Some(i),
+                    // None: an earlier NewInput already took this one.
+                    Some(RoutesMsg::NewInput) => {
+                        if let Some(i) = pending.take() {
+                            latest = Some(i);
+                        }
+                    }
                 };
                 handle(msg);
                 while let Ok(m) = rx.try_recv() {
@@ -592,4 +632,42 @@ async fn run(
         drop(retired_input.take());
     }
     status.send_replace(s.status());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(n: u8) -> RoutesInput {
+        RoutesInput {
+            local_blocks: vec![format!("10.65.{n}.0/26").parse().unwrap()],
+            ..RoutesInput::default()
+        }
+    }
+
+    /// A burst of inputs while the task is busy leaves one input waiting, the newest, and one
+    /// message per take: inputs never pile up.
+    #[test]
+    fn input_slot_keeps_only_the_newest() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_status_tx, status) = watch::channel(RoutesStatus::default());
+        let h = RouteManagerHandle {
+            tx,
+            pending: InputSlot::default(),
+            status,
+            task: None,
+        };
+        for n in 0..100 {
+            h.set_desired(input(n)).unwrap();
+        }
+        assert!(matches!(rx.try_recv(), Ok(RoutesMsg::NewInput)));
+        assert!(rx.try_recv().is_err(), "one message for the whole burst");
+        assert_eq!(h.pending.take(), Some(input(99)));
+        assert_eq!(h.pending.take(), None);
+        // Taken: the next input needs a message of its own.
+        h.set_desired(input(1)).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(RoutesMsg::NewInput)));
+        drop(rx);
+        assert_eq!(h.set_desired(input(2)), Err(RouteError::Stopped));
+    }
 }
