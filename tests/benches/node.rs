@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use calico_tests::cluster::{ping, Cluster};
 use calico_tests::wait::eventually;
 
@@ -81,6 +81,15 @@ fn rss_20_peers_10k_routes() -> Result<()> {
         "one daemon with 20 BGP peers (19 mesh + ToR) and {routes} routes learned from the ToR: peak RSS {:.1} MiB (target < 30 MiB)",
         kib as f64 / 1024.0
     );
+    // The reference in the same run: the ToR's BIRD, with 20 sessions (one per node) and the same
+    // routes (it originates them), which also programs nothing but its own table.
+    let tor = c.tor.as_ref().context("the cluster has a ToR")?;
+    let bird_kib = vm_hwm_kib(tor.proc().pid())?;
+    println!(
+        "  reference: BIRD (ToR, 20 sessions, the same {routes} routes): peak RSS {:.1} MiB; ours/BIRD {:.2}x",
+        bird_kib as f64 / 1024.0,
+        kib as f64 / bird_kib as f64
+    );
     Ok(())
 }
 
@@ -88,10 +97,20 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
+    // `cargo bench --bench node -- rss` runs only the parts whose name holds "rss".
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     println!("calico-node-rs in a lab (release build)");
     for n in [3, 20] {
-        size(n)?;
+        if wanted(&format!("size{n}")) {
+            size(n)?;
+        }
     }
-    rss_20_peers_10k_routes()?;
+    if wanted("rss") {
+        rss_20_peers_10k_routes()?;
+    }
     Ok(())
 }
