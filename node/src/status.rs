@@ -124,7 +124,8 @@ pub struct NodeView {
 pub struct NodeSnapshot {
     pub node: NodeView,
     pub peers: Vec<PeerView>,
-    pub routes: Vec<RouteView>,
+    /// Shared between snapshots until a route changes (a snapshot is published on every event).
+    pub routes: Arc<Vec<RouteView>>,
     pub blocks: Vec<BlockView>,
     pub policy: PolicyView,
 }
@@ -144,7 +145,7 @@ impl NodeSnapshot {
                 not_ready: vec!["starting".into()],
             },
             peers: vec![],
-            routes: vec![],
+            routes: Arc::default(),
             blocks: vec![],
             policy: PolicyView::default(),
         }

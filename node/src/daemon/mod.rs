@@ -141,8 +141,23 @@ struct Daemon {
     seen_nodes: BTreeSet<String>,
     started: SystemTime,
     status: watch::Sender<Arc<NodeSnapshot>>,
+    /// The routes part of the status, rebuilt only when what it shows changed (see
+    /// [`Daemon::routes_view`]): every event publishes a snapshot, and 10k routes each time
+    /// would cost milliseconds and megabytes of churn per BGP batch or peer state change.
+    routes_view: (Option<RoutesViewKey>, Arc<Vec<RouteView>>),
+    /// Bumped whenever pods, blocks, pools or learned routes may have changed.
+    routes_gen: u64,
     counters: Counters,
     counters_tx: watch::Sender<Counters>,
+}
+
+/// What [`Daemon::routes_view`] depends on besides `routes_gen`: whether felix has its input, and
+/// which routes it has not programmed yet.
+#[derive(Clone, PartialEq, Eq)]
+struct RoutesViewKey {
+    gen: u64,
+    pushed: bool,
+    pending: BTreeSet<IpNet>,
 }
 
 /// Run the daemon until `shutdown` resolves. Kernel state is left in place on return.
@@ -204,6 +219,8 @@ pub async fn run(
         seen_nodes: BTreeSet::new(),
         started: SystemTime::now(),
         status,
+        routes_view: (None, Arc::default()),
+        routes_gen: 0,
         counters: Counters::default(),
         counters_tx,
     };
@@ -261,6 +278,9 @@ pub async fn run(
         }
         if routes_dirty && d.bgp_synced {
             d.push_routes();
+        }
+        if routes_dirty {
+            d.routes_gen += 1;
         }
         d.publish();
     }
@@ -489,7 +509,17 @@ impl Daemon {
     }
 
     fn publish(&mut self) {
-        let snap = self.snapshot();
+        let rstat = self.routes.status();
+        let key = RoutesViewKey {
+            gen: self.routes_gen,
+            pushed: self.routes_pushed,
+            pending: rstat.pending.iter().map(|p| p.dst).collect(),
+        };
+        if self.routes_view.0.as_ref() != Some(&key) {
+            let view = Arc::new(self.routes_view(&key.pending));
+            self.routes_view = (Some(key), view);
+        }
+        let snap = self.snapshot(&rstat);
         self.status.send_if_modified(|cur| {
             if **cur != snap {
                 *cur = Arc::new(snap);
@@ -502,40 +532,10 @@ impl Daemon {
         self.counters_tx.send_replace(c);
     }
 
-    fn snapshot(&self) -> NodeSnapshot {
+    /// Every route the node has, for the status API: its blocks, its pods, what BGP learned;
+    /// `pending` are those felix has not programmed.
+    fn routes_view(&self, pending: &BTreeSet<IpNet>) -> Vec<RouteView> {
         let d = self.desired.as_ref();
-        let me = d.and_then(|d| d.me.as_ref());
-        let rstat = self.routes.status();
-        let pstat = self.policy.status();
-        let mut not_ready = Vec::new();
-        if !self.bgp_synced {
-            not_ready.push("BGP not synced".to_string());
-        }
-        if !self.routes_pushed || !rstat.in_sync() {
-            not_ready.push(format!(
-                "routes: {} of {} programmed",
-                rstat.programmed, rstat.desired
-            ));
-        }
-        if pstat.seq_received == 0 || pstat.seq_applied < pstat.seq_received {
-            not_ready.push("policy not applied".to_string());
-        }
-        let bgp = self.speaker.as_ref().map(|s| s.handle.status());
-        let peers: Vec<PeerView> = bgp
-            .iter()
-            .flat_map(|s| s.peers.iter())
-            .map(|p| {
-                let spec = self.applied_peers.get(&p.address);
-                PeerView {
-                    peer_type: spec
-                        .map(|s| s.peer_type)
-                        .unwrap_or(crate::status::PeerType::Global),
-                    name: spec.map(|s| s.name.clone()).unwrap_or_default(),
-                    bgp: p.clone(),
-                }
-            })
-            .collect();
-        let pending: BTreeSet<IpNet> = rstat.pending.iter().map(|p| p.dst).collect();
         let pools: Vec<IpNet> = self.state.ip_pools.values().map(|p| p.cidr).collect();
         let mut routes: Vec<RouteView> = Vec::new();
         let pushed = self.routes_pushed;
@@ -565,6 +565,42 @@ impl Daemon {
             };
             routes.push(mk(*prefix, kind, hops.clone(), hops.first().copied()));
         }
+        routes
+    }
+
+    fn snapshot(&self, rstat: &felix::routes::RoutesStatus) -> NodeSnapshot {
+        let d = self.desired.as_ref();
+        let me = d.and_then(|d| d.me.as_ref());
+        let pstat = self.policy.status();
+        let mut not_ready = Vec::new();
+        if !self.bgp_synced {
+            not_ready.push("BGP not synced".to_string());
+        }
+        if !self.routes_pushed || !rstat.in_sync() {
+            not_ready.push(format!(
+                "routes: {} of {} programmed",
+                rstat.programmed, rstat.desired
+            ));
+        }
+        if pstat.seq_received == 0 || pstat.seq_applied < pstat.seq_received {
+            not_ready.push("policy not applied".to_string());
+        }
+        let bgp = self.speaker.as_ref().map(|s| s.handle.status());
+        let peers: Vec<PeerView> = bgp
+            .iter()
+            .flat_map(|s| s.peers.iter())
+            .map(|p| {
+                let spec = self.applied_peers.get(&p.address);
+                PeerView {
+                    peer_type: spec
+                        .map(|s| s.peer_type)
+                        .unwrap_or(crate::status::PeerType::Global),
+                    name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+                    bgp: p.clone(),
+                }
+            })
+            .collect();
+        let routes = self.routes_view.1.clone();
         let blocks = self.block_views.clone();
         NodeSnapshot {
             node: NodeView {

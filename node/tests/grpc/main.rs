@@ -101,7 +101,7 @@ pub fn snapshot() -> NodeSnapshot {
             Some("Connection refused (os error 111)"),
         ),
     ];
-    s.routes = vec![
+    s.routes = std::sync::Arc::new(vec![
         RouteView {
             prefix: "10.244.1.0/26".parse().unwrap(),
             kind: RouteKind::RemoteBlock,
@@ -120,7 +120,7 @@ pub fn snapshot() -> NodeSnapshot {
             installed: true,
             stale: false,
         },
-    ];
+    ]);
     for (cidr, node) in [("10.244.0.0/26", "node1"), ("10.244.1.0/26", "node2")] {
         s.blocks.push(BlockView {
             cidr: cidr.parse().unwrap(),
