@@ -7,7 +7,7 @@ mod status;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use calico_tests::wait::{consistently, eventually};
 
 use calico_tests::cluster::{self, Cluster, CONVERGE};
@@ -59,6 +59,17 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
     c.expect_full_mesh_reachability()?;
     let n3_blocks = c.blocks_of("n3")?;
     ensure!(!n3_blocks.is_empty());
+    // n1's status API follows: n3's blocks are remote blocks, installed in the kernel.
+    eventually(CONVERGE, || {
+        let have = api_routes(&c, "n1")?;
+        for b in &n3_blocks {
+            ensure!(
+                have.get(&b.to_string()) == Some(&("remote-block".into(), true)),
+                "n1's API routes lack installed {b}: {have:?}"
+            );
+        }
+        Ok(())
+    })?;
     // It leaves: its Node and pods go from the datastore, its daemon stops.
     c.remove_node("n3")?;
     for n in &c.nodes {
@@ -75,6 +86,25 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
         })?;
     }
     eventually(CONVERGE, || {
+        let have = api_routes(&c, "n1")?;
+        for b in &n3_blocks {
+            ensure!(
+                !have.contains_key(&b.to_string()),
+                "n1's API still shows {b} of a deleted node"
+            );
+        }
+        // Its own blocks and pods, and n2's blocks, are all there and installed.
+        let mine = c.blocks_of("n1")?.into_iter().chain(c.blocks_of("n2")?);
+        for b in mine {
+            ensure!(
+                have.get(&b.to_string())
+                    .is_some_and(|(_, installed)| *installed),
+                "n1's API routes lack {b}: {have:?}"
+            );
+        }
+        Ok(())
+    })?;
+    eventually(CONVERGE, || {
         let left = c.blocks_of("n3")?;
         ensure!(
             left.is_empty(),
@@ -84,6 +114,38 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
     })?;
     c.expect_full_mesh_reachability()?;
     Ok(())
+}
+
+/// `calicoctl-rs node routes -o json` of `node`: prefix -> (kind, installed).
+fn api_routes(
+    c: &Cluster,
+    node: &str,
+) -> Result<std::collections::BTreeMap<String, (String, bool)>> {
+    let sock = format!("unix:{}", c.grpc_socket(node).display());
+    let ctl = cluster::ctl_bin()?;
+    let out = calico_tests::proc::run(
+        &[
+            &ctl.to_string_lossy(),
+            "node",
+            "routes",
+            "--grpc",
+            &sock,
+            "-o",
+            "json",
+        ],
+        Duration::from_secs(10),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let routes = v["routes"].as_array().context("no routes array")?;
+    Ok(routes
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["prefix"].as_str()?.to_string(),
+                (r["kind"].as_str()?.to_string(), r["installed"].as_bool()?),
+            ))
+        })
+        .collect())
 }
 
 #[test]
