@@ -339,6 +339,14 @@ async fn stale_socket_is_replaced_live_one_and_files_are_not() {
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
 }
 
+/// Opens a `WatchPeers` stream.
+async fn watch_peers(c: &mut NodeStatusClient<Channel>) -> tonic::Streaming<pb::PeerEvent> {
+    c.watch_peers(pb::WatchPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn next_event(s: &mut tonic::Streaming<pb::PeerEvent>, within: Duration) -> pb::PeerEvent {
     tokio::time::timeout(within, s.next())
         .await
@@ -353,11 +361,7 @@ async fn watch_peers_snapshot_then_each_change_within_100ms() {
     let path = dir.path().join("node.sock");
     let srv = TestServer::start(GrpcListen::Unix(path.clone()), snapshot()).await;
     let mut c = unix_client(&path).await;
-    let mut stream = c
-        .watch_peers(pb::WatchPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_peers(&mut c).await;
 
     let first = next_event(&mut stream, Duration::from_secs(2)).await;
     assert!(first.snapshot);
@@ -437,11 +441,7 @@ async fn watch_stream_ends_when_the_daemon_drops_its_sender() {
         let _ = stopped.await;
     }));
     let mut c = unix_client(&path).await;
-    let mut stream = c
-        .watch_peers(pb::WatchPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_peers(&mut c).await;
     assert!(
         next_event(&mut stream, Duration::from_secs(2))
             .await
@@ -506,11 +506,7 @@ async fn request_timeout_does_not_cut_an_open_watch_stream() {
     let mut c = grpc::connect_with(&cfg, Some(Duration::from_millis(100)))
         .await
         .unwrap();
-    let mut stream = c
-        .watch_peers(pb::WatchPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_peers(&mut c).await;
     assert!(
         next_event(&mut stream, Duration::from_secs(2))
             .await

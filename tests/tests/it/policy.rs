@@ -217,19 +217,33 @@ fn open_connections(c: &Cluster) -> Result<()> {
 }
 
 /// Wait until node `node`'s table has its dispatch rule again; returns how long it took.
-fn wait_restored(c: &Cluster, node: u8, since: Instant) -> Result<Duration> {
+/// Polls `done` every 10 ms (fine enough to time repairs of tens of milliseconds) until it holds;
+/// the time since `since`, or an error naming `what` once `limit` has passed.
+fn time_until(
+    since: Instant,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<Duration> {
     loop {
-        let ok = c
-            .nft(node, &["list", "chain", "inet", "calico-rs", "fwd-egress"])
-            .is_ok_and(|s| s.contains("vmap @from-wl"));
-        if ok {
+        if done() {
             return Ok(since.elapsed());
         }
-        if since.elapsed() > Duration::from_secs(5) {
-            bail!("table of node {node} not restored after 5 s");
-        }
+        ensure!(since.elapsed() < limit, "{what} after {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn wait_restored(c: &Cluster, node: u8, since: Instant) -> Result<Duration> {
+    time_until(
+        since,
+        Duration::from_secs(5),
+        &format!("table of node {node} not restored"),
+        || {
+            c.nft(node, &["list", "chain", "inet", "calico-rs", "fwd-egress"])
+                .is_ok_and(|s| s.contains("vmap @from-wl"))
+        },
+    )
 }
 
 fn drift(c: &Cluster) -> Result<()> {
@@ -260,27 +274,12 @@ fn drift(c: &Cluster) -> Result<()> {
         1,
         &["insert", "rule", "inet", "calico-rs", &chain, "accept"],
     )?;
-    loop {
-        let listing = c.nft(1, &["list", "chain", "inet", "calico-rs", &chain])?;
-        let first_rule = listing
-            .lines()
-            .nth(2)
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if first_rule != "accept" {
-            break;
-        }
-        ensure!(
-            t.elapsed() < Duration::from_secs(1),
-            "hand edit not reverted in 1 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!(
-        "policy:   hand-inserted rule on n1 reverted in {:.0?}",
-        t.elapsed()
-    );
+    let took = time_until(t, Duration::from_secs(1), "hand edit not reverted", || {
+        // A failed listing counts as not reverted yet.
+        c.nft(1, &["list", "chain", "inet", "calico-rs", &chain])
+            .is_ok_and(|listing| listing.lines().nth(2).unwrap_or_default().trim() != "accept")
+    })?;
+    eprintln!("policy:   hand-inserted rule on n1 reverted in {took:.0?}");
 
     // The table is in the kernel a moment before the manager publishes the status of the apply
     // that put it there.
@@ -465,23 +464,16 @@ fn policy_probe_repairs_without_monitor() -> Result<()> {
     ] {
         let t = Instant::now();
         ns.run(&[&["nft"][..], &cmd[..]].concat())?;
-        loop {
-            let now = ns
-                .run(&["nft", "list", "table", "inet", "calico-rs"])
-                .unwrap_or_default();
-            if now == want {
-                break;
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(1),
-                "{what}: not restored in 1 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!(
-            "policy: probe-only repair after {what}: {:.0?}",
-            t.elapsed()
-        );
+        let took = time_until(
+            t,
+            Duration::from_secs(1),
+            &format!("{what}: not restored"),
+            || {
+                ns.run(&["nft", "list", "table", "inet", "calico-rs"])
+                    .is_ok_and(|now| now == want)
+            },
+        )?;
+        eprintln!("policy: probe-only repair after {what}: {took:.0?}");
     }
     // The table is in the kernel a moment before the manager publishes the apply's status.
     calico_tests::wait::until(Duration::from_secs(1), "two drift repairs counted", || {
