@@ -44,7 +44,8 @@ use crate::wire::{
 /// Commands from the speaker.
 #[derive(Debug)]
 pub(crate) enum ToSession {
-    /// An accepted connection from the peer's address.
+    /// An accepted connection from the peer's address, GTSM already applied by the speaker when the
+    /// peer has `ttl_security` (so nothing that came too far is ever read).
     Inbound(TcpStream),
     /// Announce `prefixes` with `attrs` (next hop already resolved) on session `epoch`.
     Announce {
@@ -407,8 +408,7 @@ impl Session {
             sockopt::set_md5(s, self.cfg.address, Some(pw.as_bytes()), ipv6)?;
         }
         if let Some(hops) = self.cfg.ttl_security {
-            sockopt::set_ttl(s, ipv6, 255)?;
-            sockopt::set_min_ttl(s, ipv6, 255 - hops + 1)?;
+            sockopt::set_gtsm(s, ipv6, hops)?;
         }
         Ok(())
     }
@@ -475,11 +475,6 @@ impl Session {
     }
 
     fn on_inbound(&mut self, stream: TcpStream) {
-        let ipv6 = stream.peer_addr().map(|a| a.is_ipv6()).unwrap_or(false);
-        if let Some(hops) = self.cfg.ttl_security {
-            let _ = sockopt::set_ttl(&stream, ipv6, 255);
-            let _ = sockopt::set_min_ttl(&stream, ipv6, 255 - hops + 1);
-        }
         let link = match Link::new(stream, false, self.write_timeout()) {
             Ok(l) => l,
             Err(e) => return debug!(error = %e, "inbound connection failed"),

@@ -304,7 +304,21 @@ impl Speaker {
                 let addr = canonical(remote.ip());
                 match self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
                     Some(p) => {
-                        let _ = p.tx.send(ToSession::Inbound(stream));
+                        // GTSM before anything is read: from here on the kernel drops the peer's
+                        // segments that came further than `ttl_security` hops. A socket that
+                        // cannot be protected is not used at all.
+                        let gtsm = p.cfg.ttl_security.map_or(Ok(()), |hops| {
+                            let ipv6 = stream.local_addr()?.is_ipv6();
+                            sockopt::set_gtsm(&stream, ipv6, hops)
+                        });
+                        match gtsm {
+                            Ok(()) => {
+                                let _ = p.tx.send(ToSession::Inbound(stream));
+                            }
+                            Err(e) => {
+                                warn!(%addr, error = %e, "connection dropped: cannot set the GTSM minimum TTL")
+                            }
+                        }
                     }
                     None => warn!(%addr, "connection refused: not a configured peer"),
                 }

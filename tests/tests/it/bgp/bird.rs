@@ -290,6 +290,65 @@ fn gtsm_ttl_security_with_bird() -> Result<()> {
     Ok(())
 }
 
+/// GTSM on the connections the peer opens: BIRD two hops away (a router namespace in between takes
+/// one off the TTL) sends with TTL 255 and arrives with 254, so `ttl_security = 1` (minimum 255)
+/// must refuse it, and `ttl_security = 2` (minimum 254) on the same topology must let it in. We
+/// are passive, so every session attempt is one BIRD opened: the accepted-connection path.
+#[test]
+fn gtsm_refuses_a_peer_two_hops_away_on_its_connections() -> Result<()> {
+    let lab = Lab::new("bttl2")?;
+    let a = lab.netns("a")?;
+    let r = lab.netns("r")?;
+    let b = lab.netns("b")?;
+    lab.veth((&a, "eth0"), (&r, "eth0"))?;
+    lab.veth((&r, "eth1"), (&b, "eth0"))?;
+    a.addr("eth0", "10.0.1.1/24")?;
+    r.addr("eth0", "10.0.1.254/24")?;
+    r.addr("eth1", "10.0.2.254/24")?;
+    b.addr("eth0", "10.0.2.2/24")?;
+    r.forwarding()?;
+    a.ip(&["route", "add", "default", "via", "10.0.1.254"])?;
+    b.ip(&["route", "add", "default", "via", "10.0.2.254"])?;
+    // BIRD's own GTSM for two hops: it sends with TTL 255 and accepts 254 and more.
+    let _bird = Bird::start(
+        &b,
+        r#"
+router id 10.0.2.2;
+protocol device { }
+protocol static s4 { ipv4; route 10.99.0.0/26 blackhole; }
+protocol bgp ours {
+  local 10.0.2.2 as 65002;
+  neighbor 10.0.1.1 as 65001;
+  hold time 9;
+  connect retry time 1;
+  error wait time 1, 2;
+  multihop 2;
+  ttl security on;
+  ipv4 { import all; export all; next hop self; };
+}
+"#,
+    )?;
+    let mut peer = peer_cfg("10.0.2.2", 65002);
+    peer.passive = true;
+    peer.ttl_security = Some(1);
+    let ours = Ours::start(&a, speaker_cfg(65001, "10.0.1.1"), vec![peer.clone()])?;
+    consistently(Duration::from_secs(6), || match ours.peer("10.0.2.2") {
+        Some(p) if p.state == State::Established => {
+            bail!("a peer two hops away came up with ttl_security 1")
+        }
+        Some(_) => Ok(()),
+        None => bail!("no peer 10.0.2.2"),
+    })?;
+    ensure!(ours.routes()?.is_empty(), "routes learned through GTSM");
+
+    // The control: the same topology and BIRD, allowing two hops.
+    peer.ttl_security = Some(2);
+    ours.block(ours.h.update_peer(peer))?;
+    ours.wait_state("10.0.2.2", State::Established, UP)?;
+    ours.wait_learned("10.99.0.0/26", UP)?;
+    Ok(())
+}
+
 #[test]
 fn connections_from_unconfigured_addresses_are_refused() -> Result<()> {
     let lab = Lab::new("bref")?;
