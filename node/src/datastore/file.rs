@@ -11,10 +11,17 @@
 //! `max_delay` at the latest, so a change is published well within a second. A full rescan also
 //! runs every `resync_interval`, in case inotify lost events (queue overflow, directory replaced).
 //!
+//! A document that stops parsing is not a deletion. Each file remembers the resources it
+//! contributed to the last scan; while the file has a failing document (a YAML syntax error, a
+//! field error, an unsupported kind) or cannot be read, every resource it last held is kept (and
+//! the ones that still decode take their new version), with a warning that names them. A resource
+//! goes away only when its file is removed or parses cleanly without it. Half-written files and
+//! typos therefore never release IPAM blocks, drop a BGP session or open a pod.
+//!
 //! If the directory itself becomes unreadable, the last good state is kept and the failure is
 //! added to the snapshot's errors: withdrawing every route because a mount blinked would be worse.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -23,7 +30,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
 
-use super::parse::{parse_yaml, Ignored};
+use super::parse::parse_yaml;
 use super::resources::{BgpPassword, Resource};
 use super::state::{ClusterState, StateBuilder};
 use super::{Datastore, DatastoreError, ResourceError, Severity, Snapshot};
@@ -62,7 +69,41 @@ impl FileDatastoreCfg {
 pub struct ScanResult {
     pub state: ClusterState,
     pub errors: Vec<ResourceError>,
-    pub ignored: Vec<Ignored>,
+}
+
+/// The resources each file contributed to the last scan (origin and resource), by file name:
+/// what a file that stops parsing keeps.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    held: BTreeMap<String, Vec<(String, Resource)>>,
+}
+
+/// Identity of a resource within a file: kind, API version for Nodes (a `v1` and a `v3` Node of
+/// one name are two documents), and `namespace/name`.
+fn held_key(r: &Resource) -> (&'static str, String, String) {
+    let version = match r {
+        Resource::Node(_, v) => v.clone(),
+        _ => String::new(),
+    };
+    (r.kind(), version, r.display_name())
+}
+
+/// `parsed` overlaid on `held`: every resource that decodes now, plus those held before that no
+/// longer do.
+fn keep_held(
+    parsed: Vec<(String, Resource)>,
+    held: &[(String, Resource)],
+) -> (Vec<(String, Resource)>, Vec<String>) {
+    let now: HashSet<_> = parsed.iter().map(|(_, r)| held_key(r)).collect();
+    let mut out = parsed;
+    let mut kept = Vec::new();
+    for (origin, r) in held {
+        if !now.contains(&held_key(r)) {
+            kept.push(format!("{} {}", r.kind(), r.display_name()));
+            out.push((origin.clone(), r.clone()));
+        }
+    }
+    (out, kept)
 }
 
 /// A watched directory; dropping it stops the watch and closes the watch channel.
@@ -76,6 +117,8 @@ struct Inner {
     tx: watch::Sender<Arc<Snapshot>>,
     /// Serialises scan + publish, and remembers what was already logged.
     logged: Mutex<HashSet<String>>,
+    /// What each file held at the last scan (always locked after `logged`).
+    scanner: Mutex<Scanner>,
 }
 
 /// Whether a file name is read as resources.
@@ -109,96 +152,125 @@ fn is_relevant(dir: &Path, ev: &notify::Event) -> bool {
     })
 }
 
-/// Reads every resource file of `dir` once (no watching).
+/// Reads every resource file of `dir` once (no watching, nothing held from before).
 pub fn scan_dir(dir: &Path) -> Result<ScanResult, DatastoreError> {
-    let io = |source| DatastoreError::Io {
-        path: dir.to_path_buf(),
-        source,
+    Scanner::default().scan(dir)
+}
+
+/// The text of a resource file, `Ok(None)` when it vanished, or why it cannot be used.
+fn read_text(path: &Path) -> Result<Option<String>, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read: {e}")),
     };
-    let mut names: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        if let Some(name) = entry.file_name().to_str() {
-            if is_resource_file(name) {
-                names.push(name.to_string());
-            }
-        }
+    if !meta.is_file() {
+        return Ok(None);
     }
-    names.sort();
-    let mut out = ScanResult::default();
-    let mut builder = StateBuilder::default();
-    for name in names {
-        let file_error = |message: String| ResourceError {
-            origin: name.clone(),
-            kind: None,
-            name: None,
-            field: None,
-            message,
-            severity: Severity::Error,
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit; not read",
+            meta.len()
+        ));
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+impl Scanner {
+    /// Reads every resource file of `dir`; files that fail keep what they held last time.
+    pub fn scan(&mut self, dir: &Path) -> Result<ScanResult, DatastoreError> {
+        let io = |source| DatastoreError::Io {
+            path: dir.to_path_buf(),
+            source,
         };
-        let path = dir.join(&name);
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                out.errors.push(file_error(format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        if meta.len() > MAX_FILE_BYTES {
-            out.errors.push(file_error(format!(
-                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit; not read",
-                meta.len()
-            )));
-            continue;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                out.errors.push(file_error(format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                out.errors.push(file_error(format!(
-                    "not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                )));
-                continue;
-            }
-        };
-        let parsed = parse_yaml(&name, &text);
-        out.errors.extend(parsed.errors);
-        out.ignored.extend(parsed.ignored);
-        for (origin, r) in parsed.resources {
-            if let Resource::BgpPeer(p) = &r {
-                if let Some(BgpPassword::SecretKeyRef { name, key }) = &p.password {
-                    out.errors.push(ResourceError {
-                        origin: origin.clone(),
-                        kind: Some("BGPPeer".into()),
-                        name: Some(p.metadata.name.clone()),
-                        field: Some("spec.password.secretKeyRef".into()),
-                        message: format!(
-                            "Secret references ({name}/{key}) are not supported by the file \
-                             datastore; put the password in spec.password as a string"
-                        ),
-                        severity: Severity::Warning,
-                    });
+        let mut names: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if let Some(name) = entry.file_name().to_str() {
+                if is_resource_file(name) {
+                    names.push(name.to_string());
                 }
             }
-            if let Err(e) = builder.add(&origin, r) {
-                out.errors.push(*e);
-            }
         }
+        names.sort();
+        let mut out = ScanResult::default();
+        let mut builder = StateBuilder::default();
+        let mut held = BTreeMap::new();
+        for name in names {
+            let file_error = |message: String, severity| ResourceError {
+                origin: name.clone(),
+                kind: None,
+                name: None,
+                field: None,
+                message,
+                severity,
+            };
+            let before = self.held.remove(&name).unwrap_or_default();
+            let (resources, failed) = match read_text(&dir.join(&name)) {
+                Ok(None) => continue,
+                Ok(Some(text)) => {
+                    let parsed = parse_yaml(&name, &text);
+                    let failed = parsed.errors.iter().any(ResourceError::is_failure);
+                    out.errors.extend(parsed.errors);
+                    (parsed.resources, failed)
+                }
+                Err(message) => {
+                    out.errors.push(file_error(message, Severity::Error));
+                    (Vec::new(), true)
+                }
+            };
+            let resources = if failed {
+                let (resources, kept) = keep_held(resources, &before);
+                if !kept.is_empty() {
+                    out.errors.push(file_error(
+                        format!(
+                            "keeping the last good version of {} until the file reads cleanly: {}",
+                            kept.len(),
+                            kept.join(", ")
+                        ),
+                        Severity::Warning,
+                    ));
+                }
+                resources
+            } else {
+                resources
+            };
+            for (origin, r) in &resources {
+                if let Resource::BgpPeer(p) = r {
+                    if let Some(BgpPassword::SecretKeyRef { name, key }) = &p.password {
+                        out.errors.push(ResourceError {
+                            origin: origin.clone(),
+                            kind: Some("BGPPeer".into()),
+                            name: Some(p.metadata.name.clone()),
+                            field: Some("spec.password.secretKeyRef".into()),
+                            message: format!(
+                                "Secret references ({name}/{key}) are not supported by the file \
+                                 datastore; put the password in spec.password as a string"
+                            ),
+                            severity: Severity::Warning,
+                        });
+                    }
+                }
+                if let Err(e) = builder.add(origin, r.clone()) {
+                    out.errors.push(*e);
+                }
+            }
+            held.insert(name, resources);
+        }
+        self.held = held;
+        out.state = builder.build();
+        Ok(out)
     }
-    out.state = builder.build();
-    Ok(out)
 }
 
 impl Inner {
@@ -208,19 +280,14 @@ impl Inner {
             let line = e.to_string();
             if !logged.contains(&line) {
                 match e.severity {
-                    Severity::Error => tracing::warn!(error = %line, "resource rejected"),
+                    Severity::Error => tracing::error!(error = %line, "resource rejected"),
+                    Severity::Unsupported => {
+                        tracing::error!(error = %line, "unsupported kind refused")
+                    }
                     Severity::Warning => {
                         tracing::warn!(warning = %line, "resource partly unusable")
                     }
                 }
-            }
-            now.insert(line);
-        }
-        for i in &scan.ignored {
-            let line = format!("{}: {} {}", i.origin, i.api_version, i.kind);
-            if !logged.contains(&line) {
-                tracing::info!(origin = %i.origin, api_version = %i.api_version, kind = %i.kind,
-                    "ignoring unsupported kind");
             }
             now.insert(line);
         }
@@ -231,7 +298,8 @@ impl Inner {
     fn rescan(&self) -> Result<Arc<Snapshot>, DatastoreError> {
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.tx.borrow().clone();
-        let scan = match scan_dir(&self.dir) {
+        let mut scanner = self.scanner.lock().unwrap_or_else(|p| p.into_inner());
+        let scan = match scanner.scan(&self.dir) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "datastore scan failed; keeping the last state");
@@ -318,6 +386,7 @@ impl FileDatastore {
             dir: dir.clone(),
             tx,
             logged: Mutex::new(HashSet::new()),
+            scanner: Mutex::new(Scanner::default()),
         });
         let (ev_tx, ev_rx) = mpsc::channel::<()>();
         let watch_dir = dir.clone();

@@ -187,7 +187,8 @@ async fn watch_publishes_changes_within_a_second() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(s.errors.is_empty());
 
-    // Corrupt it: the error names the file, the pool is still there.
+    // Corrupt it: the error names the file, the pool is still there, and so are the nodes the
+    // file held (a document that stops parsing is not a deletion).
     std::fs::write(
         d.path().join("nodes.yaml"),
         "apiVersion: v1\nkind: Node\nmetadata: [\n",
@@ -203,7 +204,14 @@ async fn watch_publishes_changes_within_a_second() {
         s.errors[0]
     );
     assert_eq!(s.state.ip_pools.len(), 1);
-    assert!(s.state.nodes.is_empty());
+    assert_eq!(s.state.nodes.len(), 2);
+    assert!(
+        s.errors[1].to_string().starts_with(
+            "nodes.yaml: keeping the last good version of 2 until the file reads cleanly: Node "
+        ),
+        "{}",
+        s.errors[1]
+    );
 
     // Fix it (atomically, as an editor or `mv` would).
     std::fs::write(d.path().join(".nodes.yaml.tmp"), NODES).unwrap();
@@ -290,4 +298,85 @@ async fn unreadable_directory_keeps_the_last_state() {
         .unwrap()
         .message
         .contains("keeping the last state"));
+}
+
+fn names<T>(m: &std::collections::BTreeMap<String, T>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn a_file_that_stops_parsing_keeps_what_it_held() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("nodes.yaml");
+    let node = |name: &str, addr: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    \
+             projectcalico.org/IPv4Address: {addr}\n"
+        )
+    };
+    let mut sc = Scanner::default();
+    std::fs::write(
+        &path,
+        node("a", "10.0.0.1/24") + "---\n" + &node("b", "10.0.0.2/24"),
+    )
+    .unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+
+    // A field error in b, a change to a: a takes its new version, b keeps its last good one.
+    std::fs::write(
+        &path,
+        node("a", "10.0.0.9/24") + "---\n" + &node("b", "10.0.0.300/24"),
+    )
+    .unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+    assert_eq!(
+        s.state.nodes["a"].bgp.ipv4_address.unwrap().to_string(),
+        "10.0.0.9/24"
+    );
+    assert_eq!(
+        s.state.nodes["b"].bgp.ipv4_address.unwrap().to_string(),
+        "10.0.0.2/24"
+    );
+    let msgs: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(msgs[0].starts_with("nodes.yaml doc 2: Node b: metadata.annotations.projectcalico.org/IPv4Address: invalid address"), "{}", msgs[0]);
+    assert_eq!(
+        msgs[1],
+        "nodes.yaml: keeping the last good version of 1 until the file reads cleanly: Node b"
+    );
+
+    // A YAML syntax error (the whole file half-written): both stay, even though b is not there.
+    std::fs::write(&path, node("a", "10.0.0.9/24") + "---\nkind: [\n").unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+
+    // An unknown field and an unsupported kind fail the file too.
+    std::fs::write(&path, node("a", "10.0.0.9/24") + "spec: {podCIDRR: x}\n").unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+    std::fs::write(
+        &path,
+        node("a", "10.0.0.9/24")
+            + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+
+    // Unreadable as text: everything stays.
+    std::fs::write(&path, b"\xff\xfe").unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "b"]);
+
+    // Clean without b: now b is deleted. Removing the file deletes the rest.
+    std::fs::write(&path, node("a", "10.0.0.9/24")).unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(names(&s.state.nodes), ["a"]);
+    std::fs::remove_file(&path).unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert!(s.state.nodes.is_empty());
 }

@@ -25,6 +25,7 @@ pub mod fields;
 pub mod file;
 pub mod parse;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod state;
 
@@ -53,6 +54,8 @@ pub enum Severity {
     Warning,
     /// The document was skipped.
     Error,
+    /// A kind calico-rs does not implement: the document is refused.
+    Unsupported,
 }
 
 /// A rejected (or partly unusable) resource, for logs and status.
@@ -73,6 +76,22 @@ pub struct ResourceError {
 }
 
 impl ResourceError {
+    /// Whether the document (or file) failed: not a mere warning. A file with such an error
+    /// keeps the resources it last held (see [`file`]).
+    pub fn is_failure(&self) -> bool {
+        self.severity != Severity::Warning
+    }
+
+    /// A policy kind that is refused as unsupported: what it would isolate is not isolated, so
+    /// the node reports itself not ready.
+    pub fn is_unenforced_policy(&self) -> bool {
+        self.severity == Severity::Unsupported
+            && self
+                .kind
+                .as_deref()
+                .is_some_and(|k| resources::POLICY_KINDS.contains(&k))
+    }
+
     fn render(&self) -> String {
         let mut s = self.origin.clone();
         match (&self.kind, &self.name) {

@@ -11,21 +11,13 @@ use serde_yaml::Value;
 use super::resources::{decode, Decoded, ObjectError, Resource};
 use super::{ResourceError, Severity};
 
-/// A kind we skipped, with where it was.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ignored {
-    pub origin: String,
-    pub api_version: String,
-    pub kind: String,
-}
-
 /// Everything found in one text.
 #[derive(Debug, Default)]
 pub struct Parsed {
     /// Decoded resources with their origin (`pools.yaml doc 2`), in document order.
     pub resources: Vec<(String, Resource)>,
+    /// Rejected documents, unsupported kinds among them ([`Severity::Unsupported`]).
     pub errors: Vec<ResourceError>,
-    pub ignored: Vec<Ignored>,
 }
 
 /// One document's text and the 1-based line it starts on.
@@ -132,10 +124,20 @@ impl Parsed {
         }
         match decode(value) {
             Ok(Decoded::Resource(r)) => self.resources.push((origin, r)),
-            Ok(Decoded::Ignored { api_version, kind }) => self.ignored.push(Ignored {
-                origin,
+            Ok(Decoded::Unsupported {
                 api_version,
                 kind,
+                name,
+            }) => self.errors.push(ResourceError {
+                message: format!(
+                    "unsupported kind: calico-rs does not implement {api_version} {kind}; the \
+                     document is refused"
+                ),
+                origin,
+                kind: Some(kind),
+                name,
+                field: None,
+                severity: Severity::Unsupported,
             }),
             Err(e) => self.error(&origin, e),
         }
@@ -236,14 +238,24 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kinds_are_ignored_not_errors() {
+    fn unsupported_kinds_are_errors_and_policy_kinds_are_flagged() {
         let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
-                    apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: y}\n";
+                    apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n\
+                    metadata: {name: y, namespace: prod}\n";
         let p = parse_yaml("u.yaml", text);
-        assert!(p.errors.is_empty() && p.resources.is_empty());
-        assert_eq!(p.ignored.len(), 2);
-        assert_eq!(p.ignored[1].kind, "NetworkPolicy");
-        assert_eq!(p.ignored[1].api_version, "projectcalico.org/v3");
+        assert!(p.resources.is_empty());
+        let msgs: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "u.yaml doc 1: Deployment x: unsupported kind: calico-rs does not implement \
+                 apps/v1 Deployment; the document is refused",
+                "u.yaml doc 2: NetworkPolicy prod/y: unsupported kind: calico-rs does not \
+                 implement projectcalico.org/v3 NetworkPolicy; the document is refused",
+            ]
+        );
+        assert!(!p.errors[0].is_unenforced_policy());
+        assert!(p.errors[1].is_unenforced_policy());
     }
 
     #[test]

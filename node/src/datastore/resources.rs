@@ -13,12 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_yaml::Value;
 
-use super::fields::{asn_field, describe, parse_asn, parse_go_duration, FieldError, Obj};
+use super::fields::{asn_field, describe, parse_asn, FieldError, Obj};
+use super::schema;
 use super::selector::Selector;
 
 /// Label and annotation maps.
@@ -144,7 +144,8 @@ pub struct BgpConfiguration {
     pub metadata: ObjectMeta,
     pub as_number: Option<u32>,
     pub node_to_node_mesh_enabled: Option<bool>,
-    pub log_severity_screen: Option<String>,
+    /// The BGP port of every node: the speaker listens on it and dials it on mesh and selector
+    /// peers (default 179).
     pub listen_port: Option<u16>,
 }
 
@@ -186,8 +187,8 @@ pub struct BgpPeer {
     pub peer_selector: Option<Selector>,
     pub password: Option<BgpPassword>,
     pub keep_original_next_hop: bool,
+    /// `UseNodeIP`: sessions are sourced from the node's address of the peer's family.
     pub source_address: SourceAddress,
-    pub max_restart_time: Option<Duration>,
     /// GTSM: the peer is at most this many hops away.
     pub ttl_security: Option<u8>,
 }
@@ -212,9 +213,14 @@ pub struct IpPool {
     /// Defaults to `all()`.
     pub node_selector: Selector,
     pub disabled: bool,
+    /// Always `Never` until encapsulation is implemented: decoding refuses the other modes.
     pub ipip_mode: EncapMode,
+    /// Always `Never` until encapsulation is implemented: decoding refuses the other modes.
     pub vxlan_mode: EncapMode,
+    /// Always false until masquerade is implemented: decoding refuses `true`.
     pub nat_outgoing: bool,
+    /// `disableBGPExport`: the pool's prefixes are not advertised to any BGP peer.
+    pub disable_bgp_export: bool,
 }
 
 /// One decoded resource.
@@ -281,12 +287,30 @@ pub struct ObjectError {
 #[derive(Debug)]
 pub enum Decoded {
     Resource(Resource),
-    /// A kind (or kind at this apiVersion) we do not handle.
-    Ignored {
+    /// A kind (or kind at this apiVersion) we do not implement: refused, never skipped quietly.
+    Unsupported {
         api_version: String,
         kind: String,
+        /// `metadata.name` (with the namespace when there is one), when it could be read.
+        name: Option<String>,
     },
 }
+
+/// Kinds whose absence changes who can reach a pod: a Calico user's default-deny written as one
+/// of these would not be enforced, so they make the node not ready until they are implemented.
+pub const POLICY_KINDS: &[&str] = &[
+    "NetworkPolicy",
+    "GlobalNetworkPolicy",
+    "StagedNetworkPolicy",
+    "StagedGlobalNetworkPolicy",
+    "StagedKubernetesNetworkPolicy",
+    "HostEndpoint",
+    "GlobalNetworkSet",
+    "NetworkSet",
+    "Tier",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+];
 
 /// Decodes one document (a map with `apiVersion`, `kind`, `metadata`).
 pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
@@ -313,9 +337,19 @@ pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
             )
     );
     if !handled {
-        return Ok(Decoded::Ignored {
+        let meta = root.obj("metadata").ok().flatten();
+        let name = meta.as_ref().and_then(|m| {
+            let m = m.view();
+            let name = m.str("name").ok().flatten()?;
+            Some(match m.str("namespace").ok().flatten() {
+                Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+                _ => name.to_string(),
+            })
+        });
+        return Ok(Decoded::Unsupported {
             api_version: api_version.to_string(),
             kind,
+            name,
         });
     }
     let fail = |name: Option<String>, e: FieldError| ObjectError {
@@ -329,6 +363,17 @@ pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
         Some(ns) => format!("{ns}/{}", metadata.name),
         None => metadata.name.clone(),
     };
+    let schema = match (kind.as_str(), api_version) {
+        ("Namespace", _) => &schema::NAMESPACE,
+        ("Pod", _) => &schema::POD,
+        ("Node", "v1") => &schema::NODE_V1,
+        ("Node", _) => &schema::NODE_V3,
+        ("NetworkPolicy", _) => &schema::NETWORK_POLICY,
+        ("BGPConfiguration", _) => &schema::BGP_CONFIGURATION,
+        ("BGPPeer", _) => &schema::BGP_PEER,
+        _ => &schema::IP_POOL,
+    };
+    schema::check(doc, schema).map_err(|e| fail(Some(name.clone()), e))?;
     let spec_holder = root.obj("spec").map_err(|e| fail(Some(name.clone()), e))?;
     let empty = serde_yaml::Mapping::new();
     let empty_value = Value::Mapping(empty);
@@ -558,11 +603,25 @@ fn network_policy(metadata: ObjectMeta, doc: &Value) -> Result<NetworkPolicy, Fi
 }
 
 fn bgp_configuration(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<BgpConfiguration, FieldError> {
+    // BIRD's log level in Calico. Ours is the daemon's (CALICO_RS_LOG); Info is what it logs by
+    // default, any other value would be a setting that does nothing.
+    match spec.str("logSeverityScreen")? {
+        None => {}
+        Some(v) if v.eq_ignore_ascii_case("info") => {}
+        Some(v) => {
+            return Err(spec.err(
+                "logSeverityScreen",
+                format!(
+                    "not supported by calico-rs: {v:?}; only Info is accepted (set the daemon's \
+                     log level with CALICO_RS_LOG)"
+                ),
+            ))
+        }
+    }
     Ok(BgpConfiguration {
         metadata,
         as_number: asn_field(spec, "asNumber")?,
         node_to_node_mesh_enabled: spec.bool("nodeToNodeMeshEnabled")?,
-        log_severity_screen: spec.str("logSeverityScreen")?.map(str::to_string),
         listen_port: spec.uint("listenPort", 65535)?.map(|n| n as u16),
     })
 }
@@ -632,10 +691,6 @@ fn bgp_peer(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<BgpPeer, FieldError>
             ))
         }
     };
-    let max_restart_time = match spec.get("maxRestartTime") {
-        Some(a) => Some(parse_go_duration(a.as_str()?).map_err(|m| a.err(m))?),
-        None => None,
-    };
     let ttl_security = match spec.uint("ttlSecurity", 255)? {
         Some(0) | None => None,
         Some(n) => Some(n as u8),
@@ -653,7 +708,6 @@ fn bgp_peer(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<BgpPeer, FieldError>
         password,
         keep_original_next_hop: spec.bool("keepOriginalNextHop")?.unwrap_or(false),
         source_address,
-        max_restart_time,
         ttl_security,
     };
     if peer.node.is_some() && peer.node_selector.is_some() {
@@ -731,6 +785,48 @@ fn ip_pool(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<IpPool, FieldError> {
     if ipip_mode != EncapMode::Never && vxlan_mode != EncapMode::Never {
         return Err(spec.err("vxlanMode", "cannot be enabled together with spec.ipipMode"));
     }
+    for (key, mode) in [("ipipMode", ipip_mode), ("vxlanMode", vxlan_mode)] {
+        if mode != EncapMode::Never {
+            return Err(spec.err(
+                key,
+                format!("{mode:?} is not supported by calico-rs yet (encapsulation is not implemented); use Never"),
+            ));
+        }
+    }
+    let nat_outgoing = spec.bool("natOutgoing")?.unwrap_or(false);
+    if nat_outgoing {
+        return Err(spec.err(
+            "natOutgoing",
+            "true is not supported by calico-rs yet (masquerade is not implemented)",
+        ));
+    }
+    if let Some(a) = spec.get("assignmentMode") {
+        if a.as_str()? != "Automatic" {
+            return Err(a.err(format!(
+                "{} is not supported by calico-rs; only Automatic",
+                describe(a.value)
+            )));
+        }
+    }
+    for item in spec.seq("allowedUses")? {
+        let u = item.as_str()?;
+        if u != "Workload" && u != "Tunnel" {
+            return Err(item.err(format!(
+                "{u:?} is not supported by calico-rs (want Workload or Tunnel)"
+            )));
+        }
+    }
+    if spec.get("allowedUses").is_some()
+        && !spec
+            .seq("allowedUses")?
+            .iter()
+            .any(|i| i.as_str() == Ok("Workload"))
+    {
+        return Err(spec.err(
+            "allowedUses",
+            "a pool without Workload is not supported by calico-rs (IPAM gives its addresses to pods)",
+        ));
+    }
     Ok(IpPool {
         metadata,
         cidr,
@@ -739,6 +835,7 @@ fn ip_pool(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<IpPool, FieldError> {
         disabled: spec.bool("disabled")?.unwrap_or(false),
         ipip_mode,
         vxlan_mode,
-        nat_outgoing: spec.bool("natOutgoing")?.unwrap_or(false),
+        nat_outgoing,
+        disable_bgp_export: spec.bool("disableBGPExport")?.unwrap_or(false),
     })
 }

@@ -1,7 +1,6 @@
 //! Decoding tests: every kind, defaults, and the field named in each rejection.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use super::parse::parse_yaml;
 use super::resources::*;
@@ -10,7 +9,7 @@ use super::state::{ClusterState, IpFamily};
 fn one(text: &str) -> Resource {
     let p = parse_yaml("t.yaml", text);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
-    assert_eq!(p.resources.len(), 1, "{:?}", p.ignored);
+    assert_eq!(p.resources.len(), 1, "{:?}", p.errors);
     p.resources.into_iter().next().unwrap().1
 }
 
@@ -157,18 +156,35 @@ fn network_policy_is_kept_raw() {
 fn bgp_configuration_fields() {
     let Resource::BgpConfiguration(c) = one(
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n\
-         \x20 asNumber: 65000\n  nodeToNodeMeshEnabled: false\n  logSeverityScreen: Info\n  listenPort: 1179\n\
-         \x20 serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n",
+         \x20 asNumber: 65000\n  nodeToNodeMeshEnabled: false\n  logSeverityScreen: Info\n  listenPort: 1179\n",
     ) else {
         panic!()
     };
     assert_eq!(c.as_number, Some(65000));
     assert_eq!(c.node_to_node_mesh_enabled, Some(false));
-    assert_eq!(c.log_severity_screen.as_deref(), Some("Info"));
     assert_eq!(c.listen_port, Some(1179));
     assert_eq!(
         err("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: nope}\n"),
         "t.yaml doc 1: BGPConfiguration default: spec.nodeToNodeMeshEnabled: expected true or false, got a string"
+    );
+    // Settings calico-rs would not act on are refused, not ignored.
+    let bgpc = |spec: &str| {
+        err(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {spec}\n"
+        ))
+    };
+    assert_eq!(
+        bgpc("{serviceClusterIPs: [{cidr: 10.96.0.0/12}]}"),
+        "t.yaml doc 1: BGPConfiguration default: spec.serviceClusterIPs: not supported by \
+         calico-rs: service address advertisement is not implemented"
+    );
+    assert!(bgpc("{logSeverityScreen: Debug}").starts_with(
+        "t.yaml doc 1: BGPConfiguration default: spec.logSeverityScreen: not supported"
+    ));
+    assert_eq!(
+        bgpc("{nodeToNodeMeshEnable: false}"),
+        "t.yaml doc 1: BGPConfiguration default: spec.nodeToNodeMeshEnable: unknown field \
+         \"nodeToNodeMeshEnable\" (did you mean \"nodeToNodeMeshEnabled\"?)"
     );
 }
 
@@ -176,7 +192,7 @@ fn bgp_configuration_fields() {
 fn bgp_peer_fields() {
     let Resource::BgpPeer(p) = one(&peer(
         "  peerIP: 172.18.0.100:1179\n  asNumber: 65001\n  node: n1\n  password: s3cret\n\
-         \x20 keepOriginalNextHop: true\n  sourceAddress: None\n  maxRestartTime: 2m\n  ttlSecurity: 1\n",
+         \x20 keepOriginalNextHop: true\n  sourceAddress: None\n  ttlSecurity: 1\n",
     )) else {
         panic!()
     };
@@ -192,7 +208,6 @@ fn bgp_peer_fields() {
     assert_eq!(p.password, Some(BgpPassword::Plain("s3cret".into())));
     assert!(p.keep_original_next_hop);
     assert_eq!(p.source_address, SourceAddress::None);
-    assert_eq!(p.max_restart_time, Some(Duration::from_secs(120)));
     assert_eq!(p.ttl_security, Some(1));
 
     let Resource::BgpPeer(p) = one(&peer(
@@ -228,7 +243,7 @@ fn bgp_peer_errors() {
         ("  peerSelector: \"rack == r1\"\n", "spec.peerSelector: column 9: expected a quoted value after '==', found 'r1' in \"rack == r1\""),
         ("  peerIP: 10.0.0.1\n  asNumber: 1\n  password: [a]\n", "spec.password: expected a string or {secretKeyRef: {name, key}}, got a list"),
         ("  peerIP: 10.0.0.1\n  asNumber: 1\n  password: {secretKeyRef: {name: s}}\n", "spec.password.secretKeyRef.key: required"),
-        ("  peerIP: 10.0.0.1\n  asNumber: 1\n  maxRestartTime: soon\n", "spec.maxRestartTime: invalid duration \"soon\""),
+        ("  peerIP: 10.0.0.1\n  asNumber: 1\n  maxRestartTime: soon\n", "spec.maxRestartTime: not supported by calico-rs: the graceful restart time is fixed at 120 s"),
         ("  peerIP: 10.0.0.1\n  asNumber: 1\n  ttlSecurity: 300\n", "spec.ttlSecurity: 300 is out of range (0-255)"),
         ("  peerIP: 10.0.0.1\n  asNumber: 1\n  sourceAddress: Any\n", "spec.sourceAddress: unknown value \"Any\""),
     ];
@@ -254,13 +269,12 @@ fn ip_pool_defaults() {
         (EncapMode::Never, EncapMode::Never)
     );
     let Resource::IpPool(p) = one(&pool(
-        "  cidr: fd00:10:244::/48\n  nodeSelector: rack == 'r1'\n  disabled: true\n  vxlanMode: CrossSubnet\n  natOutgoing: true\n",
+        "  cidr: fd00:10:244::/48\n  nodeSelector: rack == 'r1'\n  disabled: true\n  vxlanMode: Never\n  natOutgoing: false\n  disableBGPExport: true\n  allowedUses: [Workload, Tunnel]\n  assignmentMode: Automatic\n",
     )) else {
         panic!()
     };
     assert_eq!(p.block_size, 122);
-    assert!(p.disabled && p.nat_outgoing);
-    assert_eq!(p.vxlan_mode, EncapMode::CrossSubnet);
+    assert!(p.disabled && !p.nat_outgoing && p.disable_bgp_export);
 }
 
 #[test]
@@ -298,6 +312,30 @@ fn ip_pool_errors() {
         (
             "  cidr: 10.0.0.0/16\n  ipipMode: Always\n  vxlanMode: Always\n",
             "spec.vxlanMode: cannot be enabled together with spec.ipipMode",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  ipipMode: CrossSubnet\n",
+            "spec.ipipMode: CrossSubnet is not supported by calico-rs yet",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  vxlanMode: Always\n",
+            "spec.vxlanMode: Always is not supported by calico-rs yet",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  natOutgoing: true\n",
+            "spec.natOutgoing: true is not supported by calico-rs yet",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  assignmentMode: Manual\n",
+            "spec.assignmentMode: \"Manual\" is not supported by calico-rs",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  allowedUses: [Tunnel]\n",
+            "spec.allowedUses: a pool without Workload is not supported",
+        ),
+        (
+            "  cidr: 10.0.0.0/16\n  natOutgoinng: true\n",
+            "spec.natOutgoinng: unknown field \"natOutgoinng\" (did you mean \"natOutgoing\"?)",
         ),
         (
             "  cidr: [10.0.0.0/16]\n",

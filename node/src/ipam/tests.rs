@@ -24,6 +24,7 @@ fn pool(name: &str, cidr: &str, block_size: u8) -> IpPool {
         ipip_mode: EncapMode::Never,
         vxlan_mode: EncapMode::Never,
         nat_outgoing: false,
+        disable_bgp_export: false,
     }
 }
 
