@@ -15,7 +15,7 @@ use felix::policy::model as pm;
 use felix::routes::{NextHop, RemoteBlock, RoutesInput, WorkloadEndpoint};
 use ipnet::IpNet;
 
-use crate::datastore::{BgpPassword, ClusterState, Node};
+use crate::datastore::{BgpPassword, ClusterState, Node, SourceAddress};
 use crate::status::PeerType;
 
 /// This node's identity as the datastore describes it.
@@ -86,9 +86,12 @@ fn mesh_or_selector_peer(
     other: &Node,
     other_me: &Me,
     peer_type_default: PeerType,
+    port: u16,
 ) -> Option<(IpAddr, PeerCfg, PeerType)> {
     let addr = IpAddr::V4(other_me.ipv4?.addr());
     let mut cfg = PeerCfg::new(addr, other_me.as_number);
+    // Every node listens on the cluster's BGPConfiguration listenPort: dial it, as Calico does.
+    cfg.port = port;
     cfg.connect_retry = Duration::from_secs(2);
     let peer_type = match (me.rr_cluster_id, other_me.rr_cluster_id) {
         (Some(_), None) => {
@@ -109,15 +112,16 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
     let me = me_node.map(|n| node_me(state, n));
     let mut peers: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
 
+    let listen_port = state
+        .bgp_configuration()
+        .and_then(|c| c.listen_port)
+        .unwrap_or(179);
     let speaker = match &me {
         Some(Me { ipv4: Some(v4), .. }) => me.as_ref().map(|m| SpeakerSpec {
             local_as: m.as_number,
             router_id: v4.addr(),
             cluster_id: m.rr_cluster_id,
-            listen_port: state
-                .bgp_configuration()
-                .and_then(|c| c.listen_port)
-                .unwrap_or(179),
+            listen_port,
             next_hop_v6: m.ipv6.map(|n| n.addr()),
         }),
         Some(_) => {
@@ -142,7 +146,7 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
                 }
                 let other_me = node_me(state, other);
                 if let Some((addr, cfg, pt)) =
-                    mesh_or_selector_peer(me, other, &other_me, PeerType::NodeMesh)
+                    mesh_or_selector_peer(me, other, &other_me, PeerType::NodeMesh, listen_port)
                 {
                     peers.insert(
                         addr,
@@ -218,7 +222,7 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
                         PeerType::Global
                     };
                     if let Some((addr, cfg, pt)) =
-                        mesh_or_selector_peer(me, other, &other_me, default)
+                        mesh_or_selector_peer(me, other, &other_me, default, listen_port)
                     {
                         targets.push((addr, cfg, pt, format!("{pname} ({oname})")));
                     }
@@ -229,6 +233,15 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
                     continue; // never peer with ourselves
                 }
                 cfg.password = password.clone();
+                // sourceAddress UseNodeIP (the default): source the session from this node's
+                // address of the peer's family; None leaves it to the kernel.
+                cfg.local_address = match p.source_address {
+                    SourceAddress::None => None,
+                    SourceAddress::UseNodeIp => match addr {
+                        IpAddr::V4(_) => me.ipv4.map(|n| IpAddr::V4(n.addr())),
+                        IpAddr::V6(_) => me.ipv6.map(|n| IpAddr::V6(n.addr())),
+                    },
+                };
                 cfg.keep_next_hop = p.keep_original_next_hop;
                 cfg.ttl_security = p.ttl_security.filter(|_| cfg.remote_as != me.as_number);
                 // An explicit BGPPeer wins over the mesh entry for the same address.
@@ -294,27 +307,41 @@ pub fn desired(state: &ClusterState, node: &str, local_blocks: &[IpNet]) -> Desi
 }
 
 /// Accept prefixes inside any IPPool (enabled or not: a disabled pool may still have blocks in
-/// use), reject the rest.
+/// use) unless the pool sets `disableBGPExport`, reject the rest. A prefix inside an exporting
+/// pool and a non-exporting one (nested pools) is rejected: not exporting is the safer reading.
 fn pool_export_policy(state: &ClusterState) -> bgp::Policy {
     use bgp::policy::{Match, PrefixMatch, Rule, Verdict};
-    let prefixes: Vec<PrefixMatch> = state
-        .ip_pools
-        .values()
-        .map(|p| PrefixMatch {
-            prefix: p.cidr,
-            ge: Some(p.cidr.prefix_len()),
-            le: Some(p.cidr.max_prefix_len()),
-        })
-        .collect();
+    let matching = |export: bool| -> Vec<PrefixMatch> {
+        state
+            .ip_pools
+            .values()
+            .filter(|p| p.disable_bgp_export != export)
+            .map(|p| PrefixMatch {
+                prefix: p.cidr,
+                ge: Some(p.cidr.prefix_len()),
+                le: Some(p.cidr.max_prefix_len()),
+            })
+            .collect()
+    };
+    let rule = |prefixes: Vec<PrefixMatch>, verdict| Rule {
+        when: Match {
+            prefixes,
+            ..Match::default()
+        },
+        set: vec![],
+        verdict: Some(verdict),
+    };
+    let mut rules = Vec::new();
+    let quiet = matching(false);
+    if !quiet.is_empty() {
+        rules.push(rule(quiet, Verdict::Reject));
+    }
+    let exported = matching(true);
+    if !exported.is_empty() {
+        rules.push(rule(exported, Verdict::Accept));
+    }
     bgp::Policy {
-        rules: vec![Rule {
-            when: Match {
-                prefixes,
-                ..Match::default()
-            },
-            set: vec![],
-            verdict: Some(Verdict::Accept),
-        }],
+        rules,
         default: Verdict::Reject,
     }
 }

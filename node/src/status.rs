@@ -128,6 +128,8 @@ pub struct NodeSnapshot {
     pub routes: Arc<Vec<RouteView>>,
     pub blocks: Vec<BlockView>,
     pub policy: PolicyView,
+    /// Datastore documents rejected or kept at their last good version, as of the last snapshot.
+    pub resource_errors: Vec<crate::datastore::ResourceError>,
 }
 
 impl NodeSnapshot {
@@ -148,6 +150,7 @@ impl NodeSnapshot {
             routes: Arc::default(),
             blocks: vec![],
             policy: PolicyView::default(),
+            resource_errors: vec![],
         }
     }
 }

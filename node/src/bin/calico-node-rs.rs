@@ -50,12 +50,21 @@ struct RunArgs {
     datastore: Option<String>,
     #[command(flatten)]
     grpc: calico_node::grpc::GrpcArgs,
+    /// Address /liveness and /readiness listen on (Calico's default health host).
+    #[arg(long, env = "FELIX_HEALTHHOST", default_value = "127.0.0.1")]
+    health_host: std::net::IpAddr,
     /// /liveness and /readiness (0: off).
-    #[arg(long, default_value_t = 9099)]
+    #[arg(long, env = "FELIX_HEALTHPORT", default_value_t = 9099)]
     health_port: u16,
+    /// Address Prometheus /metrics listens on.
+    #[arg(long, env = "FELIX_PROMETHEUSMETRICSHOST", default_value = "127.0.0.1")]
+    metrics_host: std::net::IpAddr,
     /// Prometheus /metrics (0: off).
-    #[arg(long, default_value_t = 9091)]
+    #[arg(long, env = "FELIX_PROMETHEUSMETRICSPORT", default_value_t = 9091)]
     metrics_port: u16,
+    /// Seconds another node's Node must stay deleted before its IPAM blocks are released.
+    #[arg(long, default_value_t = 60)]
+    node_release_grace: u64,
     /// Route protocol number that marks our kernel routes.
     #[arg(long, default_value_t = felix::routes::DEFAULT_ROUTE_PROTOCOL)]
     route_protocol: u8,
@@ -182,8 +191,9 @@ fn run(a: RunArgs) -> Result<()> {
         }
     };
     let mut cfg = DaemonCfg::new(&a.nodename, ds);
-    cfg.health_port = a.health_port;
-    cfg.metrics_port = a.metrics_port;
+    cfg.health_addr = std::net::SocketAddr::new(a.health_host, a.health_port);
+    cfg.metrics_addr = std::net::SocketAddr::new(a.metrics_host, a.metrics_port);
+    cfg.node_release_grace = std::time::Duration::from_secs(a.node_release_grace);
     cfg.route_protocol = a.route_protocol;
     cfg.nft_table = a.nft_table.clone();
     let grpc = match a.grpc.listen() {

@@ -61,7 +61,9 @@ const JSON_HELP: &str = "\
   policy  {table, policies_compiled, rejected: [{namespace, name, reason}], rules, set_elements,
           endpoints, last_apply_micros, last_apply_at}
   info    {name, addresses, as_number, router_id, version, started_at, uptime_seconds, ready,
-          live, not_ready_reasons}
+          live, not_ready_reasons, resource_errors: [{origin, kind, name, field, message,
+          severity}]}
+  errors  [{origin, kind, name, field, message, severity}]
 Times are RFC 3339 UTC (null when unknown). Exit status 1 when the daemon cannot be reached.";
 
 #[derive(Subcommand)]
@@ -92,6 +94,8 @@ enum NodeCmd {
     Policy,
     /// The node's identity and readiness.
     Info,
+    /// Datastore documents that were rejected or are kept at their last good version.
+    Errors,
 }
 
 impl Cli {
@@ -167,7 +171,14 @@ async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
                 .into_inner()
                 .peers;
             match (what, json) {
-                (NodeCmd::Status, false) => render::render_status(&peers, &clock),
+                (NodeCmd::Status, false) => {
+                    let n = c
+                        .get_node(pb::GetNodeRequest {})
+                        .await
+                        .context("GetNode")?
+                        .into_inner();
+                    render::render_status(&peers, &clock) + &render::errors_hint(&n.resource_errors)
+                }
                 (NodeCmd::Status, true) => json::to_string(&json::status(&peers)),
                 (_, false) => render::render_peers(&peers, &clock),
                 (_, true) => json::to_string(&json::peers(&peers)),
@@ -223,6 +234,18 @@ async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
                 json::to_string(&json::node(&n))
             } else {
                 render::render_node(&n)
+            }
+        }
+        NodeCmd::Errors => {
+            let n = c
+                .get_node(pb::GetNodeRequest {})
+                .await
+                .context("GetNode")?
+                .into_inner();
+            if json {
+                json::to_string(&json::resource_errors(&n.resource_errors))
+            } else {
+                render::render_errors(&n.resource_errors)
             }
         }
     })

@@ -240,3 +240,44 @@ spec: {podSelector: {matchLabels: {app: web}}, ingress: "not a list"}
         assert_eq!(p.metadata.name, "broken");
     }
 }
+
+#[test]
+fn mesh_dials_the_listen_port_and_peers_source_from_the_node_ip() {
+    let s = state(&format!(
+        "{NODES}---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\n\
+         metadata: {{name: default}}\nspec: {{listenPort: 1179}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor}}\n\
+         spec: {{peerIP: 10.200.0.1, asNumber: 65000}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor6}}\n\
+         spec: {{peerIP: 'fd00:200::1', asNumber: 65000, sourceAddress: None}}\n"
+    ));
+    let d = desired(&s, "node1", &[]);
+    assert_eq!(d.speaker.unwrap().listen_port, 1179);
+    let mesh = &d.peers[&ip("10.200.0.12")].cfg;
+    assert_eq!(mesh.port, 1179);
+    let tor = &d.peers[&ip("10.200.0.1")].cfg;
+    assert_eq!(tor.port, 179, "an explicit peer keeps its own port");
+    assert_eq!(tor.local_address, Some(ip("10.200.0.11")));
+    assert_eq!(d.peers[&ip("fd00:200::1")].cfg.local_address, None);
+}
+
+#[test]
+fn pools_with_disable_bgp_export_are_not_advertised() {
+    let s = state(&format!(
+        "{NODES}---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: a}}\n\
+         spec: {{cidr: 10.244.0.0/16}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: quiet}}\n\
+         spec: {{cidr: 10.245.0.0/16, disableBGPExport: true}}\n"
+    ));
+    let export = &desired(&s, "node1", &[]).peers[&ip("10.200.0.12")]
+        .cfg
+        .export;
+    let accepts = |p: &str| {
+        export
+            .apply(&p.parse().unwrap(), &bgp::wire::PathAttrs::default())
+            .is_some()
+    };
+    assert!(accepts("10.244.1.0/26"));
+    assert!(!accepts("10.245.1.0/26"));
+    assert!(!accepts("192.168.0.0/24"));
+}

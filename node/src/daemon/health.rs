@@ -17,22 +17,21 @@ use tracing::warn;
 use super::Counters;
 use crate::status::NodeSnapshot;
 
-/// Start the listeners (a port of 0 is off; equal ports share one listener).
+/// Start the listeners (a port of 0 is off; equal addresses share one listener).
 pub async fn spawn(
-    health_port: u16,
-    metrics_port: u16,
+    health: SocketAddr,
+    metrics: SocketAddr,
     status: watch::Receiver<Arc<NodeSnapshot>>,
     counters: watch::Receiver<Counters>,
 ) -> Result<()> {
-    let mut ports = vec![];
-    if health_port != 0 {
-        ports.push(health_port);
+    let mut addrs = vec![];
+    if health.port() != 0 {
+        addrs.push(health);
     }
-    if metrics_port != 0 && metrics_port != health_port {
-        ports.push(metrics_port);
+    if metrics.port() != 0 && metrics != health {
+        addrs.push(metrics);
     }
-    for port in ports {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    for addr in addrs {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
@@ -200,6 +199,22 @@ pub fn metrics(s: &NodeSnapshot, c: &Counters) -> String {
         "calico_rs_ready",
         "1 when the node is ready.",
         &[(String::new(), f64::from(u8::from(s.node.ready)))],
+    );
+    let by_severity: Vec<(String, f64)> = ["error", "unsupported", "warning"]
+        .iter()
+        .map(|sev| {
+            let n = s
+                .resource_errors
+                .iter()
+                .filter(|e| crate::grpc::convert::severity_name(e.severity) == *sev)
+                .count();
+            (format!("{{severity=\"{sev}\"}}"), n as f64)
+        })
+        .collect();
+    gauge(
+        "calico_rs_resource_errors",
+        "Datastore documents with problems now, by severity (unsupported: a kind calico-rs does not implement).",
+        &by_severity,
     );
     let _ = writeln!(
         m,

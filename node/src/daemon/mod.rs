@@ -19,6 +19,7 @@
 //! routes and the nftables table stay as they are.
 
 pub mod health;
+pub mod release;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::calc::{self, Desired, PeerSpec, SpeakerSpec};
-use crate::datastore::{ClusterState, Datastore, FileDatastore};
+use crate::datastore::{ClusterState, Datastore, FileDatastore, ResourceError};
 use crate::ipam::Ipam;
 use crate::status::{
     BlockView, NodeSnapshot, NodeView, PeerView, PolicyView, RejectedPolicyView, RouteKind,
@@ -69,10 +70,13 @@ impl std::str::FromStr for DatastoreKind {
 pub struct DaemonCfg {
     pub nodename: String,
     pub datastore: DatastoreKind,
-    /// HTTP port for /liveness and /readiness (Calico's 9099); 0 disables.
-    pub health_port: u16,
-    /// HTTP port for /metrics; 0 disables.
-    pub metrics_port: u16,
+    /// Address for /liveness and /readiness (Calico's default: 127.0.0.1:9099); port 0
+    /// disables.
+    pub health_addr: SocketAddr,
+    /// Address for /metrics (default 127.0.0.1:9091); port 0 disables.
+    pub metrics_addr: SocketAddr,
+    /// How long another node's Node must stay deleted before its IPAM blocks are released.
+    pub node_release_grace: Duration,
     /// Route protocol number marking felix's routes.
     pub route_protocol: u8,
     /// nftables table (family inet) for policy.
@@ -86,8 +90,9 @@ impl DaemonCfg {
         DaemonCfg {
             nodename: nodename.to_string(),
             datastore,
-            health_port: 9099,
-            metrics_port: 9091,
+            health_addr: SocketAddr::from(([127, 0, 0, 1], 9099)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            node_release_grace: Duration::from_secs(60),
             route_protocol: felix::routes::DEFAULT_ROUTE_PROTOCOL,
             nft_table: "calico-rs".into(),
             bgp_sync_timeout: Duration::from_secs(10),
@@ -99,6 +104,22 @@ struct Speaker {
     spec: SpeakerSpec,
     handle: SpeakerHandle,
     started: Instant,
+}
+
+/// A speaker that could not be started, and when to try again.
+struct SpeakerFailure {
+    spec: SpeakerSpec,
+    error: String,
+    attempts: u32,
+    first_at: Instant,
+    retry_at: Instant,
+}
+
+impl SpeakerFailure {
+    /// 1 s, 2 s, 4 s ... capped at 30 s.
+    fn backoff(attempts: u32) -> Duration {
+        Duration::from_secs(1u64 << attempts.min(5).saturating_sub(1)).min(Duration::from_secs(30))
+    }
 }
 
 /// The speaker's event streams, apart from [`Speaker`] so the select loop can borrow each alone.
@@ -122,12 +143,16 @@ struct Daemon {
     cfg: DaemonCfg,
     ipam: Ipam,
     state: ClusterState,
-    resource_errors: Vec<String>,
+    /// The datastore's current errors (rejected documents, resources kept at their last good
+    /// version, unsupported kinds).
+    resource_errors: Vec<ResourceError>,
     blocks: Vec<IpNet>,
     /// Every IPAM block with its usage, as of the last refresh (for status).
     block_views: Vec<BlockView>,
     desired: Option<Desired>,
     speaker: Option<Speaker>,
+    /// Set while the speaker the datastore asks for cannot be started (retried with backoff).
+    speaker_failure: Option<SpeakerFailure>,
     rx: SpeakerRx,
     applied_peers: BTreeMap<IpAddr, PeerSpec>,
     applied_originate: BTreeSet<IpNet>,
@@ -137,8 +162,8 @@ struct Daemon {
     routes_pushed: bool,
     policy: PolicyHandle,
     bgp_synced: bool,
-    /// Every node name seen in a snapshot since start (see `release_deleted_nodes`).
-    seen_nodes: BTreeSet<String>,
+    /// Which other nodes were deleted, and since when (see [`release`]).
+    release: release::ReleaseTracker,
     started: SystemTime,
     status: watch::Sender<Arc<NodeSnapshot>>,
     /// The routes part of the status, rebuilt only when what it shows changed (see
@@ -188,10 +213,10 @@ pub async fn run(
     })
     .context("starting the policy manager")?;
     let (counters_tx, counters_rx) = watch::channel(Counters::default());
-    if cfg.health_port != 0 || cfg.metrics_port != 0 {
+    if cfg.health_addr.port() != 0 || cfg.metrics_addr.port() != 0 {
         health::spawn(
-            cfg.health_port,
-            cfg.metrics_port,
+            cfg.health_addr,
+            cfg.metrics_addr,
             status.subscribe(),
             counters_rx,
         )
@@ -203,11 +228,12 @@ pub async fn run(
         cfg,
         ipam,
         state: first.state.clone(),
-        resource_errors: first.errors.iter().map(|e| e.to_string()).collect(),
+        resource_errors: first.errors.clone(),
         blocks: vec![],
         block_views: vec![],
         desired: None,
         speaker: None,
+        speaker_failure: None,
         rx: SpeakerRx::default(),
         applied_peers: BTreeMap::new(),
         applied_originate: BTreeSet::new(),
@@ -216,7 +242,7 @@ pub async fn run(
         routes_pushed: false,
         policy,
         bgp_synced: false,
-        seen_nodes: BTreeSet::new(),
+        release: release::ReleaseTracker::default(),
         started: SystemTime::now(),
         status,
         routes_view: (None, Arc::default()),
@@ -224,9 +250,10 @@ pub async fn run(
         counters: Counters::default(),
         counters_tx,
     };
-    for e in &d.resource_errors {
-        warn!(error = %e, "resource rejected");
-    }
+    // The datastore logged these; count them, as later ones are.
+    d.counters.resource_errors +=
+        d.resource_errors.iter().filter(|e| e.is_failure()).count() as u64;
+    d.release.observe(d.state.nodes.keys(), Instant::now());
     d.refresh_blocks();
     d.recompute().await;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -242,17 +269,21 @@ pub async fn run(
                 }
                 let s = snaps.borrow_and_update().clone();
                 d.state = s.state.clone();
-                d.seen_nodes.extend(d.state.nodes.keys().cloned());
-                let errs: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
-                for e in errs.iter().filter(|e| !d.resource_errors.contains(e)) {
-                    warn!(error = %e, "resource rejected");
-                    d.counters.resource_errors += 1;
-                }
-                d.resource_errors = errs;
+                d.release.observe(d.state.nodes.keys(), Instant::now());
+                let new = s
+                    .errors
+                    .iter()
+                    .filter(|e| e.is_failure() && !d.resource_errors.contains(e))
+                    .count();
+                d.counters.resource_errors += new as u64;
+                d.resource_errors = s.errors.clone();
                 recompute = true;
             }
             _ = tick.tick() => {
                 recompute = d.refresh_blocks() || d.release_deleted_nodes();
+                if d.speaker_failure.as_ref().is_some_and(|f| Instant::now() >= f.retry_at) {
+                    recompute = true;
+                }
             }
             r = recv(&mut d.rx.routes) => {
                 routes_dirty = true;
@@ -333,37 +364,62 @@ impl Daemon {
         false
     }
 
-    /// Free the blocks of nodes whose deletion we saw: a node that was in the datastore and is no
-    /// longer (any node may do it; the IPAM lock makes it safe and it is idempotent). A node we
-    /// never saw is left alone: its Node may simply not have reached our snapshot yet while it
-    /// already claims blocks.
+    /// Free the blocks of other nodes that were deleted and stayed deleted for the grace period
+    /// (see [`release`]), except blocks that hold an address of a pod that exists. Any node may
+    /// do it: the IPAM lock makes it safe and it is idempotent.
     fn release_deleted_nodes(&mut self) -> bool {
-        self.seen_nodes.extend(self.state.nodes.keys().cloned());
         let Ok(aff) = self.ipam.affinities() else {
             return false;
         };
-        let gone: BTreeSet<String> = aff
+        let owners: BTreeSet<String> = aff.into_values().flatten().collect();
+        let due = self.release.due(
+            &owners,
+            &self.cfg.nodename,
+            self.cfg.node_release_grace,
+            Instant::now(),
+        );
+        if due.is_empty() {
+            return false;
+        }
+        let pod_ips: BTreeSet<IpAddr> = self
+            .state
+            .pods
             .values()
-            .flatten()
-            .filter(|n| {
-                self.seen_nodes.contains(n.as_str()) && !self.state.nodes.contains_key(n.as_str())
-            })
-            .cloned()
+            .flat_map(|p| p.pod_ips.iter().copied())
             .collect();
-        for n in &gone {
-            match self.ipam.release_node(n) {
+        let in_use = |ip: IpAddr, _: &str| pod_ips.contains(&ip);
+        let mut released = false;
+        for n in &due {
+            match self.ipam.release_node(n, &in_use) {
                 Ok(blocks) => {
-                    info!(node = %n, blocks = blocks.len(), "released the blocks of a deleted node")
+                    released |= !blocks.is_empty();
+                    if !blocks.is_empty() {
+                        info!(node = %n, blocks = blocks.len(), "released the blocks of a deleted node");
+                    }
                 }
                 Err(e) => warn!(node = %n, error = %e, "releasing blocks"),
             }
         }
-        !gone.is_empty()
+        released
     }
 
     async fn recompute(&mut self) {
         let t = Instant::now();
-        let d = calc::desired(&self.state, &self.cfg.nodename, &self.blocks);
+        let mut d = calc::desired(&self.state, &self.cfg.nodename, &self.blocks);
+        if d.me.is_none() {
+            // Our own Node went missing (deleted, or never there). Stopping BGP would make every
+            // peer withdraw this node's routes and cut its pods off; keep the sessions as they
+            // were until the Node is back, and say so.
+            if let Some(prev) = self.desired.as_ref().filter(|p| p.me.is_some()) {
+                d.me = prev.me.clone();
+                d.speaker = prev.speaker.clone();
+                d.peers = prev.peers.clone();
+                d.errors.push(format!(
+                    "Node {}: not in the datastore; BGP keeps its last configuration until it is back",
+                    self.cfg.nodename
+                ));
+            }
+        }
         if self.desired.as_ref().map(|o| &o.errors) != Some(&d.errors) {
             for e in &d.errors {
                 warn!(error = %e, "configuration problem");
@@ -381,7 +437,12 @@ impl Daemon {
 
     async fn apply_bgp(&mut self, d: &Desired) {
         let spec_changed = self.speaker.as_ref().map(|s| &s.spec) != d.speaker.as_ref();
-        if spec_changed {
+        // After a failed start, try again at the backoff time, or at once for other settings.
+        let retry_due = match &self.speaker_failure {
+            Some(f) => Some(&f.spec) != d.speaker.as_ref() || Instant::now() >= f.retry_at,
+            None => true,
+        };
+        if spec_changed && retry_due {
             self.rx = SpeakerRx::default();
             if let Some(old) = self.speaker.take() {
                 info!("speaker settings changed: restarting the BGP speaker");
@@ -399,10 +460,31 @@ impl Daemon {
                             peers: Some(sp.handle.subscribe()),
                         };
                         self.speaker = Some(sp);
+                        self.speaker_failure = None;
                     }
-                    Err(e) => warn!(error = %e, "cannot start the BGP speaker"),
+                    Err(e) => {
+                        let (attempts, first_at) = match &self.speaker_failure {
+                            Some(f) if &f.spec == spec => (f.attempts + 1, f.first_at),
+                            _ => (1, Instant::now()),
+                        };
+                        let wait = SpeakerFailure::backoff(attempts);
+                        warn!(error = %format!("{e:#}"), attempts, retry_in = ?wait, "cannot start the BGP speaker");
+                        self.speaker_failure = Some(SpeakerFailure {
+                            spec: spec.clone(),
+                            error: format!("{e:#}"),
+                            attempts,
+                            first_at,
+                            retry_at: Instant::now() + wait,
+                        });
+                    }
                 }
+            } else {
+                self.speaker_failure = None;
             }
+        }
+        if self.speaker_failure.is_some() {
+            // Not synced: felix gets routes only after the sync timeout (check_bgp_synced).
+            return;
         }
         let Some(sp) = &self.speaker else {
             // No BGP here: routes are still programmed for local pods.
@@ -480,6 +562,13 @@ impl Daemon {
 
     /// Every configured peer is Established and has sent End-of-RIB, or we waited long enough.
     fn check_bgp_synced(&mut self) -> bool {
+        if let Some(f) = &self.speaker_failure {
+            // Local pods still need their routes; remote ones cannot be learned anyway.
+            if f.first_at.elapsed() >= self.cfg.bgp_sync_timeout {
+                self.bgp_synced = true;
+            }
+            return self.bgp_synced;
+        }
         let Some(sp) = &self.speaker else {
             self.bgp_synced = true;
             return true;
@@ -573,8 +662,29 @@ impl Daemon {
         let me = d.and_then(|d| d.me.as_ref());
         let pstat = self.policy.status();
         let mut not_ready = Vec::new();
-        if !self.bgp_synced {
+        if let Some(f) = &self.speaker_failure {
+            not_ready.push(format!(
+                "BGP speaker not running: {} (attempt {}, retrying in {} s)",
+                f.error,
+                f.attempts,
+                f.retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+            ));
+        } else if !self.bgp_synced {
             not_ready.push("BGP not synced".to_string());
+        }
+        let unenforced: Vec<&ResourceError> = self
+            .resource_errors
+            .iter()
+            .filter(|e| e.is_unenforced_policy())
+            .collect();
+        if let Some(first) = unenforced.first() {
+            not_ready.push(format!(
+                "{} unsupported policy resource(s) not enforced, first: {}",
+                unenforced.len(),
+                first
+            ));
         }
         if !self.routes_pushed || !rstat.in_sync() {
             not_ready.push(format!(
@@ -628,6 +738,7 @@ impl Daemon {
             peers,
             routes,
             blocks,
+            resource_errors: self.resource_errors.clone(),
             policy: PolicyView {
                 table: self.cfg.nft_table.clone(),
                 policies_compiled: pstat.compile.compiled as u32,

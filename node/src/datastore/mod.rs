@@ -47,7 +47,8 @@ pub use selector::{Selector, SelectorError};
 pub use state::{ClusterState, IpFamily, Resources, StateBuilder, DEFAULT_AS_NUMBER};
 
 /// How bad a [`ResourceError`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// The resource was kept, but part of it cannot be honoured (e.g. a Secret reference in
     /// file mode).
@@ -61,7 +62,7 @@ pub enum Severity {
 /// A rejected (or partly unusable) resource, for logs and status.
 ///
 /// Displays as `pools.yaml doc 2: IPPool default-ipv4: spec.cidr: invalid CIDR "10.0.0.0/33"`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error, serde::Serialize)]
 #[error("{}", self.render())]
 pub struct ResourceError {
     /// Where: backend-specific, e.g. `pools.yaml doc 2` or `pools.yaml doc 1 items[3]`.

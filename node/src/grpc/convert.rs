@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use calico_proto::v1 as pb;
 
+use crate::datastore::{ResourceError, Severity};
 use crate::status::{
     BlockView, NodeSnapshot, NodeView, PeerType, PeerView, PolicyView, RouteKind, RouteView,
 };
@@ -21,7 +22,27 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn node(v: &NodeView, now: SystemTime) -> pb::Node {
+/// `severity` as the API spells it.
+pub fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Unsupported => "unsupported",
+        Severity::Warning => "warning",
+    }
+}
+
+pub fn resource_error(e: &ResourceError) -> pb::ResourceError {
+    pb::ResourceError {
+        origin: e.origin.clone(),
+        kind: e.kind.clone().unwrap_or_default(),
+        name: e.name.clone().unwrap_or_default(),
+        field: e.field.clone().unwrap_or_default(),
+        message: e.message.clone(),
+        severity: severity_name(e.severity).into(),
+    }
+}
+
+pub fn node(v: &NodeView, errors: &[ResourceError], now: SystemTime) -> pb::Node {
     pb::Node {
         name: v.name.clone(),
         addresses: v.addresses.clone(),
@@ -36,6 +57,7 @@ pub fn node(v: &NodeView, now: SystemTime) -> pb::Node {
         ready: v.ready,
         live: v.live,
         not_ready_reasons: v.not_ready.clone(),
+        resource_errors: errors.iter().map(resource_error).collect(),
     }
 }
 
@@ -278,6 +300,7 @@ mod tests {
         snap.node.started_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
         let n = node(
             &snap.node,
+            &[],
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(160),
         );
         assert_eq!((n.started_at, n.uptime_seconds), (100, 60));

@@ -284,6 +284,31 @@ pub struct Node {
     pub ready: bool,
     pub live: bool,
     pub not_ready_reasons: Vec<String>,
+    pub resource_errors: Vec<ResourceError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceError {
+    pub origin: String,
+    pub kind: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+    pub severity: String,
+}
+
+pub fn resource_errors(errors: &[pb::ResourceError]) -> Vec<ResourceError> {
+    errors
+        .iter()
+        .map(|e| ResourceError {
+            origin: e.origin.clone(),
+            kind: e.kind.clone(),
+            name: e.name.clone(),
+            field: e.field.clone(),
+            message: e.message.clone(),
+            severity: e.severity.clone(),
+        })
+        .collect()
 }
 
 pub fn node(n: &pb::Node) -> Node {
@@ -298,6 +323,7 @@ pub fn node(n: &pb::Node) -> Node {
         ready: n.ready,
         live: n.live,
         not_ready_reasons: n.not_ready_reasons.clone(),
+        resource_errors: resource_errors(&n.resource_errors),
     }
 }
 

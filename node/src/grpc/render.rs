@@ -405,6 +405,34 @@ pub fn render_node(n: &pb::Node) -> String {
     out
 }
 
+/// `calicoctl-rs node errors`: datastore documents rejected or kept at their last good version.
+pub fn render_errors(errors: &[pb::ResourceError]) -> String {
+    if errors.is_empty() {
+        return "No datastore errors.\n".into();
+    }
+    let mut t = Table::new(["SEVERITY", "ORIGIN", "KIND", "NAME", "FIELD", "MESSAGE"]);
+    for e in errors {
+        t.row([
+            e.severity.clone(),
+            e.origin.clone(),
+            or_dash(&e.kind),
+            or_dash(&e.name),
+            or_dash(&e.field),
+            e.message.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// The line `node status` adds under its tables when the datastore has problems.
+pub fn errors_hint(errors: &[pb::ResourceError]) -> String {
+    match errors.len() {
+        0 => String::new(),
+        1 => "\n1 datastore document has problems: see calicoctl-rs node errors\n".into(),
+        n => format!("\n{n} datastore documents have problems: see calicoctl-rs node errors\n"),
+    }
+}
+
 #[cfg(test)]
 #[path = "render_tests.rs"]
 mod tests;

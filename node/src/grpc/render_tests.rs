@@ -312,6 +312,7 @@ Rejected policies
         ready: false,
         live: true,
         not_ready_reasons: vec!["BGP not synced".into()],
+        resource_errors: vec![],
     };
     let want = "\
 +-------+-------+-----------+-------------+---------+--------+-------+------+
@@ -323,4 +324,27 @@ Rejected policies
 Not ready: BGP not synced
 ";
     assert_eq!(render_node(&node), want);
+
+    let errors = [pb::ResourceError {
+        origin: "nodes.yaml doc 2".into(),
+        kind: "Node".into(),
+        name: "node2".into(),
+        field: "spec.bgp.ipv4Address".into(),
+        message: "invalid address".into(),
+        severity: "error".into(),
+    }];
+    let want = "\
++----------+------------------+------+-------+----------------------+-----------------+
+| SEVERITY |      ORIGIN      | KIND | NAME  |        FIELD         |     MESSAGE     |
++----------+------------------+------+-------+----------------------+-----------------+
+| error    | nodes.yaml doc 2 | Node | node2 | spec.bgp.ipv4Address | invalid address |
++----------+------------------+------+-------+----------------------+-----------------+
+";
+    assert_eq!(render_errors(&errors), want);
+    assert_eq!(render_errors(&[]), "No datastore errors.\n");
+    assert_eq!(
+        errors_hint(&errors),
+        "\n1 datastore document has problems: see calicoctl-rs node errors\n"
+    );
+    assert_eq!(errors_hint(&[]), "");
 }

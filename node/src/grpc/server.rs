@@ -241,8 +241,10 @@ type PeerEventStream = Pin<Box<dyn Stream<Item = Result<pb::PeerEvent, Status>> 
 #[tonic::async_trait]
 impl NodeStatus for StatusService {
     async fn get_node(&self, _: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
+        let snap = self.snapshot();
         Ok(Response::new(convert::node(
-            &self.snapshot().node,
+            &snap.node,
+            &snap.resource_errors,
             SystemTime::now(),
         )))
     }

@@ -273,12 +273,22 @@ impl Ipam {
         Ok(freed)
     }
 
-    /// Releases every block affine to `node`, with the allocations in them (the node is gone).
-    pub fn release_node(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+    /// Releases every block affine to `node`, with the allocations in them (the node is gone),
+    /// except blocks holding an address for which `in_use(address, handle)` is true (a pod that
+    /// still exists): those are left as they are. Returns the released blocks.
+    pub fn release_node(
+        &self,
+        node: &str,
+        in_use: &dyn Fn(IpAddr, &str) -> bool,
+    ) -> Result<Vec<IpNet>, IpamError> {
         let locked = self.store.lock(true)?;
         let loaded = self.load(&locked)?;
         let mut released = Vec::new();
         for b in loaded.blocks.values().filter(|b| b.is_affine_to(node)) {
+            if let Some((ip, handle)) = b.allocations.iter().find(|(ip, h)| in_use(**ip, h)) {
+                tracing::warn!(node, block = %b.cidr, %ip, handle, "not releasing the block of a deleted node: a pod that exists still has an address in it");
+                continue;
+            }
             locked.remove(&b.cidr)?;
             tracing::info!(node, block = %b.cidr, allocations = b.allocations.len(), "released IPAM block");
             released.push(b.cidr);

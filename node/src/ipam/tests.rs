@@ -222,7 +222,7 @@ fn claims_survive_restart_and_release_node_frees_them() {
         ip("10.0.0.0")
     );
     assert_eq!(
-        ipam.release_node("n1").unwrap(),
+        ipam.release_node("n1", &|_, _| false).unwrap(),
         [net("10.0.0.0/26"), net("10.0.0.64/26")]
     );
     assert!(ipam.blocks_for("n1").unwrap().is_empty());
@@ -233,7 +233,10 @@ fn claims_survive_restart_and_release_node_frees_them() {
         ipam.allocate("n3", "c", IpFamily::V4, &pools).unwrap(),
         ip("10.0.0.0")
     );
-    assert_eq!(ipam.release_node("nobody").unwrap(), Vec::<IpNet>::new());
+    assert_eq!(
+        ipam.release_node("nobody", &|_, _| false).unwrap(),
+        Vec::<IpNet>::new()
+    );
 }
 
 #[test]
@@ -279,8 +282,15 @@ fn corrupt_block_files_are_skipped_named_and_stay_taken() {
         "{}",
         msgs[3]
     );
+    // A block with an address of a pod that still exists is kept.
+    let keep = |a: IpAddr, _: &str| a == ip("10.0.0.192");
+    assert_eq!(ipam.release_node("n1", &keep).unwrap(), Vec::<IpNet>::new());
+    assert!(blocks.join("10-0-0-192-26.yaml").exists());
     // Release of the node leaves the corrupt file (its owner is unknown) alone.
-    assert_eq!(ipam.release_node("n1").unwrap(), [net("10.0.0.192/26")]);
+    assert_eq!(
+        ipam.release_node("n1", &|_, _| false).unwrap(),
+        [net("10.0.0.192/26")]
+    );
     assert!(blocks.join("10-0-0-0-26.yaml").exists());
 }
 
