@@ -4,7 +4,7 @@
 //! next to the test or bench executable's `deps/` directory).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::lab::{Lab, Netns, Segment};
@@ -221,6 +221,53 @@ protocol device { }
         Ok(())
     }
 
+    /// The shared file datastore directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every IPAM block file (name -> content): what must not change while documents are broken.
+    pub fn block_files(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(self.dir.join("ipam/blocks"))? {
+            let e = e?;
+            out.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// `GET path` on node `name`'s health listener (which serves /metrics too).
+    pub fn http(&self, name: &str, path: &str) -> Result<String> {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .context("no such node")?;
+        n.ns.in_ns(|| http_get("127.0.0.1:9099", path))?
+    }
+
+    /// `calicoctl-rs node WHAT -o json` against node `name`'s daemon.
+    pub fn ctl_json(&self, name: &str, what: &str) -> Result<serde_json::Value> {
+        let sock = format!("unix:{}", self.grpc_socket(name).display());
+        let ctl = ctl_bin()?;
+        let out = crate::proc::run(
+            &[
+                &ctl.to_string_lossy(),
+                "node",
+                what,
+                "--grpc",
+                &sock,
+                "-o",
+                "json",
+            ],
+            Duration::from_secs(10),
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
     pub fn remove(&self, file: &str) -> Result<()> {
         std::fs::remove_file(self.dir.join(file)).with_context(|| format!("removing {file}"))
     }
@@ -331,6 +378,9 @@ protocol device { }
                 &sock,
                 "--metrics-port",
                 "0",
+                // Short, so the join/leave test sees the release; long enough to be observed.
+                "--node-release-grace",
+                "3",
             ],
             &log,
         )
@@ -480,9 +530,9 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    // One write: the server answers after its first read and closes.
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;

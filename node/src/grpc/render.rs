@@ -424,12 +424,17 @@ pub fn render_errors(errors: &[pb::ResourceError]) -> String {
     t.render()
 }
 
-/// The line `node status` adds under its tables when the datastore has problems.
+/// The line `node status` adds under its tables when the datastore has problems: rejected
+/// documents count, warnings (e.g. "keeping the last good version") only when alone.
 pub fn errors_hint(errors: &[pb::ResourceError]) -> String {
-    match errors.len() {
-        0 => String::new(),
-        1 => "\n1 datastore document has problems: see calicoctl-rs node errors\n".into(),
-        n => format!("\n{n} datastore documents have problems: see calicoctl-rs node errors\n"),
+    let rejected = errors.iter().filter(|e| e.severity != "warning").count();
+    match (rejected, errors.len()) {
+        (0, 0) => String::new(),
+        (0, n) => format!("\n{n} datastore warning(s): see calicoctl-rs node errors\n"),
+        (1, _) => "\n1 datastore document has problems: see calicoctl-rs node errors\n".into(),
+        (n, _) => {
+            format!("\n{n} datastore documents have problems: see calicoctl-rs node errors\n")
+        }
     }
 }
 

@@ -1,0 +1,215 @@
+//! Bad input never opens a pod, frees an address or drops a session (issue: fail safe).
+//!
+//! Real daemons, a BIRD ToR and real packets. Each datastore document kind that can do harm when
+//! it disappears (Node, NetworkPolicy, BGPPeer, IPPool) is broken in place, once with a YAML
+//! syntax error and once with a field error; while it is broken nothing may change: no IPAM block
+//! file, no BGP session (BIRD's "since" would move on a flap), no route at the ToR, and the
+//! isolated pod stays isolated. The error must show in the status API, the metrics and the log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use calico_tests::cluster::{self, Cluster, CONVERGE};
+use calico_tests::wait::{consistently, eventually};
+
+/// Allows ingress to every pod of `default` only from pods labelled role=nobody: n1's pod is
+/// isolated from n2's.
+const ISOLATE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+    metadata: {name: isolate, namespace: default}\nspec:\n  podSelector: {}\n  \
+    policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: nobody}}\n";
+
+/// BIRD's `show protocols` line of each session (name, state and since): a flap changes it.
+fn bird_sessions(c: &Cluster) -> Result<BTreeMap<String, String>> {
+    let tor = c.tor.as_ref().context("tor")?;
+    let out = tor.birdc("show protocols")?;
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with('n'))
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap_or_default().to_string();
+            (
+                name,
+                l.split_whitespace().take(5).collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect())
+}
+
+fn tor_prefixes(c: &Cluster) -> Result<Vec<String>> {
+    let tor = c.tor.as_ref().context("tor")?;
+    let mut v: Vec<String> = tor.prefixes("")?.iter().map(|p| p.to_string()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The node's datastore errors as the status API serves them: (origin, severity).
+fn api_errors(c: &Cluster, node: &str) -> Result<Vec<(String, String)>> {
+    let v = c.ctl_json(node, "errors")?;
+    Ok(v.as_array()
+        .context("errors is not a list")?
+        .iter()
+        .map(|e| {
+            (
+                e["origin"].as_str().unwrap_or_default().to_string(),
+                e["severity"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+fn metric(c: &Cluster, node: &str, series: &str) -> Result<f64> {
+    let body = c.http(node, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .with_context(|| format!("{series} not in the metrics of {node}"))
+}
+
+#[test]
+fn broken_documents_keep_their_last_good_version() -> Result<()> {
+    let mut c = Cluster::new("nodesafe", 2, 1, true)?;
+    c.wait_converged(CONVERGE)?;
+    let victim = c.nodes[0].pods[0].clone();
+    let other = c.nodes[1].pods[0].clone();
+    c.write("isolate.yaml", ISOLATE)?;
+    eventually(Duration::from_secs(5), || {
+        ensure!(
+            cluster::ping(&other.ns, &victim.v4).is_err(),
+            "n1's pod is not isolated yet"
+        );
+        Ok(())
+    })?;
+    let blocks = c.block_files()?;
+    ensure!(!blocks.is_empty());
+    let sessions = bird_sessions(&c)?;
+    ensure!(sessions.len() == 2, "{sessions:?}");
+    let prefixes = tor_prefixes(&c)?;
+    let base = std::fs::read_to_string(c.dir().join("base.yaml"))?;
+    let tor_peer = std::fs::read_to_string(c.dir().join("tor.yaml"))?;
+    let node2 = std::fs::read_to_string(c.dir().join("node-n2.yaml"))?;
+
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "node-n2.yaml",
+            node2.clone(),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n2\n".into(),
+        ),
+        (
+            "node-n2.yaml",
+            node2.clone(),
+            node2.replace("10.200.0.12/24", "10.200.0.300/24"),
+        ),
+        (
+            "isolate.yaml",
+            ISOLATE.into(),
+            ISOLATE.replace("ingress:", "ingress: ["),
+        ),
+        // Without strict fields this typo would mean "allow from everywhere".
+        (
+            "isolate.yaml",
+            ISOLATE.into(),
+            ISOLATE.replace("- from:", "- form:"),
+        ),
+        (
+            "tor.yaml",
+            tor_peer.clone(),
+            tor_peer.replace("spec: {", "spec: {{"),
+        ),
+        (
+            "tor.yaml",
+            tor_peer.clone(),
+            tor_peer.replace("10.200.0.1,", "10.200.0.1:x,"),
+        ),
+        (
+            "base.yaml",
+            base.clone(),
+            base.replace("blockSize: 26}", "blockSize: 26"),
+        ),
+        (
+            "base.yaml",
+            base.clone(),
+            base.replace("blockSize: 26", "blockSize: 99"),
+        ),
+    ];
+    let mut errors_before = metric(&c, "n1", "calico_rs_resource_errors_total")?;
+    for (file, good, broken) in &cases {
+        ensure!(good != broken, "{file}: the broken text is the good one");
+        c.write(file, broken)?;
+        // The error shows in the status API, the metrics and the log, naming the file.
+        eventually(Duration::from_secs(5), || {
+            let errs = api_errors(&c, "n1")?;
+            ensure!(
+                errs.iter()
+                    .any(|(o, sev)| o.starts_with(file) && sev == "error"),
+                "n1's status API lacks an error for {file}: {errs:?}"
+            );
+            Ok(())
+        })?;
+        let now = metric(&c, "n1", "calico_rs_resource_errors{severity=\"error\"}")?;
+        ensure!(now >= 1.0, "{file}: error gauge {now}");
+        let total = metric(&c, "n1", "calico_rs_resource_errors_total")?;
+        ensure!(total > errors_before, "{file}: error counter did not move");
+        errors_before = total;
+        ensure!(
+            c.nodes[0].daemon.log().contains(*file),
+            "n1's log does not name {file}"
+        );
+        // Nothing changes while it is broken.
+        consistently(Duration::from_secs(2), || {
+            ensure!(
+                c.block_files()? == blocks,
+                "{file}: an IPAM block file changed"
+            );
+            ensure!(
+                bird_sessions(&c)? == sessions,
+                "{file}: a BGP session with the ToR flapped"
+            );
+            ensure!(
+                tor_prefixes(&c)? == prefixes,
+                "{file}: the ToR's routes changed"
+            );
+            ensure!(
+                cluster::ping(&other.ns, &victim.v4).is_err(),
+                "{file}: the isolated pod became reachable"
+            );
+            Ok(())
+        })?;
+        c.write(file, good)?;
+        eventually(Duration::from_secs(5), || {
+            let errs = api_errors(&c, "n1")?;
+            ensure!(errs.is_empty(), "errors left after fixing {file}: {errs:?}");
+            Ok(())
+        })?;
+    }
+    // The node status view points at the errors while there are some.
+    c.write("isolate.yaml", &ISOLATE.replace("- from:", "- form:"))?;
+    eventually(Duration::from_secs(5), || {
+        let sock = format!("unix:{}", c.grpc_socket("n1").display());
+        let out = calico_tests::proc::run(
+            &[
+                &cluster::ctl_bin()?.to_string_lossy(),
+                "node",
+                "status",
+                "--grpc",
+                &sock,
+            ],
+            Duration::from_secs(10),
+        )?;
+        ensure!(
+            out.contains("1 datastore document has problems: see calicoctl-rs node errors"),
+            "{out}"
+        );
+        Ok(())
+    })?;
+    // A fix takes effect: the corrected policy now lets n2's pod in.
+    c.write(
+        "isolate.yaml",
+        &ISOLATE.replace("{matchLabels: {role: nobody}}", "{}"),
+    )?;
+    eventually(Duration::from_secs(5), || {
+        cluster::ping(&other.ns, &victim.v4)
+    })?;
+    ensure!(bird_sessions(&c)? == sessions, "a BGP session flapped");
+    ensure!(c.block_files()? == blocks, "an IPAM block file changed");
+    Ok(())
+}
