@@ -61,6 +61,9 @@ pub struct NodeRef {
 pub struct Cluster {
     pub nodes: Vec<NodeRef>,
     pub tor: Option<Bird>,
+    /// Extra `KEY=VALUE` environment of daemons started from now on (e.g. a PATH with a slow
+    /// `nft`, to widen the window between a pod's route and its policy).
+    pub daemon_env: Vec<String>,
     dir: PathBuf,
     lan: Segment,
     // Last: everything above lives in its namespaces.
@@ -129,6 +132,7 @@ impl Cluster {
         let mut c = Cluster {
             nodes: vec![],
             tor: None,
+            daemon_env: vec![],
             dir,
             lan,
             lab,
@@ -339,6 +343,65 @@ protocol device { }
         Ok(())
     }
 
+    /// A new pod `NODE-SHORT` on running node `node`, as the CNI plugin and the API server
+    /// would make it: [`Cluster::reserve_pod`] then [`Cluster::plumb_pod`].
+    pub fn add_pod(&mut self, node: &str, short: &str, labels: &[(&str, &str)]) -> Result<PodRef> {
+        let r = self.reserve_pod(node, short)?;
+        self.plumb_pod(&r, labels)?;
+        Ok(r)
+    }
+
+    /// The first half of a new pod: its addresses from IPAM and its namespace, nothing the
+    /// daemon can see yet.
+    pub fn reserve_pod(&self, node: &str, short: &str) -> Result<PodRef> {
+        let state = self.state()?;
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .context("no such node")?;
+        let pod_name = format!("{node}-{short}");
+        let handle = format!("default/{pod_name}");
+        let ipam = Ipam::new(&self.dir)?;
+        let v4 = ipam.allocate(
+            node,
+            &handle,
+            IpFamily::V4,
+            &state.ip_pools_for_node(node, IpFamily::V4),
+        )?;
+        let v6 = ipam.allocate(
+            node,
+            &handle,
+            IpFamily::V6,
+            &state.ip_pools_for_node(node, IpFamily::V6),
+        )?;
+        Ok(PodRef {
+            ns: self.lab.netns(&format!("{}.{short}", n.ns.short()))?,
+            name: pod_name,
+            node: node.to_string(),
+            v4: v4.to_string(),
+            v6: v6.to_string(),
+        })
+    }
+
+    /// The second half: its veth, then the Pod (with `labels`) in the datastore. Returns at once:
+    /// whether it is reachable yet is the daemon's business.
+    pub fn plumb_pod(&mut self, r: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == r.node)
+            .context("no such node")?;
+        // The veth first, as the CNI plugin makes it before the pod's addresses are recorded:
+        // the daemon then learns of the pod (its route and its policy) in one step.
+        let iface = felix::workload_iface_name("default", &r.name);
+        pods::make_veth(&self.nodes[i].ns, &iface, &r.ns)?;
+        pods::configure_pod_side(&r.ns, &r.v4, &r.v6)?;
+        self.write_pod(r, labels)?;
+        self.nodes[i].pods.push(r.clone());
+        Ok(())
+    }
+
     fn write_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
         let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
         self.write(
@@ -364,24 +427,30 @@ protocol device { }
         let ds = format!("file:{}", self.dir.display());
         let sock = format!("unix:{}", self.grpc_socket(name).display());
         let log = self.lab.dir().join(format!("{name}-daemon.log"));
+        let mut argv: Vec<String> = vec!["env".into(), "CALICO_RS_LOG=info".into()];
+        argv.extend(self.daemon_env.iter().cloned());
+        let bin = bin.to_string_lossy().into_owned();
+        argv.push(bin);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         ns.spawn_log(
             &[
-                "env",
-                "CALICO_RS_LOG=info",
-                &bin.to_string_lossy(),
-                "run",
-                "--nodename",
-                name,
-                "--datastore",
-                &ds,
-                "--grpc",
-                &sock,
-                "--metrics-port",
-                "0",
-                // Short, so the join/leave test sees the release; long enough to be observed.
-                "--node-release-grace",
-                "3",
-            ],
+                &argv[..],
+                &[
+                    "run",
+                    "--nodename",
+                    name,
+                    "--datastore",
+                    &ds,
+                    "--grpc",
+                    &sock,
+                    "--metrics-port",
+                    "0",
+                    // Short, so the join/leave test sees the release; long enough to be observed.
+                    "--node-release-grace",
+                    "3",
+                ],
+            ]
+            .concat(),
             &log,
         )
     }

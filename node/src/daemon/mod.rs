@@ -161,6 +161,12 @@ struct Daemon {
     routes: RouteManagerHandle,
     routes_pushed: bool,
     policy: PolicyHandle,
+    /// Host-side interfaces of the endpoints in each policy input not yet applied, by sequence
+    /// number (see [`Daemon::policy_progress`]).
+    policy_pending: BTreeMap<u64, BTreeSet<String>>,
+    /// The endpoints of the newest policy input that is in the kernel: only these get routes, so
+    /// no pod is reachable before the rules that apply to it are enforced.
+    policy_ready: BTreeSet<String>,
     bgp_synced: bool,
     /// Which other nodes were deleted, and since when (see [`release`]).
     release: release::ReleaseTracker,
@@ -241,6 +247,8 @@ pub async fn run(
         routes,
         routes_pushed: false,
         policy,
+        policy_pending: BTreeMap::new(),
+        policy_ready: BTreeSet::new(),
         bgp_synced: false,
         release: release::ReleaseTracker::default(),
         started: SystemTime::now(),
@@ -256,6 +264,7 @@ pub async fn run(
     d.release.observe(d.state.nodes.keys(), Instant::now());
     d.refresh_blocks();
     d.recompute().await;
+    let mut policy_rx = d.policy.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
     loop {
@@ -278,6 +287,13 @@ pub async fn run(
                 d.counters.resource_errors += new as u64;
                 d.resource_errors = s.errors.clone();
                 recompute = true;
+            }
+            r = policy_rx.changed() => {
+                if r.is_err() {
+                    bail!("the policy manager stopped");
+                }
+                let st = policy_rx.borrow_and_update().clone();
+                routes_dirty = d.policy_progress(&st);
             }
             _ = tick.tick() => {
                 recompute = d.refresh_blocks() || d.release_deleted_nodes();
@@ -427,7 +443,9 @@ impl Daemon {
         }
         self.apply_bgp(&d).await;
         if self.desired.as_ref().map(|o| &o.policy) != Some(&d.policy) {
-            self.policy.update(d.policy.clone());
+            let ifaces = d.policy.endpoints.iter().map(|e| e.iface.clone()).collect();
+            let seq = self.policy.update(d.policy.clone());
+            self.policy_pending.insert(seq, ifaces);
             self.counters.policy_inputs += 1;
         }
         self.desired = Some(d);
@@ -587,9 +605,41 @@ impl Daemon {
         self.bgp_synced
     }
 
+    /// Follows the policy manager: when an input is in the kernel, its endpoints may have routes.
+    /// A failed input changes nothing: endpoints that had routes keep them, new ones wait.
+    /// Returns whether the set of routable endpoints changed.
+    fn policy_progress(&mut self, st: &felix::policy::PolicyStatus) -> bool {
+        let applied: Vec<u64> = self
+            .policy_pending
+            .range(..=st.seq_applied)
+            .map(|(s, _)| *s)
+            .collect();
+        let Some(newest) = applied.last().copied() else {
+            return false;
+        };
+        let ready = self.policy_pending.remove(&newest).unwrap_or_default();
+        for s in applied {
+            self.policy_pending.remove(&s);
+        }
+        // Inputs processed but failed are dropped too; a later success supersedes them.
+        let done: Vec<u64> = self
+            .policy_pending
+            .range(..=st.seq_done)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            self.policy_pending.remove(&s);
+        }
+        let changed = ready != self.policy_ready;
+        self.policy_ready = ready;
+        changed
+    }
+
     fn push_routes(&mut self) {
         let Some(d) = &self.desired else { return };
-        let input = calc::routes_input(d, &self.learned);
+        let mut input = calc::routes_input(d, &self.learned);
+        let ready = &self.policy_ready;
+        input.workloads.retain(|w| ready.contains(&w.iface));
         if let Err(e) = self.routes.set_desired(input) {
             warn!(error = %e, "route manager");
         }
@@ -642,8 +692,11 @@ impl Daemon {
             routes.push(mk(*b, RouteKind::LocalBlock, vec![], None));
         }
         for p in d.iter().flat_map(|d| d.local_pods.iter()) {
+            let gated = !self.policy_ready.contains(&p.iface);
             for n in &p.nets {
-                routes.push(mk(*n, RouteKind::Pod, vec![], None));
+                let mut r = mk(*n, RouteKind::Pod, vec![], None);
+                r.installed &= !gated;
+                routes.push(r);
             }
         }
         for (prefix, hops) in &self.learned {
@@ -693,7 +746,22 @@ impl Daemon {
             ));
         }
         if pstat.seq_received == 0 || pstat.seq_applied < pstat.seq_received {
-            not_ready.push("policy not applied".to_string());
+            not_ready.push(match &pstat.last_error {
+                Some(e) if pstat.seq_done >= pstat.seq_received => {
+                    format!("policy not applied: {e}")
+                }
+                _ => "policy not applied".to_string(),
+            });
+        }
+        let waiting = d
+            .iter()
+            .flat_map(|d| &d.local_pods)
+            .filter(|p| !self.policy_ready.contains(&p.iface))
+            .count();
+        if waiting > 0 {
+            not_ready.push(format!(
+                "{waiting} local endpoint(s) wait for their policy to be in the kernel: no route yet"
+            ));
         }
         let bgp = self.speaker.as_ref().map(|s| s.handle.status());
         let peers: Vec<PeerView> = bgp

@@ -213,3 +213,74 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
     ensure!(c.block_files()? == blocks, "an IPAM block file changed");
     Ok(())
 }
+
+/// `calicoctl-rs node routes -o json` of `node`: is `prefix` installed?
+fn route_installed(c: &Cluster, node: &str, prefix: &str) -> Result<bool> {
+    let v = c.ctl_json(node, "routes")?;
+    Ok(v["routes"]
+        .as_array()
+        .context("no routes array")?
+        .iter()
+        .any(|r| r["prefix"] == prefix && r["installed"] == true))
+}
+
+#[test]
+fn a_new_pod_is_never_reachable_before_its_policy() -> Result<()> {
+    let mut c = Cluster::new("nodegate", 2, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    // n1's nft takes 1.5 s per run (as a big ruleset does): a route programmed without waiting
+    // for the policy would be in the kernel long before the rules.
+    let real = calico_tests::proc::run(&["sh", "-c", "command -v nft"], Duration::from_secs(5))?;
+    let bin = c.dir().join("slow-nft");
+    std::fs::create_dir_all(&bin)?;
+    let script = bin.join("nft");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nsleep 1.5\nexec {} \"$@\"\n", real.trim()),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    c.daemon_env = vec![format!(
+        "PATH={}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )];
+    c.restart_daemon(0)?;
+    c.wait_converged(CONVERGE)?;
+    c.write(
+        "locked.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: locked, namespace: default}\n\
+         spec: {podSelector: {matchLabels: {app: locked}}, policyTypes: [Ingress]}\n",
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let client = c.nodes[1].pods[0].clone();
+    let locked = c.reserve_pod("n1", "locked")?;
+    // Probe every 5 ms from before the pod exists until well after its route is in.
+    let probe = client.ns.spawn(&[
+        "ping", "-n", "-i", "0.005", "-W", "1", "-w", "6", &locked.v4,
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    c.plumb_pod(&locked, &[("app", "locked")])?;
+    // Its route does go in, once its policy is in the kernel ...
+    eventually(Duration::from_secs(10), || {
+        ensure!(
+            route_installed(&c, "n1", &format!("{}/32", locked.v4))?,
+            "the locked pod's route is not installed"
+        );
+        Ok(())
+    })?;
+    // ... and not one probe got through, before or after.
+    let out = cluster::wait_exit(probe, Duration::from_secs(15))?;
+    let (sent, received) = cluster::ping_summary(&out)?;
+    ensure!(sent > 200, "only {sent} probes sent: {out}");
+    ensure!(
+        received == 0,
+        "{received} of {sent} probes reached the isolated pod:\n{out}"
+    );
+    // Control: a pod no policy selects, added the same way, becomes reachable.
+    let open = c.add_pod("n1", "open", &[])?;
+    eventually(Duration::from_secs(5), || {
+        cluster::ping(&client.ns, &open.v4)
+    })?;
+    Ok(())
+}
