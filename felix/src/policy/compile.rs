@@ -548,3 +548,7 @@ impl Builder<'_, '_> {
         name
     }
 }
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;
