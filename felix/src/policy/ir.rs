@@ -10,6 +10,10 @@
 //! its canonical selector text, a port set after its ports, a policy chain after the policy's
 //! namespace/name, an endpoint chain after its interface. So a pod changing labels changes set
 //! elements only, and a policy edit rewrites only that policy's chain.
+//!
+//! Where a name is a hash of that identity, two identities can hash alike. The compiler therefore
+//! reuses a set or chain only for the same identity (compared whole, not by name) and gives a
+//! colliding one a suffixed name (`sel-HASH-2-v4`); see `compile::Names`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -267,7 +271,8 @@ pub fn policy_chain(ingress: bool, ns: &str, name: &str) -> String {
 /// no dot and so never equals a readable name. A dot was chosen over escaping or length prefixes
 /// because it keeps every real name as people write it (`pi-prod.web`); the policy's namespace and
 /// name are in the chain's comment for the hashed ones. Two hashed names can still collide (a
-/// 64-bit hash of the quoted pair).
+/// 64-bit hash of the quoted pair): the compiler hands names out through a table keyed by the
+/// policy, which gives the second one a `-2` suffix instead of the first one's chain.
 pub(crate) fn policy_chain_with(ingress: bool, ns: &str, name: &str, hash: NameHash) -> String {
     let prefix = if ingress { "pi" } else { "pe" };
     let n = format!("{prefix}-{ns}.{name}");
