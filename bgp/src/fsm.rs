@@ -10,8 +10,10 @@
 //! KeepaliveTimer (hold/3), and an IdleHoldTimer that restarts the FSM after an error with exponential
 //! backoff (RFC 4271 8.1.1 DampPeerOscillations, simplified) so a broken peer does not spin.
 //!
-//! Connection collision (RFC 4271 6.8) needs two of these machines at once and is decided by the
-//! session task with [`collision_winner`]; each machine stays a plain single-connection FSM.
+//! Connection collision (RFC 4271 6.8, RFC 4724 4.2) needs two of these machines at once: the
+//! session task runs the peer's second connection as a machine of its own and, once that one has a
+//! valid OPEN, asks [`resolve_collision`] which connection stays; each machine stays a plain
+//! single-connection FSM.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -607,6 +609,55 @@ impl Fsm {
 /// Returns `true` when the connection *we* initiated survives: our BGP Identifier is the higher one.
 pub fn collision_winner(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> bool {
     u32::from(local_id) > u32::from(remote_id)
+}
+
+/// What to do with the peer's second connection once a valid OPEN has arrived on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collision {
+    /// Keep the current connection; close the new one with Cease/Connection Collision Resolution.
+    KeepCurrent,
+    /// Carry on with the new connection; close the current one (if there still is one) with
+    /// Cease/Connection Collision Resolution.
+    TakeNew,
+    /// The peer has restarted (RFC 4724 4.2): end the Established session as if its TCP connection
+    /// had been lost — no NOTIFICATION, its routes kept as stale — and carry on with the new one.
+    PeerRestarted,
+}
+
+/// Decide a connection collision (RFC 4271 6.8) when the peer's OPEN on a second connection has
+/// passed the OPEN checks. `current` is the machine of the connection we already had and
+/// `current_outbound` says whether we opened it; `new_open` is the OPEN on the peer's new one.
+///
+/// - Established: RFC 4271 6.8 closes the new connection, so a peer cannot end a working session
+///   just by connecting again. The one exception is RFC 4724 4.2: graceful restart was negotiated
+///   in the session and the new OPEN carries the Graceful Restart capability, so the peer restarted
+///   before we saw its old connection die: the new connection replaces the session.
+/// - OpenSent / OpenConfirm: the connection opened by the speaker with the higher BGP Identifier
+///   stays. If the peer opened both (ours is inbound too), the one we had stays.
+/// - Idle, Connect, Active: the current connection is already gone; take the new one.
+///
+/// Pure: the decision depends on no timer (the new connection's own machine keeps its timers).
+pub fn resolve_collision(current: &Fsm, current_outbound: bool, new_open: &Open) -> Collision {
+    match current.state() {
+        State::Established => {
+            let gr_session = current
+                .negotiated()
+                .is_some_and(Negotiated::graceful_restart);
+            if gr_session && new_open.graceful_restart().is_some() {
+                Collision::PeerRestarted
+            } else {
+                Collision::KeepCurrent
+            }
+        }
+        State::OpenSent | State::OpenConfirm => {
+            if current_outbound && !collision_winner(current.cfg.router_id, new_open.bgp_id) {
+                Collision::TakeNew
+            } else {
+                Collision::KeepCurrent
+            }
+        }
+        State::Idle | State::Connect | State::Active => Collision::TakeNew,
+    }
 }
 
 #[cfg(test)]

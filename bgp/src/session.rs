@@ -9,12 +9,15 @@
 //! actions. Writes go through a separate writer task so a slow peer never stalls the FSM (keepalives,
 //! hold timer); the writer flushes what was queued (a final NOTIFICATION included) before it closes.
 //!
-//! Connection collision (RFC 4271 6.8): a connection the peer opens while ours is in OpenSent or
-//! OpenConfirm runs as a second FSM until its OPEN shows the peer's BGP Identifier; then the
-//! connection opened by the speaker with the higher identifier stays and the other is closed with
-//! Cease/Connection Collision Resolution. A new connection while Established closes the new one,
-//! unless both sides did graceful restart: then the peer has restarted (RFC 4724 4.2), the old
-//! session is treated as lost and the new one taken.
+//! Connection collision (RFC 4271 6.8, RFC 4724 4.2): a connection the peer opens while ours is in
+//! OpenSent, OpenConfirm or Established is held and runs as a second FSM, through its own OPEN
+//! exchange, while the first carries on. Once its OPEN has passed the checks, the pure
+//! [`resolve_collision`] decides: before Established, the connection opened by the speaker with
+//! the higher BGP Identifier stays; an Established session stays unless graceful restart was
+//! negotiated in it and the new OPEN carries the Graceful Restart capability (the peer restarted
+//! before we saw its old connection die: the old session ends as if its connection was lost, its
+//! routes kept as stale, and the new connection carries on). The connection that loses gets
+//! Cease/Connection Collision Resolution and nothing else.
 
 use std::future::pending;
 use std::io;
@@ -33,7 +36,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use crate::config::PeerCfg;
-use crate::fsm::{collision_winner, Action, DownReason, Event, Fsm, Negotiated, State};
+use crate::fsm::{resolve_collision, Action, Collision, DownReason, Event, Fsm, Negotiated, State};
 use crate::rib::{RouteAttrs, SourceId};
 use crate::sockopt;
 use crate::wire::{
@@ -491,7 +494,16 @@ impl Session {
                     self.close_link();
                 }
             }
-            State::OpenSent | State::OpenConfirm => {
+            State::OpenSent | State::OpenConfirm | State::Established => {
+                if self.fsm.state() == State::Established {
+                    // RFC 4271 6.8 / RFC 4724 4.2: connecting alone proves nothing; what the peer
+                    // says in its OPEN on this connection decides (see `resolve_collision`).
+                    info!("new connection while Established: held until its OPEN");
+                }
+                if self.cand.is_some() {
+                    debug!("a third connection replaces the one held for collision detection");
+                    self.close_cand();
+                }
                 let mut cfg = self.fsm.cfg.clone();
                 cfg.passive = true;
                 let mut f = Fsm::new(cfg);
@@ -500,24 +512,6 @@ impl Session {
                 actions.extend(f.handle(Event::TcpConnected, now));
                 self.cand = Some((f, link));
                 self.apply_cand(actions);
-            }
-            State::Established => {
-                let restarted = self.fsm.negotiated().is_some_and(|n| n.graceful_restart());
-                if restarted {
-                    info!("new connection while Established: peer restarted (graceful restart)");
-                    self.close_link();
-                    self.feed(Event::TcpFailed);
-                    self.link = Some(link);
-                    self.feed(Event::TcpConnected);
-                } else {
-                    link.send(
-                        &Message::Notification(Notification::new(
-                            code::CEASE,
-                            subcode::CONNECTION_COLLISION_RESOLUTION,
-                        )),
-                        &SessionCaps::default(),
-                    );
-                }
             }
         }
     }
@@ -528,30 +522,35 @@ impl Session {
         self.apply_cand(actions);
     }
 
+    /// Carry out the second connection's actions. Once its OPEN has passed the checks (it enters
+    /// OpenConfirm), the collision is decided before anything else is sent on it, so a connection
+    /// that loses gets only the NOTIFICATION.
     fn apply_cand(&mut self, actions: Vec<Action>) {
-        for a in actions {
-            let Some((f, l)) = &self.cand else { return };
-            match a {
-                Action::Send(m) => l.send(&m, &SessionCaps::default()),
-                Action::Disconnect | Action::Down(_) => self.cand = None,
+        let opened = actions.iter().any(|a| {
+            matches!(
+                a,
                 Action::StateChange {
                     to: State::OpenConfirm,
                     ..
-                } => {
-                    let remote_id = f
-                        .peer_open()
-                        .map(|o| o.bgp_id)
-                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                    self.resolve_collision(remote_id);
-                    return;
                 }
+            )
+        });
+        if opened {
+            return self.resolve_collision(actions);
+        }
+        for a in actions {
+            let Some((_, l)) = &self.cand else { return };
+            match a {
+                Action::Send(m) => l.send(&m, &SessionCaps::default()),
+                Action::Disconnect | Action::Down(_) => self.close_cand(),
                 _ => {}
             }
         }
     }
 
-    /// RFC 4271 6.8, once the second connection's OPEN is in.
-    fn resolve_collision(&mut self, remote_id: std::net::Ipv4Addr) {
+    /// RFC 4271 6.8 and RFC 4724 4.2, once the second connection's OPEN is in: the decision is
+    /// [`resolve_collision`]'s; `actions` are the second machine's (its KEEPALIVE, its state change).
+    fn resolve_collision(&mut self, actions: Vec<Action>) {
         let Some((cand_fsm, cand_link)) = self.cand.take() else {
             return;
         };
@@ -559,26 +558,54 @@ impl Session {
             code::CEASE,
             subcode::CONNECTION_COLLISION_RESOLUTION,
         ));
-        let main_outbound = self.link.as_ref().is_some_and(|l| l.outbound);
-        let keep_ours = collision_winner(self.fsm.cfg.router_id, remote_id);
-        if main_outbound && !keep_ours || self.link.is_none() {
-            info!("connection collision: keeping the connection the peer opened");
-            if let Some(l) = &self.link {
-                l.send(&cease, &SessionCaps::default());
+        let current_outbound = self.link.as_ref().is_some_and(|l| l.outbound);
+        let verdict = match cand_fsm.peer_open() {
+            Some(open) => resolve_collision(&self.fsm, current_outbound, open),
+            // Not reached: the machine enters OpenConfirm only with the peer's OPEN.
+            None => Collision::KeepCurrent,
+        };
+        let established = self.fsm.state() == State::Established;
+        match verdict {
+            Collision::KeepCurrent => {
+                if established {
+                    info!("connection collision with the Established session: closing the new connection (its OPEN has no graceful restart)");
+                } else {
+                    info!("connection collision: keeping our connection");
+                }
+                cand_link.send(&cease, &SessionCaps::default());
+                self.retire(cand_link);
+                return;
             }
-            let from = self.fsm.state();
-            let passive = self.fsm.cfg.passive;
-            self.fsm = cand_fsm;
-            self.fsm.cfg.passive = passive;
-            self.link = Some(cand_link);
-            self.report(FromSession::State {
-                from,
-                to: self.fsm.state(),
-            });
-        } else {
-            info!("connection collision: keeping our connection");
-            cand_link.send(&cease, &SessionCaps::default());
+            Collision::PeerRestarted => {
+                info!("peer restarted (graceful restart in its new OPEN): its new connection replaces the Established session");
+                // As if the old connection had failed: no NOTIFICATION, the peer's routes stay stale.
+                self.feed(Event::TcpFailed);
+                self.close_link();
+            }
+            Collision::TakeNew => {
+                info!("connection collision: keeping the connection the peer opened");
+                if let Some(l) = self.link.take() {
+                    l.send(&cease, &SessionCaps::default());
+                    self.retire(l);
+                }
+            }
         }
+        self.connecting = None;
+        let from = self.fsm.state();
+        let passive = self.fsm.cfg.passive;
+        self.fsm = cand_fsm;
+        self.fsm.cfg.passive = passive;
+        self.link = Some(cand_link);
+        // The new machine's own KEEPALIVE and its change to OpenConfirm, reported as a change from
+        // where the session was; it also sets the session's capabilities from the new negotiation.
+        let actions = actions
+            .into_iter()
+            .map(|a| match a {
+                Action::StateChange { to, .. } => Action::StateChange { from, to },
+                a => a,
+            })
+            .collect();
+        self.apply(actions);
     }
 
     fn apply(&mut self, actions: Vec<Action>) {

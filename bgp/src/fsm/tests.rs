@@ -343,3 +343,151 @@ fn two_octet_peer_gets_as_trans_in_open() {
     assert_eq!(o.my_as, AS_TRANS);
     assert_eq!(o.asn(), 4_200_000_001);
 }
+
+fn gr_cap(restarting: bool) -> Capability {
+    Capability::GracefulRestart(GracefulRestartCap {
+        restarting,
+        notification: false,
+        restart_time: 120,
+        families: vec![(Family::Ipv4Unicast, true)],
+    })
+}
+
+/// A machine Established with a peer whose OPEN carried `peer_caps` too; `local_gr`: we do GR.
+fn established_with(local_gr: bool, peer_caps: Vec<Capability>) -> (Fsm, Instant) {
+    let t = Instant::now();
+    let mut c = cfg();
+    if local_gr {
+        c.graceful_restart = Some(GrCfg {
+            restart_time: 30,
+            restarting: false,
+            forwarding_preserved: true,
+        });
+    }
+    let mut f = Fsm::new(c);
+    f.handle(Event::Start, t);
+    f.handle(Event::TcpConnected, t);
+    let mut po = peer_open(65002, 30);
+    po.capabilities.extend(peer_caps);
+    f.handle(Event::Message(Message::Open(po)), t);
+    f.handle(Event::Message(Message::Keepalive), t);
+    assert_eq!(f.state(), State::Established);
+    (f, t)
+}
+
+/// The peer's second connection as the session runs it: a passive machine of its own that sends
+/// our OPEN and checks the peer's. Returns it once the peer's OPEN (with `caps` added) passed.
+fn held_connection(main: &Fsm, caps: Vec<Capability>, t: Instant) -> Fsm {
+    let mut c = main.cfg.clone();
+    c.passive = true;
+    let mut f = Fsm::new(c);
+    f.handle(Event::Start, t);
+    let a = f.handle(Event::TcpConnected, t);
+    assert!(matches!(sent(&a)[..], [Message::Open(_)]), "{a:?}");
+    let mut po = peer_open(65002, 30);
+    po.capabilities.extend(caps);
+    let a = f.handle(Event::Message(Message::Open(po)), t);
+    assert!(a.contains(&Action::StateChange {
+        from: State::OpenSent,
+        to: State::OpenConfirm
+    }));
+    f
+}
+
+#[test]
+fn second_connection_while_established_is_closed_without_graceful_restart_in_its_open() {
+    let (main, t) = established_with(true, vec![gr_cap(false)]);
+    let held = held_connection(&main, vec![], t);
+    let open = held.peer_open().unwrap();
+    assert_eq!(resolve_collision(&main, true, open), Collision::KeepCurrent);
+    assert_eq!(
+        resolve_collision(&main, false, open),
+        Collision::KeepCurrent
+    );
+    assert_eq!(
+        main.state(),
+        State::Established,
+        "connecting alone changes nothing"
+    );
+}
+
+#[test]
+fn second_connection_with_graceful_restart_while_established_means_the_peer_restarted() {
+    let (main, t) = established_with(true, vec![gr_cap(false)]);
+    for restarting in [true, false] {
+        let held = held_connection(&main, vec![gr_cap(restarting)], t);
+        let open = held.peer_open().unwrap();
+        assert_eq!(
+            resolve_collision(&main, true, open),
+            Collision::PeerRestarted
+        );
+        assert_eq!(
+            resolve_collision(&main, false, open),
+            Collision::PeerRestarted
+        );
+    }
+}
+
+#[test]
+fn peer_restart_needs_graceful_restart_negotiated_in_the_established_session() {
+    // We do not do GR: the old session's routes could not be kept, so it stays (RFC 4271 6.8).
+    let (main, t) = established_with(false, vec![gr_cap(false)]);
+    let held = held_connection(&main, vec![gr_cap(true)], t);
+    assert_eq!(
+        resolve_collision(&main, true, held.peer_open().unwrap()),
+        Collision::KeepCurrent
+    );
+    // The peer did not offer GR in the Established session.
+    let (main, t) = established_with(true, vec![]);
+    let held = held_connection(&main, vec![gr_cap(true)], t);
+    assert_eq!(
+        resolve_collision(&main, true, held.peer_open().unwrap()),
+        Collision::KeepCurrent
+    );
+}
+
+#[test]
+fn collision_before_established_goes_by_bgp_identifier() {
+    let t = Instant::now();
+    // Ours is 10.0.0.1, the peer 10.0.0.2: the peer's connection wins over the one we opened.
+    let mut main = Fsm::new(cfg());
+    main.handle(Event::Start, t);
+    main.handle(Event::TcpConnected, t);
+    assert_eq!(main.state(), State::OpenSent);
+    let held = held_connection(&main, vec![], t);
+    let open = held.peer_open().unwrap().clone();
+    assert_eq!(resolve_collision(&main, true, &open), Collision::TakeNew);
+    // Both connections came from the peer: the first one stays.
+    assert_eq!(
+        resolve_collision(&main, false, &open),
+        Collision::KeepCurrent
+    );
+    // With the higher identifier, the connection we opened stays, also in OpenConfirm.
+    let mut c = cfg();
+    c.router_id = "10.0.0.3".parse().unwrap();
+    let mut main = Fsm::new(c);
+    main.handle(Event::Start, t);
+    main.handle(Event::TcpConnected, t);
+    assert_eq!(
+        resolve_collision(&main, true, &open),
+        Collision::KeepCurrent
+    );
+    main.handle(Event::Message(Message::Open(peer_open(65002, 30))), t);
+    assert_eq!(main.state(), State::OpenConfirm);
+    assert_eq!(
+        resolve_collision(&main, true, &open),
+        Collision::KeepCurrent
+    );
+}
+
+#[test]
+fn collision_after_the_current_connection_failed_takes_the_new_one() {
+    let (mut main, t) = established_with(true, vec![gr_cap(false)]);
+    let held = held_connection(&main, vec![], t);
+    main.handle(Event::TcpFailed, t);
+    assert_eq!(main.state(), State::Idle);
+    assert_eq!(
+        resolve_collision(&main, true, held.peer_open().unwrap()),
+        Collision::TakeNew
+    );
+}

@@ -8,7 +8,8 @@
 //!    failed policy selects it   -> endpoint chain = deny          (fail closed)
 //!    valid policies select it   -> endpoint chain = jump pi-/pe-<policy> ...; deny
 //!    nothing selects it         -> no chain, no map element       (open)
-//!  policy chains and the sets their rules name are built on first use, shared after that.
+//!  policy chains and the sets their rules name are built on first use, shared after that
+//!  (by what they stand for, never by a hashed name alone: see `Names`).
 //! ```
 //!
 //! Semantics (networking.k8s.io/v1): a pod selected by at least one policy of a direction is
@@ -24,16 +25,18 @@
 //! The result depends only on the input's content: every collection is sorted or keyed, duplicates
 //! are resolved by content, so any permutation of the input compiles to the same [`Ruleset`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use super::error::InputError;
-use super::index::{CachedSet, Index, SetCache};
+use super::index::{CachedSet, Index, SelKey, SetCache};
 use super::ir::{
-    from_wl_chain, policy_chain, short_hash, to_wl_chain, Chain, Dir, Elem, Family, Match, Rule,
+    endpoint_chain, policy_chain_with, short_hash, Chain, Dir, Elem, Family, Match, NameHash, Rule,
     Ruleset, SetDef, SetKind, Verdict,
 };
 use super::model::{PolicyInput, WorkloadEndpoint};
+use super::selector::Selector;
 use super::validate::{
     check, Block, Checked, CheckedPolicy, CheckedRule, FailedPolicy, NsScope, Peer, PortSpec, Proto,
 };
@@ -78,6 +81,15 @@ pub fn compile(input: &PolicyInput) -> Compiled {
 /// [`compile`] reusing (and filling) a cache of selector-set members; the caller guarantees the
 /// cache's entries are valid for `input` (see [`super::incremental::Compiler`]).
 pub(crate) fn compile_with(input: &PolicyInput, cache: &mut SetCache) -> Compiled {
+    compile_hashed(input, cache, short_hash)
+}
+
+/// [`compile_with`] naming hashed sets and chains with `hash` (tests force collisions with it).
+pub(crate) fn compile_hashed(
+    input: &PolicyInput,
+    cache: &mut SetCache,
+    hash: NameHash,
+) -> Compiled {
     let mut errors = Vec::new();
 
     // Local endpoints by interface; a duplicate or unusable interface is reported and skipped.
@@ -161,6 +173,9 @@ pub(crate) fn compile_with(input: &PolicyInput, cache: &mut SetCache) -> Compile
         index: &index,
         rs: Ruleset::default(),
         cache,
+        hash,
+        set_names: Names::default(),
+        chain_names: Names::default(),
     };
     stats.endpoints = endpoints.len();
     let no_valid = Vec::new();
@@ -223,10 +238,11 @@ pub(crate) fn compile_with(input: &PolicyInput, cache: &mut SetCache) -> Compile
             } else {
                 stats.isolated_egress += 1;
             }
-            let (chain, map) = if ingress {
-                (to_wl_chain(&ep.iface), &mut b.rs.to_wl)
+            let chain = b.endpoint_chain(ingress, &ep.iface);
+            let map = if ingress {
+                &mut b.rs.to_wl
             } else {
-                (from_wl_chain(&ep.iface), &mut b.rs.from_wl)
+                &mut b.rs.from_wl
             };
             map.insert(ep.iface.clone(), chain.clone());
             b.rs.chains.insert(
@@ -275,19 +291,108 @@ enum PortAlt {
     Named(Proto, String),
 }
 
+/// What a shared named set stands for: reuse of a set goes by this, never by its (hashed) name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SetKey {
+    /// Pods of a selector in a namespace scope (`sel-`).
+    Pods(SelKey),
+    /// An ipBlock (`net-`).
+    Block(Block),
+    /// Disjoint port ranges (`ports-`).
+    Ports(Vec<(u16, u16)>),
+}
+
+/// What a chain stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ChainKey {
+    /// A policy in one direction (`pi-` / `pe-`).
+    Policy {
+        ingress: bool,
+        namespace: String,
+        name: String,
+    },
+    /// A local endpoint in one direction (`tw-` / `fw-`).
+    Endpoint { ingress: bool, iface: String },
+}
+
+/// Names handed out in one compilation, by the key they stand for.
+///
+/// Names come from content — readable where the content allows, else a hash of it — so two
+/// different keys can only be given the same name by a hash collision (48 or 64 bits). Reuse goes
+/// by the key, never by the name alone: a key gets the name it got before; a new key whose name is
+/// taken gets `NAME-2`, `NAME-3`, ... (a form no plain name has). Which of two colliding keys keeps
+/// the plain name follows the compile order, which the input's content fixes, so the result still
+/// depends on the content only.
+struct Names<K> {
+    by_key: HashMap<K, String>,
+    taken: HashSet<String>,
+}
+
+impl<K> Default for Names<K> {
+    fn default() -> Self {
+        Names {
+            by_key: HashMap::new(),
+            taken: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Names<K> {
+    /// The name `key` was given, if any.
+    fn get(&self, key: &K) -> Option<&str> {
+        self.by_key.get(key).map(String::as_str)
+    }
+
+    /// The name of `key`: the one it has, else `base` if free, else `base-N`.
+    fn claim(&mut self, key: K, base: String) -> String {
+        if let Some(n) = self.by_key.get(&key) {
+            return n.clone();
+        }
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.taken.contains(&name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        self.taken.insert(name.clone());
+        self.by_key.insert(key, name.clone());
+        name
+    }
+}
+
 struct Builder<'a, 'c> {
     index: &'a Index<'a>,
     rs: Ruleset,
     cache: &'c mut SetCache,
+    hash: NameHash,
+    /// Set names (for `sel-` and `net-` sets: the stem before `-v4` / `-v6`).
+    set_names: Names<SetKey>,
+    chain_names: Names<ChainKey>,
 }
 
 impl Builder<'_, '_> {
+    /// Name of the endpoint chain of `iface` in one direction.
+    fn endpoint_chain(&mut self, ingress: bool, iface: &str) -> String {
+        let base = endpoint_chain(if ingress { "tw" } else { "fw" }, iface, self.hash);
+        let key = ChainKey::Endpoint {
+            ingress,
+            iface: iface.to_string(),
+        };
+        self.chain_names.claim(key, base)
+    }
+
     /// Name of the chain of `p` in one direction, building it (and its sets) on first use.
     fn policy_chain(&mut self, p: &CheckedPolicy, ingress: bool) -> String {
-        let name = policy_chain(ingress, &p.namespace, &p.name);
-        if self.rs.chains.contains_key(&name) {
-            return name;
+        let key = ChainKey::Policy {
+            ingress,
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        if let Some(name) = self.chain_names.get(&key) {
+            return name.to_string();
         }
+        let base = policy_chain_with(ingress, &p.namespace, &p.name, self.hash);
+        let name = self.chain_names.claim(key, base);
         let (dir, label, list) = if ingress {
             (
                 Dir::Src,
@@ -426,18 +531,23 @@ impl Builder<'_, '_> {
     }
 
     /// The v4 and v6 sets of the pods `pods` selects in the namespaces of `scope`.
-    fn pod_sets(&mut self, scope: &NsScope, pods: &super::selector::Selector) -> [String; 2] {
+    fn pod_sets(&mut self, scope: &NsScope, pods: &Selector) -> [String; 2] {
+        let sel: SelKey = (scope.clone(), pods.clone());
+        let key = SetKey::Pods(sel.clone());
+        let with_family = |stem: &str| Family::BOTH.map(|f| format!("{stem}-{}", f.suffix()));
+        if let Some(stem) = self.set_names.get(&key) {
+            return with_family(stem);
+        }
         let scope_text = match scope {
             NsScope::Own(ns) => format!("namespace {ns}"),
             NsScope::Selected(s) => format!("namespaces {s}"),
         };
         let desc = format!("{scope_text}; pods {pods}");
-        let hash = short_hash(&desc, 12);
-        let names = Family::BOTH.map(|f| format!("sel-{hash}-{}", f.suffix()));
-        if self.rs.sets.contains_key(&names[0]) {
-            return names;
-        }
-        if !self.cache.sets.contains_key(&desc) {
+        let stem = self
+            .set_names
+            .claim(key, format!("sel-{}", (self.hash)(&desc, 12)));
+        let names = with_family(&stem);
+        if !self.cache.sets.contains_key(&sel) {
             let (mut v4, mut v6) = (Vec::new(), Vec::new());
             let namespaces = self.index.namespaces(scope);
             for ns in &namespaces {
@@ -455,9 +565,9 @@ impl Builder<'_, '_> {
                 v4: Arc::new(v4.into_iter().collect()),
                 v6: Arc::new(v6.into_iter().collect()),
             };
-            self.cache.sets.insert(desc.clone(), entry);
+            self.cache.sets.insert(sel.clone(), entry);
         }
-        let entry = &self.cache.sets[&desc];
+        let entry = &self.cache.sets[&sel];
         for (name, (fam, elements)) in names
             .iter()
             .zip([(Family::V4, &entry.v4), (Family::V6, &entry.v6)])
@@ -486,8 +596,13 @@ impl Builder<'_, '_> {
             desc.push_str(" except ");
             desc.push_str(&ex.join(","));
         }
-        let name = format!("net-{}-{}", short_hash(&desc, 12), fam.suffix());
-        if !self.rs.sets.contains_key(&name) {
+        let key = SetKey::Block(b.clone());
+        let built = self.set_names.get(&key).is_some();
+        let stem = self
+            .set_names
+            .claim(key, format!("net-{}", (self.hash)(&desc, 12)));
+        let name = format!("{stem}-{}", fam.suffix());
+        if !built {
             let elements = Arc::new(b.prefixes().into_iter().map(Elem::Net).collect());
             self.rs.sets.insert(
                 name.clone(),
@@ -506,10 +621,15 @@ impl Builder<'_, '_> {
             .iter()
             .map(|(a, b)| Elem::Ports(*a, *b).to_string())
             .collect();
-        let mut name = format!("ports-{}", text.join("_"));
-        if name.len() > 48 {
-            name = format!("ports-h{}", short_hash(&text.join(","), 12));
+        let key = SetKey::Ports(ranges.to_vec());
+        if let Some(name) = self.set_names.get(&key) {
+            return name.to_string();
         }
+        let mut base = format!("ports-{}", text.join("_"));
+        if base.len() > 48 {
+            base = format!("ports-h{}", (self.hash)(&text.join(","), 12));
+        }
+        let name = self.set_names.claim(key, base);
         self.rs.sets.entry(name.clone()).or_insert_with(|| SetDef {
             kind: SetKind::Ports,
             comment: format!("ports {}", text.join(",")),
@@ -548,3 +668,7 @@ impl Builder<'_, '_> {
         name
     }
 }
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::error::PolicyError;
 use super::ir::Ruleset;
-use super::netlink::{self, ElementSocket};
+use super::netlink::{self, BatchError, ElementSocket};
 use super::render::{
     element_changes, render_diff, render_full, DiffStats, FWD_EGRESS, FWD_EGRESS_RULES, MARKER,
 };
@@ -148,7 +148,9 @@ impl NftDriver {
                         });
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "element batch refused; replacing table");
+                        // Refused, timed out or answered oddly: either nothing was applied or
+                        // we no longer know; replacing the table is right in both cases.
+                        tracing::warn!(error = %e, "element batch failed; replacing table");
                         self.elements = None;
                         self.applied = None;
                         return self.apply_full(rs, Some(format!("element batch: {e}")));
@@ -209,9 +211,13 @@ impl NftDriver {
     }
 
     /// Send element changes as one nfnetlink transaction; returns the batch size.
-    fn apply_elements(&mut self, changes: &[netlink::ElemChange]) -> std::io::Result<usize> {
+    fn apply_elements(&mut self, changes: &[netlink::ElemChange]) -> Result<usize, BatchError> {
         if self.elements.is_none() {
-            self.elements = Some(ElementSocket::open()?);
+            let sock = ElementSocket::open().map_err(|source| BatchError::Io {
+                what: "opening",
+                source,
+            })?;
+            self.elements = Some(sock);
         }
         // The kernel names the committing *thread* in its generation notice.
         if let Some(tid) = current_tid() {

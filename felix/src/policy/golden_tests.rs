@@ -59,7 +59,7 @@ fn check_golden(file: &str, got: &str) {
 
 #[test]
 fn golden_full_rulesets() {
-    for name in ["basic", "failclosed", "egress-named"] {
+    for name in ["basic", "failclosed", "egress-named", "names"] {
         check_golden(&format!("{name}.nft"), &full_text(&load(name)));
     }
 }
@@ -161,7 +161,7 @@ fn permutations(input: &PolicyInput) -> Vec<PolicyInput> {
 
 #[test]
 fn result_does_not_depend_on_input_order() {
-    for name in ["basic", "failclosed", "egress-named"] {
+    for name in ["basic", "failclosed", "egress-named", "names"] {
         let input = load(name);
         let want = compile(&input);
         for p in permutations(&input) {
@@ -177,7 +177,7 @@ fn result_does_not_depend_on_input_order() {
 #[test]
 fn reapplying_the_same_input_sends_nothing() {
     let cfg = PolicyCfg::default();
-    for name in ["basic", "failclosed", "egress-named"] {
+    for name in ["basic", "failclosed", "egress-named", "names"] {
         let input = load(name);
         let a = compile(&input).ruleset;
         let b = compile(&input).ruleset;

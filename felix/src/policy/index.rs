@@ -5,7 +5,7 @@
 //! missing from it, sorted by namespace/name, duplicates resolved by content (smallest wins) so the
 //! order of the input never matters.
 //!
-//! [`SetCache`] holds, per selector set (keyed by its canonical description), the namespaces its
+//! [`SetCache`] holds, per selector set (keyed by its scope and selector), the namespaces its
 //! scope resolved to and its members. Its contents are a pure function of (namespace labels, pods
 //! of those namespaces), so an entry stays valid as long as neither changed; [`Compiler`]
 //! (in `super::incremental`) drops exactly the entries whose namespaces saw a pod change, which
@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::ir::Elem;
 use super::model::{Labels, Pod, PolicyInput, WorkloadEndpoint, NAMESPACE_NAME_LABEL};
+use super::selector::Selector;
 use super::validate::{NsScope, Proto};
 
 fn key<'a>(p: &&'a Pod) -> (&'a str, &'a str) {
@@ -130,10 +131,14 @@ pub(crate) struct CachedSet {
     pub v6: Arc<BTreeSet<Elem>>,
 }
 
-/// Selector-set members by set description. See the module docs for when entries are valid.
+/// What a selector set stands for: the namespace scope and the pod selector, compared whole (not
+/// by their text or its hash).
+pub(crate) type SelKey = (NsScope, Selector);
+
+/// Selector-set members by scope and selector. See the module docs for when entries are valid.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SetCache {
-    pub sets: HashMap<String, CachedSet>,
+    pub sets: HashMap<SelKey, CachedSet>,
 }
 
 impl SetCache {

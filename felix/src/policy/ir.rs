@@ -10,6 +10,10 @@
 //! its canonical selector text, a port set after its ports, a policy chain after the policy's
 //! namespace/name, an endpoint chain after its interface. So a pod changing labels changes set
 //! elements only, and a policy edit rewrites only that policy's chain.
+//!
+//! Where a name is a hash of that identity, two identities can hash alike. The compiler therefore
+//! reuses a set or chain only for the same identity (compared whole, not by name) and gives a
+//! colliding one a suffixed name (`sel-HASH-2-v4`); see `compile::Names`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -224,35 +228,58 @@ pub fn is_ident_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Longest chain or set name we emit (nft allows 255).
+/// Longest chain or set name we emit in readable form (nft allows 255 bytes, 256 with the NUL);
+/// the rest leaves room for a collision suffix.
 const MAX_NAME: usize = 200;
+
+/// Hash used for names: the first `n` hex digits of SHA-1 of the text ([`short_hash`]). The
+/// compiler takes it as a parameter so that tests can force collisions.
+pub type NameHash = fn(&str, usize) -> String;
 
 /// Endpoint chain for traffic to a workload (its ingress): `tw-IFACE` (Calico's "to workload").
 pub fn to_wl_chain(iface: &str) -> String {
-    endpoint_chain("tw", iface)
+    endpoint_chain("tw", iface, short_hash)
 }
 
 /// Endpoint chain for traffic from a workload (its egress): `fw-IFACE`.
 pub fn from_wl_chain(iface: &str) -> String {
-    endpoint_chain("fw", iface)
+    endpoint_chain("fw", iface, short_hash)
 }
 
-fn endpoint_chain(prefix: &str, iface: &str) -> String {
+/// `PREFIX-IFACE`, or `PREFIX-hHASH` for an interface name nft cannot take bare. The compiler's
+/// name table keeps two interfaces from sharing a chain if hashed names ever collide.
+pub(crate) fn endpoint_chain(prefix: &str, iface: &str, hash: NameHash) -> String {
     if is_ident_safe(iface) {
         format!("{prefix}-{iface}")
     } else {
-        format!("{prefix}-h{}", short_hash(iface, 12))
+        format!("{prefix}-h{}", hash(iface, 12))
     }
 }
 
-/// Policy chain: `pi-NS.NAME` (ingress) or `pe-NS.NAME` (egress). Namespaces have no dots, so the
-/// first dot separates them; long names fall back to a hash.
+/// Policy chain: `pi-NS.NAME` (ingress) or `pe-NS.NAME` (egress), e.g. `pi-prod.web.frontend`.
 pub fn policy_chain(ingress: bool, ns: &str, name: &str) -> String {
+    policy_chain_with(ingress, ns, name, short_hash)
+}
+
+/// [`policy_chain`] with the hash as a parameter.
+///
+/// The readable form is injective: Kubernetes namespace names are DNS labels (no dots) while
+/// policy names are DNS subdomains (dots allowed), so the *first* dot after the prefix ends the
+/// namespace — provided the namespace really has none. A namespace with a dot (which the API server
+/// never accepts, but the input is not trusted), or a name nft cannot take bare, or a name longer
+/// than [`MAX_NAME`] (63 + 253 bytes do not fit) gets the hashed form `pi-hHASH` instead, which has
+/// no dot and so never equals a readable name. A dot was chosen over escaping or length prefixes
+/// because it keeps every real name as people write it (`pi-prod.web`); the policy's namespace and
+/// name are in the chain's comment for the hashed ones. Two hashed names can still collide (a
+/// 64-bit hash of the quoted pair): the compiler hands names out through a table keyed by the
+/// policy, which gives the second one a `-2` suffix instead of the first one's chain.
+pub(crate) fn policy_chain_with(ingress: bool, ns: &str, name: &str, hash: NameHash) -> String {
     let prefix = if ingress { "pi" } else { "pe" };
     let n = format!("{prefix}-{ns}.{name}");
-    if n.len() <= MAX_NAME && is_ident_safe(ns) && is_ident_safe(name) {
+    if n.len() <= MAX_NAME && is_ident_safe(ns) && !ns.contains('.') && is_ident_safe(name) {
         n
     } else {
-        format!("{prefix}-h{}", short_hash(&format!("{ns}/{name}"), 16))
+        // Debug quoting keeps the key unambiguous (`"a/b"/"c"` vs `"a"/"b/c"`).
+        format!("{prefix}-h{}", hash(&format!("{ns:?}/{name:?}"), 16))
     }
 }

@@ -36,11 +36,14 @@
 //! One table, `table inet calico-rs` ([`PolicyCfg::table`]); no other table is read or written.
 //! Base chains dispatch through verdict maps keyed by interface name (`iifname vmap @from-wl`,
 //! `oifname vmap @to-wl`) to per-endpoint chains (`fw-IFACE` = the pod's egress, `tw-IFACE` = its
-//! ingress), which jump to per-policy chains (`pe-NS.NAME`, `pi-NS.NAME`) and deny at the end. Peer
-//! pods and ipBlocks live in named sets shared by every rule that names the same selector or block
-//! (`sel-HASH-v4`, `net-HASH-v6`), port lists in shared interval sets (`ports-80_443`), named
-//! ports in `(address . port)` sets (`np-tcp-http-v4`; `npl-` for ingress, local pods only). Per
-//! packet: a conntrack lookup and one map lookup per direction; for a new flow only, the rules of
+//! ingress), which jump to per-policy chains (`pe-NS.NAME`, `pi-NS.NAME`; `pi-hHASH` where the
+//! namespace has a dot or the name is too long, so that no two policies share a chain, see
+//! [`ir::policy_chain`]) and deny at the end. Peer pods and ipBlocks live in named sets shared by
+//! every rule that names the same selector or block (`sel-HASH-v4`, `net-HASH-v6`; reused only for
+//! the same selector or block, a hash collision gets `sel-HASH-2-v4`), port lists in shared
+//! interval sets (`ports-80_443`), named ports in `(address . port)` sets (`np-tcp-http-v4`;
+//! `npl-` for ingress, local pods only). Per packet: a conntrack lookup and one map lookup per
+//! direction; for a new flow only, the rules of
 //! the policies selecting the pod, each one set lookup — independent of the number of pods. Only
 //! policies selecting a local pod, and the sets they name, are in the table. See [`render`] for the
 //! base chains.

@@ -16,8 +16,14 @@
 //! `close()` of nft's netlink socket that blocks 6-30 ms after a transaction that deleted
 //! elements. A long-lived socket sending one nfnetlink batch (`BATCH_BEGIN`, `DELSETELEM` /
 //! `NEWSETELEM` messages, `BATCH_END`) is the same single kernel transaction without any of that.
-//! Every message asks for an ACK; the kernel answers all of them after the commit (or the abort),
-//! so reading exactly that many answers tells success from failure.
+//! A set's elements are split over as many messages as keep each element list within its u16
+//! attribute length (4,095 IPv4 addresses a message), all in that one batch, so a change of any
+//! size stays one transaction; every length is checked, never wrapped ([`EncodeError`]). The batch
+//! goes as one datagram (the send buffer grows to fit, as nft's does). The kernel answers inside
+//! `sendmsg`, after the commit or abort: an error for each refused message, an error for the batch
+//! as a whole if it could not be processed or committed, and the ACK that only the last message
+//! asks for. Answers are awaited for [`ANSWER_TIMEOUT`] at most, and any answer the batch does not
+//! explain (another sequence number, an ACK nobody asked for) is an error ([`BatchError`]).
 //!
 //! **Notifications** ([`parse_notifications`]). Subscribed to the `NFNLGRP_NFTABLES` group, a
 //! socket receives every ruleset change of its namespace and, per transaction, an
@@ -26,9 +32,13 @@
 //! two cores); we only need, per message, its family and table name (attribute 1 of every object
 //! message) and, per generation, the PID.
 
+use std::fmt;
 use std::io;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
+use nix::sys::socket::{getsockopt, setsockopt, sockopt, MsgFlags};
+use nix::sys::time::{TimeVal, TimeValLike};
 use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::ir::Elem;
@@ -65,24 +75,69 @@ const ENOENT: i32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
+//
+// Every length the encoder writes is checked: an attribute's `nla_len` is a u16 and a message's
+// `nlmsg_len` a u32. A value that does not fit is an [`EncodeError`], never a wrapped length (a
+// wrapped `nla_len` would make the kernel parse element bytes as attributes). On an error the
+// buffer holds a partial message and is thrown away by the caller.
 
-fn pad(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
+/// The longest attribute, header and nested attributes included (`nla_len` is a u16).
+pub const NLA_MAX_LEN: usize = u16::MAX as usize;
+
+/// Why a request could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// An attribute (with everything nested in it) is longer than its u16 `nla_len` can say.
+    #[error(
+        "netlink attribute type {ty} would be {len} bytes; its u16 length holds at most 65535"
+    )]
+    AttrTooLong {
+        /// Attribute type (without `NLA_F_NESTED`).
+        ty: u16,
+        /// Its length, header included.
+        len: usize,
+    },
+    /// A message is longer than its u32 `nlmsg_len` can say.
+    #[error("netlink message would be {len} bytes; its u32 length cannot hold that")]
+    MessageTooLong {
+        /// Its length, header included.
+        len: usize,
+    },
+    /// An element of an interval set: those are only changed through `nft`.
+    #[error(
+        "set {set}: element {elem} is an interval; interval sets are not changed over netlink"
+    )]
+    Interval {
+        /// Set name.
+        set: String,
+        /// The element.
+        elem: String,
+    },
 }
 
-fn attr_bytes(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn pad(buf: &mut Vec<u8>) {
+    buf.resize(align4(buf.len()), 0);
+}
+
+fn attr_bytes(buf: &mut Vec<u8>, ty: u16, data: &[u8]) -> Result<(), EncodeError> {
+    let len = 4 + data.len();
+    let nla_len = u16::try_from(len).map_err(|_| EncodeError::AttrTooLong { ty, len })?;
+    buf.extend_from_slice(&nla_len.to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
     buf.extend_from_slice(data);
     pad(buf);
+    Ok(())
 }
 
-fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
-    let mut z = s.as_bytes().to_vec();
+fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) -> Result<(), EncodeError> {
+    let mut z = Vec::with_capacity(s.len() + 1);
+    z.extend_from_slice(s.as_bytes());
     z.push(0);
-    attr_bytes(buf, ty, &z);
+    attr_bytes(buf, ty, &z)
 }
 
 /// Start a nested attribute; returns its offset for [`nest_end`].
@@ -93,9 +148,13 @@ fn nest_start(buf: &mut Vec<u8>, ty: u16) -> usize {
     at
 }
 
-fn nest_end(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+/// Close the nested attribute started at `at`: write its length, or fail if it does not fit.
+fn nest_end(buf: &mut [u8], at: usize) -> Result<(), EncodeError> {
+    let len = buf.len() - at;
+    let ty = u16::from_ne_bytes([buf[at + 2], buf[at + 3]]) & !NLA_F_NESTED;
+    let nla_len = u16::try_from(len).map_err(|_| EncodeError::AttrTooLong { ty, len })?;
+    buf[at..at + 2].copy_from_slice(&nla_len.to_ne_bytes());
+    Ok(())
 }
 
 /// Append one message: header, nfgenmsg, then what `body` writes.
@@ -106,18 +165,20 @@ fn message(
     seq: u32,
     family: u8,
     res_id: u16,
-    body: impl FnOnce(&mut Vec<u8>),
-) {
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
     let at = buf.len();
     buf.extend_from_slice(&[0; 16]);
     buf.extend_from_slice(&[family, 0]);
     buf.extend_from_slice(&res_id.to_be_bytes());
-    body(buf);
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+    body(buf)?;
+    let len = buf.len() - at;
+    let nlmsg_len = u32::try_from(len).map_err(|_| EncodeError::MessageTooLong { len })?;
+    buf[at..at + 4].copy_from_slice(&nlmsg_len.to_ne_bytes());
     buf[at + 4..at + 6].copy_from_slice(&ty.to_ne_bytes());
     buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
     buf[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+    Ok(())
 }
 
 /// Key bytes of an element of a plain (non-interval) set, as the kernel stores them: the address
@@ -151,78 +212,184 @@ pub struct ElemChange {
     pub add: Vec<Elem>,
 }
 
-/// The batch for `changes` in `inet table`: all deletes, then all adds; every element message
-/// asks for an ACK. Returns the bytes and the number of ACKs to expect.
+/// What an element message does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemOp {
+    /// `NFT_MSG_DELSETELEM`.
+    Delete,
+    /// `NFT_MSG_NEWSETELEM`.
+    Add,
+}
+
+impl fmt::Display for ElemOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ElemOp::Delete => "delete",
+            ElemOp::Add => "add",
+        })
+    }
+}
+
+/// One element message of a batch, kept to read its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElemMsg {
+    /// Its sequence number.
+    pub seq: u32,
+    /// Delete or add.
+    pub op: ElemOp,
+    /// The set.
+    pub set: String,
+    /// Number of elements in it.
+    pub elements: usize,
+}
+
+/// An encoded element batch: `BATCH_BEGIN`, the element messages, `BATCH_END`; sequence numbers
+/// run from `begin_seq` through the messages to `end_seq` (wrapping).
+#[derive(Clone, Debug)]
+pub struct ElementBatch {
+    /// The bytes to send, in one datagram.
+    pub bytes: Vec<u8>,
+    /// Sequence number of `BATCH_BEGIN`.
+    pub begin_seq: u32,
+    /// Sequence number of `BATCH_END`.
+    pub end_seq: u32,
+    /// The element messages, in order; only the last asks for an ACK.
+    pub messages: Vec<ElemMsg>,
+}
+
+impl ElementBatch {
+    /// The first sequence number after this batch.
+    pub fn next_seq(&self) -> u32 {
+        self.end_seq.wrapping_add(1)
+    }
+}
+
+/// Bytes one element takes inside `NFTA_SET_ELEM_LIST_ELEMENTS`:
+/// `NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } }`, three headers and the key.
+fn element_len(key: &[u8]) -> usize {
+    12 + align4(key.len())
+}
+
+/// Room for elements in one message: `NFTA_SET_ELEM_LIST_ELEMENTS` holds them after its own
+/// 4-byte header and must stay within [`NLA_MAX_LEN`]. That is 4,095 IPv4 or 2,340 IPv6 addresses.
+const ELEMENTS_ROOM: usize = NLA_MAX_LEN - 4;
+
+/// The batch for `changes` in `inet table`: all deletes, then all adds.
+///
+/// A set's elements are spread over as many messages as it takes to keep each message's
+/// `NFTA_SET_ELEM_LIST_ELEMENTS` within its u16 length. All of them go into this one batch, and
+/// the kernel commits or aborts a batch as a whole, so a change split into several messages is as
+/// atomic as one that fits in one: the batch is never split into several transactions.
+///
+/// Only the last element message asks for an ACK. The kernel answers every failing message
+/// anyway, and it sends all answers after it has processed the whole batch, in message order; so
+/// the ACK of the last message is the last answer, and a batch that succeeds costs one answer
+/// however many messages it has (no receive buffer to overflow with one ACK per message).
 pub fn element_batch(
     table: &str,
     changes: &[ElemChange],
     seq0: u32,
-) -> Result<(Vec<u8>, usize), String> {
-    let mut buf = Vec::new();
-    let mut seq = seq0;
-    message(
-        &mut buf,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        |_| {},
-    );
-    let mut acks = 0;
-    for (del, ty, flags) in [
-        (true, NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK),
-        (
-            false,
-            NFT_MSG_NEWSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-        ),
-    ] {
+) -> Result<ElementBatch, EncodeError> {
+    // Keys first, split into messages: an interval element fails before anything is encoded.
+    let mut plan: Vec<(ElemOp, &str, Vec<Vec<u8>>)> = Vec::new();
+    for op in [ElemOp::Delete, ElemOp::Add] {
         for c in changes {
-            let elems = if del { &c.del } else { &c.add };
-            if elems.is_empty() {
-                continue;
+            let elems = match op {
+                ElemOp::Delete => &c.del,
+                ElemOp::Add => &c.add,
+            };
+            let mut chunk: Vec<Vec<u8>> = Vec::new();
+            let mut room = ELEMENTS_ROOM;
+            for e in elems {
+                let k = key_bytes(e).ok_or_else(|| EncodeError::Interval {
+                    set: c.set.clone(),
+                    elem: e.to_string(),
+                })?;
+                let n = element_len(&k);
+                if n > room && !chunk.is_empty() {
+                    plan.push((op, &c.set, std::mem::take(&mut chunk)));
+                    room = ELEMENTS_ROOM;
+                }
+                // An element larger than a whole message (none is) fails in `nest_end`.
+                room = room.saturating_sub(n);
+                chunk.push(k);
             }
-            let keys: Vec<Vec<u8>> = elems
-                .iter()
-                .map(|e| key_bytes(e).ok_or_else(|| format!("set {}: {e} is an interval", c.set)))
-                .collect::<Result<_, _>>()?;
-            seq += 1;
-            acks += 1;
-            message(
-                &mut buf,
-                (NFNL_SUBSYS_NFTABLES << 8) | ty,
-                flags,
-                seq,
-                NFPROTO_INET,
-                0,
-                |b| {
-                    attr_str(b, NFTA_SET_ELEM_LIST_TABLE, table);
-                    attr_str(b, NFTA_SET_ELEM_LIST_SET, &c.set);
-                    let list = nest_start(b, NFTA_SET_ELEM_LIST_ELEMENTS);
-                    for k in &keys {
-                        let el = nest_start(b, NFTA_LIST_ELEM);
-                        let key = nest_start(b, NFTA_SET_ELEM_KEY);
-                        attr_bytes(b, NFTA_DATA_VALUE, k);
-                        nest_end(b, key);
-                        nest_end(b, el);
-                    }
-                    nest_end(b, list);
-                },
-            );
+            if !chunk.is_empty() {
+                plan.push((op, &c.set, chunk));
+            }
         }
     }
-    seq += 1;
+
+    let size: usize = plan
+        .iter()
+        .map(|(_, set, keys)| 64 + set.len() + keys.iter().map(|k| element_len(k)).sum::<usize>())
+        .sum();
+    let mut bytes = Vec::with_capacity(40 + table.len() * plan.len() + size);
     message(
-        &mut buf,
-        NFNL_MSG_BATCH_END,
+        &mut bytes,
+        NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
-        seq,
+        seq0,
         0,
         NFNL_SUBSYS_NFTABLES,
-        |_| {},
-    );
-    Ok((buf, acks))
+        |_| Ok(()),
+    )?;
+    let mut seq = seq0;
+    let mut messages = Vec::with_capacity(plan.len());
+    let last = plan.len().saturating_sub(1);
+    for (i, (op, set, keys)) in plan.iter().enumerate() {
+        seq = seq.wrapping_add(1);
+        let (ty, mut flags) = match op {
+            ElemOp::Delete => (NFT_MSG_DELSETELEM, NLM_F_REQUEST),
+            ElemOp::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE),
+        };
+        if i == last {
+            flags |= NLM_F_ACK;
+        }
+        message(
+            &mut bytes,
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            flags,
+            seq,
+            NFPROTO_INET,
+            0,
+            |b| {
+                attr_str(b, NFTA_SET_ELEM_LIST_TABLE, table)?;
+                attr_str(b, NFTA_SET_ELEM_LIST_SET, set)?;
+                let list = nest_start(b, NFTA_SET_ELEM_LIST_ELEMENTS);
+                for k in keys {
+                    let el = nest_start(b, NFTA_LIST_ELEM);
+                    let key = nest_start(b, NFTA_SET_ELEM_KEY);
+                    attr_bytes(b, NFTA_DATA_VALUE, k)?;
+                    nest_end(b, key)?;
+                    nest_end(b, el)?;
+                }
+                nest_end(b, list)
+            },
+        )?;
+        messages.push(ElemMsg {
+            seq,
+            op: *op,
+            set: set.to_string(),
+            elements: keys.len(),
+        });
+    }
+    let end_seq = seq.wrapping_add(1);
+    message(
+        &mut bytes,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        end_seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        |_| Ok(()),
+    )?;
+    Ok(ElementBatch {
+        bytes,
+        begin_seq: seq0,
+        end_seq,
+        messages,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,8 +398,13 @@ pub fn element_batch(
 /// One decoded answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
-    /// `NLMSG_ERROR` with this (non-positive) error code; 0 is an ACK.
-    Error(i32),
+    /// `NLMSG_ERROR` for request `seq` with this (non-positive) error code; 0 is an ACK.
+    Error {
+        /// Sequence number of the request it answers.
+        seq: u32,
+        /// 0 or a negated errno.
+        code: i32,
+    },
     /// `NLMSG_DONE`.
     Done,
     /// Any other message type, with whether its payload contains the marker.
@@ -241,31 +413,31 @@ enum Answer {
 
 /// Split a datagram into answers.
 fn answers(mut data: &[u8], marker: &[u8]) -> io::Result<Vec<Answer>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut out = Vec::new();
     while data.len() >= 16 {
         let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
         let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        let seq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
         if len < 16 || len > data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "short netlink message",
-            ));
+            return Err(bad("short netlink message"));
         }
         let body = &data[16..len];
         out.push(match ty {
             NLMSG_DONE => Answer::Done,
-            NLMSG_ERROR => Answer::Error(
-                body.get(0..4)
+            NLMSG_ERROR => Answer::Error {
+                seq,
+                code: body
+                    .get(0..4)
                     .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                    .unwrap_or(0),
-            ),
+                    .ok_or_else(|| bad("NLMSG_ERROR without an error code"))?,
+            },
             t => Answer::Msg(
                 t,
                 !marker.is_empty() && body.windows(marker.len()).any(|w| w == marker),
             ),
         });
-        let step = (len + 3) & !3;
-        data = &data[step.min(data.len())..];
+        data = &data[align4(len).min(data.len())..];
     }
     Ok(out)
 }
@@ -355,6 +527,54 @@ fn socket() -> io::Result<Socket> {
     Ok(sock)
 }
 
+/// How long a request waits for the kernel's answers. The kernel handles a request inside
+/// `sendmsg`, so its answers are queued before `sendmsg` returns; waiting at all only happens
+/// when an answer was lost, and then this bounds how long the policy thread is stuck.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The next datagram from the kernel, waiting until `deadline` at most (then `TimedOut`).
+/// Datagrams from other sockets (a process can send to our port id) are skipped.
+fn recv_until(sock: &Socket, deadline: Instant) -> io::Result<Vec<u8>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
+        }
+        // An SO_RCVTIMEO of zero would mean "wait forever": at least 1 us.
+        let us = i64::try_from(left.as_micros()).unwrap_or(i64::MAX).max(1);
+        setsockopt(sock, sockopt::ReceiveTimeout, &TimeVal::microseconds(us))?;
+        match sock.recv_from_full() {
+            Ok((data, _)) if data.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "netlink closed",
+                ))
+            }
+            Ok((_, from)) if from.port_number() != 0 => continue,
+            Ok((data, _)) => return Ok(data),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A datagram from the kernel that is already queued, without waiting.
+fn recv_queued(sock: &Socket) -> io::Result<Option<Vec<u8>>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        match sock.recv_from(&mut buf, MsgFlags::MSG_DONTWAIT.bits()) {
+            Ok((_, from)) if from.port_number() != 0 => buf.clear(),
+            Ok(_) => return Ok(Some(buf)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Probe
 
@@ -367,7 +587,8 @@ pub struct ChainRules {
     pub marker: bool,
 }
 
-/// List `inet table chain` and look for `marker` in its rules.
+/// List `inet table chain` and look for `marker` in its rules. Fails with `TimedOut` when the
+/// dump does not end within [`ANSWER_TIMEOUT`].
 pub fn chain_rules(table: &str, chain: &str, marker: &str) -> io::Result<ChainRules> {
     let sock = socket()?;
     let mut req = Vec::new();
@@ -379,33 +600,29 @@ pub fn chain_rules(table: &str, chain: &str, marker: &str) -> io::Result<ChainRu
         NFPROTO_INET,
         0,
         |b| {
-            attr_str(b, NFTA_RULE_TABLE, table);
-            attr_str(b, NFTA_RULE_CHAIN, chain);
+            attr_str(b, NFTA_RULE_TABLE, table)?;
+            attr_str(b, NFTA_RULE_CHAIN, chain)
         },
-    );
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     sock.send_to(&req, &SocketAddr::new(0, 0), 0)?;
     let mut acc = ChainRules {
         rules: 0,
         marker: false,
     };
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
-        let (data, _) = sock.recv_from_full()?;
-        if data.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "netlink closed",
-            ));
-        }
+        let data = recv_until(&sock, deadline)?;
         for a in answers(&data, marker.as_bytes())? {
             match a {
-                Answer::Done | Answer::Error(0) => return Ok(acc),
-                Answer::Error(e) if -e == ENOENT => {
+                Answer::Done | Answer::Error { code: 0, .. } => return Ok(acc),
+                Answer::Error { code, .. } if -code == ENOENT => {
                     return Ok(ChainRules {
                         rules: 0,
                         marker: false,
                     })
                 }
-                Answer::Error(e) => return Err(io::Error::from_raw_os_error(-e)),
+                Answer::Error { code, .. } => return Err(io::Error::from_raw_os_error(-code)),
                 Answer::Msg(t, m) if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => {
                     acc.rules += 1;
                     acc.marker |= m;
@@ -419,222 +636,244 @@ pub fn chain_rules(table: &str, chain: &str, marker: &str) -> io::Result<ChainRu
 // ---------------------------------------------------------------------------------------------
 // Element batches
 
+/// Why an element batch failed.
+///
+/// [`BatchError::Refused`] and [`BatchError::BatchRefused`] mean the kernel aborted the batch:
+/// nothing of it was applied. After the others the kernel's state is unknown (the batch may or may
+/// not have been committed), and the driver replaces the table. After any of them the socket is
+/// dropped, so that a late answer cannot be taken for an answer to the next batch.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The batch could not be encoded (nothing was sent).
+    #[error("encoding the element batch: {0}")]
+    Encode(#[from] EncodeError),
+    /// A socket call failed (`ENOBUFS` on receive: answers were lost).
+    #[error("nfnetlink socket: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's last answer did not come in time.
+    #[error("no answer from the kernel within {0:?}")]
+    Timeout(Duration),
+    /// The kernel refused one element message.
+    #[error("kernel refused to {op} {elements} elements of set {set}: {source}")]
+    Refused {
+        /// The set.
+        set: String,
+        /// Delete or add.
+        op: ElemOp,
+        /// Elements in the refused message.
+        elements: usize,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the batch as a whole: an error answer to `BATCH_BEGIN` or `BATCH_END`
+    /// (a malformed batch, a failed commit, no memory for the per-message answers).
+    #[error("kernel refused the whole batch (answer to seq {seq}): {source}")]
+    BatchRefused {
+        /// Sequence number of the batch message answered.
+        seq: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// An answer this batch does not explain: to a sequence number not in it, an ACK nobody asked
+    /// for, a message that is not an answer, or anything after the last answer.
+    #[error("unexpected answer from the kernel: {0}")]
+    Unexpected(String),
+    /// An answer that could not be decoded.
+    #[error("malformed answer from the kernel: {0}")]
+    Malformed(String),
+}
+
+impl ElementBatch {
+    /// Fold one answer into `failed` (the first refused message); `Some` once the outcome of the
+    /// batch is known. See [`element_batch`] for which answers the kernel sends.
+    fn judge(&self, a: Answer, failed: &mut Option<BatchError>) -> Option<Result<(), BatchError>> {
+        let (seq, code) = match a {
+            Answer::Error { seq, code } => (seq, code),
+            Answer::Done => return Some(Err(BatchError::Unexpected("NLMSG_DONE".into()))),
+            Answer::Msg(ty, _) => {
+                return Some(Err(BatchError::Unexpected(format!(
+                    "message type {ty:#06x}"
+                ))))
+            }
+        };
+        if code > 0 {
+            return Some(Err(BatchError::Malformed(format!(
+                "positive error code {code} for seq {seq}"
+            ))));
+        }
+        if seq == self.begin_seq || seq == self.end_seq {
+            return Some(Err(if code < 0 {
+                BatchError::BatchRefused {
+                    seq,
+                    source: io::Error::from_raw_os_error(-code),
+                }
+            } else {
+                BatchError::Unexpected(format!("ACK of the batch delimiter (seq {seq})"))
+            }));
+        }
+        // Message i has sequence number begin_seq + 1 + i (wrapping).
+        let i = seq.wrapping_sub(self.begin_seq).wrapping_sub(1) as usize;
+        let Some(m) = self.messages.get(i) else {
+            return Some(Err(BatchError::Unexpected(format!(
+                "answer {code} to seq {seq}, which is not in this batch ({}..={})",
+                self.begin_seq, self.end_seq
+            ))));
+        };
+        let last = i + 1 == self.messages.len();
+        if code < 0 {
+            failed.get_or_insert_with(|| BatchError::Refused {
+                set: m.set.clone(),
+                op: m.op,
+                elements: m.elements,
+                source: io::Error::from_raw_os_error(-code),
+            });
+        } else if !last {
+            return Some(Err(BatchError::Unexpected(format!(
+                "ACK of seq {seq}, which did not ask for one"
+            ))));
+        }
+        last.then(|| failed.take().map_or(Ok(()), Err))
+    }
+
+    /// Judge every answer of one datagram; `Some` once the outcome is known (and nothing
+    /// follows it in the datagram).
+    fn judge_datagram(
+        &self,
+        data: &[u8],
+        failed: &mut Option<BatchError>,
+    ) -> Result<Option<Result<(), BatchError>>, BatchError> {
+        let list = answers(data, b"").map_err(|e| BatchError::Malformed(e.to_string()))?;
+        let mut done = None;
+        for a in list {
+            if done.is_some() {
+                return Err(BatchError::Unexpected(format!(
+                    "{a:?} after the batch's last answer"
+                )));
+            }
+            done = self.judge(a, failed);
+        }
+        Ok(done)
+    }
+}
+
 /// A long-lived nfnetlink socket for element batches, bound in the network namespace of the
 /// thread that opened it.
 #[derive(Debug)]
 pub struct ElementSocket {
     sock: Socket,
     seq: u32,
+    /// The send buffer size the kernel reports (`sk_sndbuf`).
+    sndbuf: usize,
+    timeout: Duration,
 }
 
 impl ElementSocket {
-    /// Open the socket.
+    /// Open the socket; answers are awaited for [`ANSWER_TIMEOUT`].
     pub fn open() -> io::Result<ElementSocket> {
+        let sock = socket()?;
+        // Error answers echo only the header of the refused message, not its up to 64 KiB.
+        sock.set_cap_ack(true)?;
+        let sndbuf = getsockopt(&sock, sockopt::SndBuf)?;
         Ok(ElementSocket {
-            sock: socket()?,
+            sock,
             seq: 1,
+            sndbuf,
+            timeout: ANSWER_TIMEOUT,
         })
     }
 
-    /// Apply `changes` to sets of `inet table` as one transaction; returns the batch size. An
-    /// error means nothing was applied (the kernel aborts the whole batch).
-    pub fn apply(&mut self, table: &str, changes: &[ElemChange]) -> io::Result<usize> {
-        let (batch, acks) = element_batch(table, changes, self.seq)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.seq = self.seq.wrapping_add(changes.len() as u32 * 2 + 4);
-        if acks == 0 {
+    /// Wait at most `timeout` for the answers to a batch.
+    pub fn with_timeout(mut self, timeout: Duration) -> ElementSocket {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Apply `changes` to sets of `inet table` as one transaction (one batch in one datagram, see
+    /// [`element_batch`]); returns the batch size in bytes. After an error drop the socket.
+    pub fn apply(&mut self, table: &str, changes: &[ElemChange]) -> Result<usize, BatchError> {
+        let batch = element_batch(table, changes, self.seq)?;
+        self.seq = batch.next_seq();
+        if batch.messages.is_empty() {
             return Ok(0);
         }
-        self.sock.send_to(&batch, &SocketAddr::new(0, 0), 0)?;
-        let mut seen = 0;
-        let mut first_err = None;
-        while seen < acks {
-            let (data, _) = self.sock.recv_from_full()?;
-            if data.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "netlink closed",
-                ));
-            }
-            for a in answers(&data, b"")? {
-                if let Answer::Error(e) = a {
-                    seen += 1;
-                    if e != 0 && first_err.is_none() {
-                        first_err = Some(io::Error::from_raw_os_error(-e));
-                    }
-                }
-            }
+        self.reserve_sndbuf(batch.bytes.len())?;
+        let io = |what| move |source| BatchError::Io { what, source };
+        let sent = self
+            .sock
+            .send_to(&batch.bytes, &SocketAddr::new(0, 0), 0)
+            .map_err(io("sending the batch"))?;
+        if sent != batch.bytes.len() {
+            return Err(BatchError::Io {
+                what: "sending the batch",
+                source: io::Error::other(format!("sent {sent} of {} bytes", batch.bytes.len())),
+            });
         }
-        match first_err {
-            None => Ok(batch.len()),
-            Some(e) => Err(e),
+        self.read_answers(&batch)?;
+        Ok(batch.bytes.len())
+    }
+
+    /// Netlink refuses a datagram longer than the send buffer (less 32 bytes) with `EMSGSIZE`,
+    /// and a batch must be one datagram to be one transaction. So grow the buffer to fit, as nft
+    /// does for its batches: `SO_SNDBUFFORCE` (we have `CAP_NET_ADMIN`, or nothing here works),
+    /// else `SO_SNDBUF` up to `wmem_max`. If the batch still does not fit, sending fails and the
+    /// driver applies the change through `nft` instead.
+    fn reserve_sndbuf(&mut self, len: usize) -> Result<(), BatchError> {
+        let need = len + 64;
+        if need <= self.sndbuf {
+            return Ok(());
+        }
+        if setsockopt(&self.sock, sockopt::SndBufForce, &need).is_err() {
+            let _ = setsockopt(&self.sock, sockopt::SndBuf, &need);
+        }
+        self.sndbuf = getsockopt(&self.sock, sockopt::SndBuf).map_err(|e| BatchError::Io {
+            what: "reading SO_SNDBUF",
+            source: e.into(),
+        })?;
+        Ok(())
+    }
+
+    /// Read answers to `batch` until its outcome is known, for at most the timeout.
+    fn read_answers(&self, batch: &ElementBatch) -> Result<(), BatchError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut failed = None;
+        let outcome = loop {
+            let data = recv_until(&self.sock, deadline).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => BatchError::Timeout(self.timeout),
+                _ => BatchError::Io {
+                    what: "receiving answers",
+                    source: e,
+                },
+            })?;
+            if let Some(done) = batch.judge_datagram(&data, &mut failed)? {
+                break done;
+            }
+        };
+        outcome?;
+        // All answers were queued inside sendmsg, the last one last: nothing may follow it.
+        match recv_queued(&self.sock) {
+            Ok(None) => Ok(()),
+            Ok(Some(data)) => {
+                let what = answers(&data, b"").map_or_else(|e| e.to_string(), |a| format!("{a:?}"));
+                Err(BatchError::Unexpected(format!(
+                    "{what} after the batch's last answer"
+                )))
+            }
+            Err(source) => Err(BatchError::Io {
+                what: "receiving answers",
+                source,
+            }),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_request_layout() {
-        let mut r = Vec::new();
-        message(
-            &mut r,
-            0x0a07,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            7,
-            NFPROTO_INET,
-            0,
-            |b| {
-                attr_str(b, NFTA_RULE_TABLE, "calico-rs");
-                attr_str(b, NFTA_RULE_CHAIN, "fwd-egress");
-            },
-        );
-        assert!(r.len().is_multiple_of(4));
-        assert_eq!(
-            u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,
-            r.len()
-        );
-        assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 0x0a07);
-        assert_eq!(r[16], NFPROTO_INET);
-        // First attribute: length 4 + "calico-rs\0" = 14, type 1, padded to 16.
-        assert_eq!(u16::from_ne_bytes(r[20..22].try_into().unwrap()), 14);
-        assert_eq!(&r[24..33], b"calico-rs");
-        assert_eq!(&r[36 + 4..36 + 14], b"fwd-egress");
-    }
-
-    /// The element message nft 1.0.6 sends for `add element inet t c { 10.1.2.3 . 8080 }`
-    /// (`nft --debug=mnl`), minus the set-id attribute nft adds for sets of its own batch.
-    #[test]
-    fn element_batch_matches_nft() {
-        let (b, acks) = element_batch(
-            "t",
-            &[ElemChange {
-                set: "c".into(),
-                del: vec![],
-                add: vec![Elem::AddrPort("10.1.2.3".parse().unwrap(), 8080)],
-            }],
-            0,
-        )
-        .unwrap();
-        assert_eq!(acks, 1);
-        // Batch begin: 20 bytes, type 16, res_id 10 (big endian).
-        assert_eq!(&b[0..4], &20u32.to_ne_bytes());
-        assert_eq!(&b[4..6], &16u16.to_ne_bytes());
-        assert_eq!(&b[16..20], &[0, 0, 0, 10]);
-        let m = &b[20..];
-        let len = u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize;
-        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 2572);
-        assert_eq!(
-            u16::from_ne_bytes(m[6..8].try_into().unwrap()),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
-        );
-        assert_eq!(&m[16..20], &[1, 0, 0, 0]);
-        let attrs = &m[20..len];
-        // table "t", set "c", then elements(24) > elem(20) > key(16) > value(12), as nft.
-        assert_eq!(&attrs[0..8], &[6, 0, 1, 0, b't', 0, 0, 0]);
-        assert_eq!(&attrs[8..16], &[6, 0, 2, 0, b'c', 0, 0, 0]);
-        let nested = |len: u16, ty: u16| {
-            let mut v = len.to_ne_bytes().to_vec();
-            v.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-            v
-        };
-        assert_eq!(&attrs[16..20], &nested(24, 3)[..]);
-        assert_eq!(&attrs[20..24], &nested(20, 1)[..]);
-        assert_eq!(&attrs[24..28], &nested(16, 1)[..]);
-        assert_eq!(&attrs[28..32], &[12, 0, 1, 0]);
-        assert_eq!(&attrs[32..40], &[10, 1, 2, 3, 0x1f, 0x90, 0, 0]);
-        assert_eq!(attrs.len(), 40);
-        // Batch end.
-        let end = &b[20 + len..];
-        assert_eq!(&end[4..6], &17u16.to_ne_bytes());
-    }
-
-    #[test]
-    fn deletes_go_first_and_intervals_are_refused() {
-        let ch = |set: &str, del: Vec<Elem>, add: Vec<Elem>| ElemChange {
-            set: set.into(),
-            del,
-            add,
-        };
-        let v4 = |s: &str| Elem::Addr(s.parse().unwrap());
-        let (b, acks) = element_batch(
-            "t",
-            &[
-                ch("a", vec![], vec![v4("10.0.0.1")]),
-                ch("b", vec![v4("10.0.0.2")], vec![]),
-            ],
-            0,
-        )
-        .unwrap();
-        assert_eq!(acks, 2);
-        let first = &b[20..];
-        assert_eq!(u16::from_ne_bytes(first[4..6].try_into().unwrap()), 2574);
-        assert!(element_batch(
-            "t",
-            &[ch(
-                "n",
-                vec![],
-                vec![Elem::Net("10.0.0.0/8".parse().unwrap())]
-            )],
-            0
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn notifications_name_table_and_committer() {
-        let mut data = Vec::new();
-        message(&mut data, 0x0a08, 0, 0, NFPROTO_INET, 0, |b| {
-            attr_str(b, 1, "calico-rs");
-            attr_str(b, 2, "fwd-egress");
-        });
-        message(&mut data, 0x0a0f, 0, 0, 0, 0, |b| {
-            attr_bytes(b, 1, &7u32.to_be_bytes());
-            attr_bytes(b, NFTA_GEN_PROC_PID, &4242u32.to_be_bytes());
-            attr_str(b, NFTA_GEN_PROC_NAME, "nft");
-        });
-        message(&mut data, 0x0110, 0, 0, 0, 0, |_| {});
-        assert_eq!(
-            parse_notifications(&data),
-            vec![
-                Notification::Object {
-                    msg: 8,
-                    family: NFPROTO_INET,
-                    table: "calico-rs".into()
-                },
-                Notification::Generation {
-                    pid: Some(4242),
-                    comm: "nft".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn answers_split_and_detect_marker() {
-        let msg = |ty: u16, body: &[u8]| {
-            let mut m = vec![0u8; 16];
-            m.extend_from_slice(body);
-            pad(&mut m);
-            let len = m.len() as u32;
-            m[0..4].copy_from_slice(&len.to_ne_bytes());
-            m[4..6].copy_from_slice(&ty.to_ne_bytes());
-            m
-        };
-        let mut data = msg(0x0a06, b"xx");
-        data.extend(msg(0x0a06, b"..calico-rs policy dispatch.."));
-        data.extend(msg(NLMSG_ERROR, &(-2i32).to_ne_bytes()));
-        data.extend(msg(NLMSG_DONE, &[0; 4]));
-        assert_eq!(
-            answers(&data, b"calico-rs policy dispatch").unwrap(),
-            vec![
-                Answer::Msg(0x0a06, false),
-                Answer::Msg(0x0a06, true),
-                Answer::Error(-2),
-                Answer::Done
-            ]
-        );
-    }
-}
+#[path = "netlink_tests.rs"]
+mod tests;
