@@ -140,6 +140,8 @@ pub(super) enum SpeakerMsg {
     RequestRefresh(IpAddr),
     Inbound(TcpStream, SocketAddr),
     Shutdown(bool, oneshot::Sender<()>),
+    /// Answered at once: proves the owner task is making progress (liveness).
+    Ping(oneshot::Sender<()>),
 }
 
 /// A handle to a running speaker; cheap to clone.
@@ -160,6 +162,10 @@ impl SpeakerHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(f(tx)).map_err(|_| SpeakerError::Stopped)?;
         rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+    /// A round trip through the owner task (for liveness checks).
+    pub async fn ping(&self) -> Result<(), SpeakerError> {
+        self.ask(SpeakerMsg::Ping).await
     }
     pub async fn add_peer(&self, cfg: PeerCfg) -> Result<(), SpeakerError> {
         cfg.validate(self.local_as)?;

@@ -293,6 +293,9 @@ impl Speaker {
                 self.publish_if_dirty();
                 let _ = tx.send(routes);
             }
+            SpeakerMsg::Ping(tx) => {
+                let _ = tx.send(());
+            }
             SpeakerMsg::RequestRefresh(addr) => {
                 if let Some(p) = self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
                     for f in p.negotiated.iter().flat_map(|n| n.families.clone()) {

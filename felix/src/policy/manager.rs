@@ -51,6 +51,23 @@ pub enum PolicyMsg {
     Resync,
     /// Stop the owner.
     Shutdown,
+    /// Answered when the owner takes its messages: proves it is making progress (liveness).
+    Ping(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Round trips through the policy owner thread, for liveness checks; cheap to clone.
+#[derive(Clone)]
+pub struct PolicyPinger(std::sync::mpsc::Sender<PolicyMsg>);
+
+impl PolicyPinger {
+    /// Whether the owner answered within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(PolicyMsg::Ping(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
 }
 
 /// What the node daemon (and `calicoctl-rs`) can see of the policy engine.
@@ -166,6 +183,11 @@ impl PolicyHandle {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.tx.send(PolicyMsg::Update(seq, Box::new(input)));
         seq
+    }
+
+    /// A pinger for liveness checks.
+    pub fn pinger(&self) -> PolicyPinger {
+        PolicyPinger(self.tx.clone())
     }
 
     /// Replace the table whole (e.g. on operator request).
@@ -335,6 +357,9 @@ impl Owner {
                         dirty = true;
                     }
                     PolicyMsg::Shutdown => return,
+                    PolicyMsg::Ping(tx) => {
+                        let _ = tx.send(());
+                    }
                 }
             }
 

@@ -112,7 +112,7 @@ pub use compile::{compile, CompileStats, Compiled};
 pub use driver::{ApplyKind, ApplyReport, NftDriver};
 pub use error::{InputError, PolicyError};
 pub use incremental::Compiler;
-pub use manager::{spawn, PolicyHandle, PolicyMsg, PolicyStatus};
+pub use manager::{spawn, PolicyHandle, PolicyMsg, PolicyPinger, PolicyStatus};
 pub use model::{
     LabelSelector, NamedPort, Namespace, NetworkPolicy, Pod, PolicyInput, WorkloadEndpoint,
 };

@@ -444,6 +444,23 @@ pub enum RoutesMsg {
     Resync,
     /// Finish and exit (routes stay).
     Stop,
+    /// Answered when the task takes its messages: proves it is making progress (liveness).
+    Ping(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Round trips through the route manager task, for liveness checks; cheap to clone.
+#[derive(Clone)]
+pub struct RoutesPinger(mpsc::UnboundedSender<RoutesMsg>);
+
+impl RoutesPinger {
+    /// Whether the task answered within `timeout`.
+    pub async fn ping(&self, timeout: std::time::Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(RoutesMsg::Ping(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
 }
 
 /// Starts the route manager task.
@@ -524,6 +541,11 @@ impl RouteManagerHandle {
             .map_err(|_| RouteError::Stopped)
     }
 
+    /// A pinger for liveness checks.
+    pub fn pinger(&self) -> RoutesPinger {
+        RoutesPinger(self.tx.clone())
+    }
+
     /// The status after the last sync.
     pub fn status(&self) -> RoutesStatus {
         self.status.borrow().clone()
@@ -578,6 +600,9 @@ async fn run(
                 let mut handle = |m: Option<RoutesMsg>| match m {
                     None | Some(RoutesMsg::Stop) => stop = true,
                     Some(RoutesMsg::Resync) => force = true,
+                    Some(RoutesMsg::Ping(tx)) => {
+                        let _ = tx.send(());
+                    }
                     // None: an earlier NewInput already took this one.
                     Some(RoutesMsg::NewInput) => {
                         if let Some(i) = pending.take() {

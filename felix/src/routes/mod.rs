@@ -37,7 +37,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use desired::{desired_routes, DesiredRoute, DesiredRoutes, Rejected};
-pub use driver::{RouteManager, RouteManagerHandle, RouteSyncer, SyncReport};
+pub use driver::{RouteManager, RouteManagerHandle, RouteSyncer, RoutesPinger, SyncReport};
 pub use reconcile::{PendingRoute, Reconciler};
 
 /// Calico felix's route protocol number; not listed in iproute2's `/etc/iproute2/rt_protos`.

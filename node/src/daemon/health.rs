@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::live::{Liveness, LIVENESS_BOUND};
 use super::Counters;
 use crate::status::NodeSnapshot;
 
@@ -23,6 +25,7 @@ pub async fn spawn(
     metrics: SocketAddr,
     status: watch::Receiver<Arc<NodeSnapshot>>,
     counters: watch::Receiver<Counters>,
+    live: Arc<Liveness>,
 ) -> Result<()> {
     let mut addrs = vec![];
     if health.port() != 0 {
@@ -35,13 +38,13 @@ pub async fn spawn(
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        let (s, c) = (status.clone(), counters.clone());
+        let (s, c, live) = (status.clone(), counters.clone(), live.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = l.accept().await else {
                     continue;
                 };
-                let (s, c) = (s.clone(), c.clone());
+                let (s, c, live) = (s.clone(), c.clone(), live.clone());
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     let n = match tokio::time::timeout(
@@ -55,7 +58,10 @@ pub async fn spawn(
                     };
                     let req = String::from_utf8_lossy(&buf[..n]);
                     let path = req.split_whitespace().nth(1).unwrap_or("/");
-                    let (code, body, ctype) = respond(path, &s.borrow(), &c.borrow());
+                    // Liveness from the loops themselves, not from the snapshot: a wedged
+                    // daemon loop would leave a stale snapshot that still says live.
+                    let stale = live.stale(LIVENESS_BOUND, Instant::now());
+                    let (code, body, ctype) = respond(path, &s.borrow(), &c.borrow(), &stale);
                     let reason = match code {
                         200 => "OK",
                         404 => "Not Found",
@@ -76,13 +82,27 @@ pub async fn spawn(
 }
 
 /// The response for `path`: status code, body, content type. Pure, for tests.
-pub fn respond(path: &str, s: &NodeSnapshot, c: &Counters) -> (u16, String, &'static str) {
+/// `stale` lists the owner loops without progress (see [`super::live`]).
+pub fn respond(
+    path: &str,
+    s: &NodeSnapshot,
+    c: &Counters,
+    stale: &[(&str, Duration)],
+) -> (u16, String, &'static str) {
     match path {
         "/liveness" => {
-            if s.node.live {
+            if stale.is_empty() {
                 (200, "live\n".into(), "text/plain")
             } else {
-                (503, "not live\n".into(), "text/plain")
+                let loops: Vec<String> = stale
+                    .iter()
+                    .map(|(n, age)| format!("{n} (no progress for {} s)", age.as_secs()))
+                    .collect();
+                (
+                    503,
+                    format!("not live: {}\n", loops.join(", ")),
+                    "text/plain",
+                )
             }
         }
         "/readiness" => {
@@ -242,15 +262,20 @@ mod tests {
     fn readiness_and_metrics() {
         let mut s = NodeSnapshot::empty("n1");
         let c = Counters::default();
-        let (code, body, _) = respond("/readiness", &s, &c);
+        let (code, body, _) = respond("/readiness", &s, &c, &[]);
         assert_eq!(code, 503);
         assert!(body.contains("starting"), "{body}");
         s.node.ready = true;
         s.node.not_ready.clear();
-        assert_eq!(respond("/readiness", &s, &c).0, 200);
-        assert_eq!(respond("/liveness", &s, &c).0, 200);
-        assert_eq!(respond("/nope", &s, &c).0, 404);
-        let (_, m, _) = respond("/metrics", &s, &c);
+        assert_eq!(respond("/readiness", &s, &c, &[]).0, 200);
+        assert_eq!(respond("/liveness", &s, &c, &[]).0, 200);
+        let (code, body, _) = respond("/liveness", &s, &c, &[("routes", Duration::from_secs(7))]);
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "not live: routes (no progress for 7 s)\n")
+        );
+        assert_eq!(respond("/nope", &s, &c, &[]).0, 404);
+        let (_, m, _) = respond("/metrics", &s, &c, &[]);
         assert!(
             m.contains("calico_rs_bgp_peers{state=\"Established\"} 0"),
             "{m}"

@@ -19,6 +19,7 @@
 //! routes and the nftables table stay as they are.
 
 pub mod health;
+pub mod live;
 pub mod release;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -158,6 +159,12 @@ struct Daemon {
     applied_originate: BTreeSet<IpNet>,
     /// Best routes learned from peers: prefix -> ECMP next hops.
     learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// AS path and graceful-restart staleness of each learned route (for the status API).
+    learned_meta: BTreeMap<IpNet, (Vec<u32>, bool)>,
+    /// When the daemon saw the policy manager finish an apply (an input or a drift repair).
+    policy_applied_at: Option<SystemTime>,
+    /// `(seq_applied, drift_repairs)` last seen, to notice the next apply.
+    policy_seen: (u64, u64),
     routes: RouteManagerHandle,
     routes_pushed: bool,
     policy: PolicyHandle,
@@ -172,6 +179,10 @@ struct Daemon {
     release: release::ReleaseTracker,
     started: SystemTime,
     status: watch::Sender<Arc<NodeSnapshot>>,
+    /// Progress of every owner loop (see [`live`]).
+    live: Arc<live::Liveness>,
+    /// The running speaker, for the watchdog's pings.
+    speaker_watch: watch::Sender<Option<SpeakerHandle>>,
     /// The routes part of the status, rebuilt only when what it shows changed (see
     /// [`Daemon::routes_view`]): every event publishes a snapshot, and 10k routes each time
     /// would cost milliseconds and megabytes of churn per BGP batch or peer state change.
@@ -205,7 +216,10 @@ pub async fn run(
             )
         }
     };
-    let ds = FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?;
+    let ds = Arc::new(
+        FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?,
+    );
+    let live = Arc::new(live::Liveness::new(Instant::now()));
     let ipam = Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
     let routes = RouteManager::start(RoutesCfg {
         protocol: cfg.route_protocol,
@@ -225,9 +239,19 @@ pub async fn run(
             cfg.metrics_addr,
             status.subscribe(),
             counters_rx,
+            live.clone(),
         )
         .await?;
     }
+    let (speaker_watch, speaker_rx) = watch::channel(None);
+    tokio::spawn(watchdog(
+        live.clone(),
+        ds.clone(),
+        routes.pinger(),
+        policy.pinger(),
+        speaker_rx,
+    ));
+    let wedge = live::test_wedge();
     let mut snaps = ds.watch();
     let first = snaps.borrow_and_update().clone();
     let mut d = Daemon {
@@ -244,6 +268,9 @@ pub async fn run(
         applied_peers: BTreeMap::new(),
         applied_originate: BTreeSet::new(),
         learned: BTreeMap::new(),
+        learned_meta: BTreeMap::new(),
+        policy_applied_at: None,
+        policy_seen: (0, 0),
         routes,
         routes_pushed: false,
         policy,
@@ -253,6 +280,8 @@ pub async fn run(
         release: release::ReleaseTracker::default(),
         started: SystemTime::now(),
         status,
+        live,
+        speaker_watch,
         routes_view: (None, Arc::default()),
         routes_gen: 0,
         counters: Counters::default(),
@@ -268,6 +297,15 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
     loop {
+        d.live.beat("daemon", Instant::now());
+        if let Some((name, after)) = &wedge {
+            if name == "daemon" && d.started.elapsed().unwrap_or_default() >= *after {
+                warn!("test hook CALICO_RS_TEST_WEDGE: the daemon loop stops here");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
         let mut recompute = false;
         let mut routes_dirty = false;
         tokio::select! {
@@ -336,6 +374,37 @@ pub async fn run(
         sp.handle.shutdown(true).await;
     }
     Ok(())
+}
+
+/// Every second, proves that the datastore worker, the speaker, the route manager and the policy
+/// thread still take their messages (see [`live`]).
+async fn watchdog(
+    live: Arc<live::Liveness>,
+    ds: Arc<FileDatastore>,
+    routes: felix::routes::RoutesPinger,
+    policy: felix::policy::PolicyPinger,
+    speaker: watch::Receiver<Option<SpeakerHandle>>,
+) {
+    const ANSWER: Duration = Duration::from_secs(2);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        live.beat("datastore", ds.last_progress());
+        let sp = speaker.borrow().clone();
+        let speaker_ok = async {
+            match sp {
+                None => true,
+                Some(h) => matches!(tokio::time::timeout(ANSWER, h.ping()).await, Ok(Ok(()))),
+            }
+        };
+        let (r, p, s) = tokio::join!(routes.ping(ANSWER), policy.ping(ANSWER), speaker_ok);
+        let now = Instant::now();
+        for (name, ok) in [("routes", r), ("policy", p), ("speaker", s)] {
+            if ok {
+                live.beat(name, now);
+            }
+        }
+    }
 }
 
 async fn recv<T: Clone>(
@@ -469,6 +538,7 @@ impl Daemon {
             self.applied_peers.clear();
             self.applied_originate.clear();
             self.learned.clear();
+            self.learned_meta.clear();
             self.bgp_synced = false;
             if let Some(spec) = &d.speaker {
                 match start_speaker(spec).await {
@@ -499,6 +569,8 @@ impl Daemon {
             } else {
                 self.speaker_failure = None;
             }
+            self.speaker_watch
+                .send_replace(self.speaker.as_ref().map(|s| s.handle.clone()));
         }
         if self.speaker_failure.is_some() {
             // Not synced: felix gets routes only after the sync timeout (check_bgp_synced).
@@ -559,9 +631,12 @@ impl Daemon {
             match &c.best {
                 Some(b) if b.peer.is_some() => {
                     self.learned.insert(c.prefix, b.next_hops.clone());
+                    self.learned_meta
+                        .insert(c.prefix, (b.as_path.clone(), b.stale));
                 }
                 _ => {
                     self.learned.remove(&c.prefix);
+                    self.learned_meta.remove(&c.prefix);
                 }
             }
         }
@@ -570,9 +645,14 @@ impl Daemon {
     async fn reload_learned(&mut self) {
         let Some(sp) = &self.speaker else { return };
         if let Ok(all) = sp.handle.routes().await {
-            self.learned = all
+            let learned: Vec<bgp::BestRoute> =
+                all.into_iter().filter(|b| b.peer.is_some()).collect();
+            self.learned_meta = learned
+                .iter()
+                .map(|b| (b.prefix, (b.as_path.clone(), b.stale)))
+                .collect();
+            self.learned = learned
                 .into_iter()
-                .filter(|b| b.peer.is_some())
                 .map(|b| (b.prefix, b.next_hops))
                 .collect();
         }
@@ -609,6 +689,11 @@ impl Daemon {
     /// A failed input changes nothing: endpoints that had routes keep them, new ones wait.
     /// Returns whether the set of routable endpoints changed.
     fn policy_progress(&mut self, st: &felix::policy::PolicyStatus) -> bool {
+        let seen = (st.seq_applied, st.drift_repairs);
+        if seen != self.policy_seen && st.last_apply.is_some() {
+            self.policy_applied_at = Some(SystemTime::now());
+        }
+        self.policy_seen = seen;
         let applied: Vec<u64> = self
             .policy_pending
             .range(..=st.seq_applied)
@@ -705,7 +790,12 @@ impl Daemon {
             } else {
                 RouteKind::Peer
             };
-            routes.push(mk(*prefix, kind, hops.clone(), hops.first().copied()));
+            let mut r = mk(*prefix, kind, hops.clone(), hops.first().copied());
+            if let Some((path, stale)) = self.learned_meta.get(prefix) {
+                r.as_path = path.clone();
+                r.stale = *stale;
+            }
+            routes.push(r);
         }
         routes
     }
@@ -800,7 +890,7 @@ impl Daemon {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_at: self.started,
                 ready: not_ready.is_empty(),
-                live: true,
+                live: self.live.is_live(),
                 not_ready,
             },
             peers,
@@ -827,7 +917,7 @@ impl Daemon {
                     .as_ref()
                     .map(|a| a.duration.as_micros() as u64)
                     .unwrap_or(0),
-                last_apply_at: None,
+                last_apply_at: self.policy_applied_at,
             },
         }
     }

@@ -119,7 +119,12 @@ struct Inner {
     logged: Mutex<HashSet<String>>,
     /// What each file held at the last scan (always locked after `logged`).
     scanner: Mutex<Scanner>,
+    /// When the worker last went round its loop (it wakes at least every [`WORKER_BEAT`]).
+    beat: Mutex<Instant>,
 }
+
+/// The worker wakes at least this often, events or not, to show it is alive.
+const WORKER_BEAT: Duration = Duration::from_secs(1);
 
 /// Whether a file name is read as resources.
 pub fn is_resource_file(name: &str) -> bool {
@@ -342,8 +347,13 @@ impl Inner {
 }
 
 fn worker(inner: Arc<Inner>, rx: mpsc::Receiver<()>, cfg: FileDatastoreCfg) {
+    let mut next_resync = Instant::now() + cfg.resync_interval;
     loop {
-        match rx.recv_timeout(cfg.resync_interval) {
+        *inner.beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let wait = next_resync
+            .saturating_duration_since(Instant::now())
+            .min(WORKER_BEAT);
+        match rx.recv_timeout(wait) {
             Ok(()) => {
                 let deadline = Instant::now() + cfg.max_delay;
                 loop {
@@ -358,10 +368,12 @@ fn worker(inner: Arc<Inner>, rx: mpsc::Receiver<()>, cfg: FileDatastoreCfg) {
                     }
                 }
             }
+            Err(RecvTimeoutError::Timeout) if Instant::now() < next_resync => continue,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let _ = inner.rescan();
+        next_resync = Instant::now() + cfg.resync_interval;
     }
 }
 
@@ -387,6 +399,7 @@ impl FileDatastore {
             tx,
             logged: Mutex::new(HashSet::new()),
             scanner: Mutex::new(Scanner::default()),
+            beat: Mutex::new(Instant::now()),
         });
         let (ev_tx, ev_rx) = mpsc::channel::<()>();
         let watch_dir = dir.clone();
@@ -422,6 +435,11 @@ impl FileDatastore {
             inner,
             _watcher: watcher,
         })
+    }
+
+    /// When the worker thread last made progress (for liveness).
+    pub fn last_progress(&self) -> Instant {
+        *self.inner.beat.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The watched directory.

@@ -284,3 +284,71 @@ fn a_new_pod_is_never_reachable_before_its_policy() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_wedged_loop_fails_liveness_within_ten_seconds() -> Result<()> {
+    let mut c = Cluster::new("nodelive", 1, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    let live = |c: &Cluster| c.http("n1", "/liveness");
+    let first = live(&c)?;
+    ensure!(
+        first.starts_with("HTTP/1.1 200"),
+        "not live at start: {first}"
+    );
+    // Stays live while it works (the watchdog's pings are answered).
+    consistently(Duration::from_secs(3), || {
+        let r = live(&c)?;
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })?;
+    // The test hook stops the daemon loop 5 s after start.
+    c.daemon_env = vec!["CALICO_RS_TEST_WEDGE=daemon:5".into()];
+    c.restart_daemon(0)?;
+    c.wait_ready(CONVERGE)?;
+    let t0 = c.nodes[0].spawned;
+    let took = loop {
+        let r = live(&c)?;
+        if r.starts_with("HTTP/1.1 503") {
+            ensure!(r.contains("not live: daemon (no progress for"), "{r}");
+            break t0.elapsed();
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still live 15 s after the daemon loop stopped: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let after_wedge = took.saturating_sub(Duration::from_secs(5));
+    eprintln!("liveness failed {after_wedge:?} after the loop stopped");
+    ensure!(after_wedge < Duration::from_secs(10), "{after_wedge:?}");
+    ensure!(
+        c.nodes[0]
+            .daemon
+            .log()
+            .contains("test hook CALICO_RS_TEST_WEDGE"),
+        "the hook did not fire"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_status_api_reports_as_paths_and_the_last_policy_apply() -> Result<()> {
+    let c = Cluster::with_tor_routes("nodeapi", 1, 1, 2)?;
+    c.wait_ready(CONVERGE)?;
+    eventually(CONVERGE, || {
+        let v = c.ctl_json("n1", "routes")?;
+        let r = v["routes"]
+            .as_array()
+            .context("no routes")?
+            .iter()
+            .find(|r| r["prefix"] == "100.64.0.0/26")
+            .cloned()
+            .context("the ToR's route is not in the API yet")?;
+        ensure!(r["as_path"] == serde_json::json!([65000]), "{r}");
+        ensure!(r["stale"] == false, "{r}");
+        Ok(())
+    })?;
+    let p = c.ctl_json("n1", "policy")?;
+    ensure!(p["last_apply_at"].is_string(), "no last apply time: {p}");
+    Ok(())
+}
