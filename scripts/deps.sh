@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by lab.sh and test.sh: puts rustup's cargo on PATH and installs, with apt-get, whichever
 # Debian packages of the list below are missing (one per command the lab or the tests run). Needs
-# root for the install. Packaged services (bird, gobgpd) are kept from starting: calico-rs starts
+# root for the install. Packaged services (bird, gobgpd, frr) are kept from starting: calico-rs starts
 # its own inside network namespaces.
 
 # rustup's cargo, wherever the login profile would have put it on PATH.
@@ -29,4 +29,4 @@ calico_rs_deps() {
 # What the lab runs.
 LAB_DEPS=(bird2:bird gobgpd:gobgpd nftables:nft iproute2:ip iputils-ping:ping util-linux:setsid procps:sysctl)
 # What the tests run besides.
-TEST_DEPS=("${LAB_DEPS[@]}" iperf3:iperf3 socat:socat netcat-openbsd:nc kmod:modprobe)
+TEST_DEPS=("${LAB_DEPS[@]}" frr:vtysh iperf3:iperf3 socat:socat netcat-openbsd:nc kmod:modprobe)

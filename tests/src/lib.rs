@@ -4,7 +4,8 @@
 //!   and a temp dir; it sweeps leftovers of dead runs on creation and removes everything on drop.
 //! - [`proc`]: commands with deadlines and background processes ([`Proc`](proc::Proc)) killed on drop.
 //! - [`wait`]: [`eventually`](wait::eventually) and friends instead of fixed sleeps.
-//! - [`peers`]: BIRD 2 and GoBGP daemons in lab namespaces, configured from strings and queried.
+//! - [`peers`]: BIRD 2, GoBGP and FRR bgpd daemons in lab namespaces, configured from strings and
+//!   queried.
 //! - [`pods`]: pods as a CNI plugin makes them; [`cluster`]: real `calico-node-rs` daemons on a
 //!   shared file datastore, for end-to-end tests and benchmarks.
 //! - [`mrt`]: an MRT TABLE_DUMP_V2 writer to bulk-load routes into GoBGP.
@@ -22,6 +23,6 @@ pub mod proc;
 pub mod wait;
 
 pub use lab::{Lab, Netns, Segment};
-pub use peers::{Bird, Gobgp};
+pub use peers::{Bird, Frr, Gobgp};
 pub use proc::Proc;
 pub use wait::eventually;

@@ -1,11 +1,12 @@
-//! Real BGP peers for the lab: BIRD 2 ([`Bird`]) and GoBGP ([`Gobgp`]), each started from a config string
-//! inside a lab namespace and killed with it.
+//! Real BGP peers for the lab: BIRD 2 ([`Bird`]), GoBGP ([`Gobgp`]) and FRR's bgpd ([`Frr`]), each
+//! started from a config string inside a lab namespace and killed with it.
 //!
 //! Files live in the lab's temp dir, named after the namespace (`{ns}-bird.{n}.conf|ctl|log`,
-//! `{ns}-gobgp.{n}.toml|sock|log`). Both daemons run in the foreground so the [`Proc`](crate::proc::Proc)
+//! `{ns}-gobgp.{n}.toml|sock|log`, `{ns}-frr.{n}.conf|pid|log` and the vty socket directory
+//! `{ns}-frr.{n}.vty/`). All three daemons run in the foreground so the [`Proc`](crate::proc::Proc)
 //! is the daemon. Queries have deadlines: a SIGSTOPped daemon makes queries fail, not hang.
 //!
-//! # Configs that work (BIRD 2.0.12, GoBGP 3.10)
+//! # Configs that work (BIRD 2.0.12, GoBGP 3.10, FRR 8.4)
 //!
 //! BIRD, eBGP over IPv4 and over IPv6 (BIRD needs `protocol device` to find the neighbor's interface,
 //! and explicit import/export on eBGP channels; a v4 session can carry IPv6 routes and vice versa):
@@ -73,6 +74,35 @@
 //! For iBGP set `peer-as` equal to `global.config.as`; for a route reflector add
 //! `[neighbors.route-reflector.config] route-reflector-client = true` and `route-reflector-cluster-id`.
 //!
+//! FRR (`bgpd -Z`, no zebra): eBGP with an IPv4 and an IPv6 session, each carrying its own family.
+//! FRR 8 sends and accepts nothing on eBGP without a policy unless `no bgp ebgp-requires-policy`, and
+//! without zebra a `network` is only announced with `no bgp network import-check`. `frr defaults
+//! traditional` activates every neighbor for IPv4 unicast: the IPv6 one is deactivated there.
+//! `timers 3 9` are keepalive and hold time; `timers connect` defaults to 120 s. FRR
+//! sends the graceful restart capability by default (helper mode).
+//! ```text
+//! frr defaults traditional
+//! hostname frr-b
+//! log stdout informational
+//! router bgp 65002
+//!  bgp router-id 10.0.0.2
+//!  no bgp ebgp-requires-policy
+//!  no bgp network import-check
+//!  neighbor 10.0.0.1 remote-as 65001
+//!  neighbor 10.0.0.1 timers 3 9
+//!  neighbor 10.0.0.1 timers connect 1
+//!  neighbor fd00::1 remote-as 65001
+//!  address-family ipv4 unicast
+//!   network 10.98.0.0/26
+//!   no neighbor fd00::1 activate
+//!  exit-address-family
+//!  address-family ipv6 unicast
+//!   network fd98::/64
+//!   neighbor fd00::1 activate
+//!  exit-address-family
+//! ```
+//! iBGP: the same with `remote-as` equal to the local AS.
+//!
 //! # Bulk routes into GoBGP
 //! [`Gobgp::add_routes_bulk`] writes an MRT TABLE_DUMP_V2 file ([`crate::mrt`]) and runs
 //! `gobgp mrt inject global FILE`; see that function and [`prefixes_v4`] / [`prefixes_v6`] for making
@@ -84,6 +114,7 @@
 //! included (self-tests `bulk_inject_100k` and `bulk_static_bird`, `--ignored --nocapture`).
 
 mod bird;
+mod frr;
 mod gobgp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -93,6 +124,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use crate::mrt::MrtAttrs;
 pub use bird::{parse_routes, Bird, BirdRoute, BIRDC_TIMEOUT};
+pub use frr::{Frr, FrrRoute, VTYSH_TIMEOUT};
 pub use gobgp::{parse_rib, session_state_name, Gobgp, RibEntry};
 
 /// `count` consecutive IPv4 prefixes of length `len` starting at `start` (e.g. 100k /24s from

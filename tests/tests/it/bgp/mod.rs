@@ -1,11 +1,12 @@
-//! The BGP speaker against real BIRD 2 and GoBGP peers, in network namespaces.
+//! The BGP speaker against real BIRD 2, GoBGP and FRR peers, in network namespaces.
 //!
 //! Our speaker runs in-process on a thread that entered a node namespace (`Ours`); the test
-//! drives it through its `SpeakerHandle` and checks what the real peers hold with `birdc` and the
-//! `gobgp` CLI.
+//! drives it through its `SpeakerHandle` and checks what the real peers hold with `birdc`, the
+//! `gobgp` CLI and `vtysh`.
 
 mod bird;
 mod collision;
+mod frr;
 mod gobgp;
 mod gr;
 mod rr;
