@@ -80,7 +80,7 @@ fn main() -> Result<()> {
         .context("usage: bgp-runner CONFIG.yaml")?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let cfg: Cfg =
-        serde_yaml::from_str(&text).with_context(|| format!("{path}: invalid config"))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{path}: invalid config"))?;
     // One thread, as BIRD: the speaker is I/O-bound (CPU figures in the benchmark), and one thread
     // keeps one malloc arena.
     let rt = tokio::runtime::Builder::new_current_thread()

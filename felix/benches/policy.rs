@@ -107,7 +107,7 @@ fn sweep() {
 /// Allows iperf3 (TCP 5201) between the pods of `ns`, both ways, so the two benchmark pods are
 /// isolated in both directions and their flow walks both endpoints' policy chains.
 fn iperf_policy(ns: &str) -> NetworkPolicy {
-    serde_yaml::from_str(&format!(
+    serde_yaml_ng::from_str(&format!(
         "metadata: {{name: zz-iperf, namespace: {ns}}}
 spec:
   podSelector: {{}}

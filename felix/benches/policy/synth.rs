@@ -68,7 +68,7 @@ pub fn pod(n: usize) -> Pod {
 }
 
 fn policy(yaml: &str) -> NetworkPolicy {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
+    serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
 }
 
 /// The ten policies of namespace `i`.

@@ -8,7 +8,7 @@ use super::*;
 use crate::policy::ir::policy_chain;
 
 fn input(yaml: &str) -> PolicyInput {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_yaml_ng::from_str(yaml).unwrap()
 }
 
 fn names_golden() -> PolicyInput {

@@ -20,7 +20,7 @@ fn golden_dir() -> PathBuf {
 fn load(name: &str) -> PolicyInput {
     let path = golden_dir().join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn full_text(input: &PolicyInput) -> String {

@@ -193,7 +193,7 @@ mod tests {
         ];
         input.policies = yaml
             .iter()
-            .map(|y| serde_yaml::from_str::<NetworkPolicy>(y).unwrap())
+            .map(|y| serde_yaml_ng::from_str::<NetworkPolicy>(y).unwrap())
             .collect();
         input
     }

@@ -302,7 +302,7 @@ spec:
   egress:
   - {}
 "#;
-        let p: NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
+        let p: NetworkPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(p.key(), "prod/web");
         let ing = &p.spec.ingress.as_ref().unwrap()[0];
         let from = ing.from.as_ref().unwrap();
@@ -320,7 +320,7 @@ spec:
 
     #[test]
     fn namespace_defaults_to_default() {
-        let p: NetworkPolicy = serde_yaml::from_str("metadata: {name: x}\nspec: {}").unwrap();
+        let p: NetworkPolicy = serde_yaml_ng::from_str("metadata: {name: x}\nspec: {}").unwrap();
         assert_eq!(p.key(), "default/x");
     }
 }

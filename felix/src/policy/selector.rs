@@ -215,7 +215,7 @@ mod tests {
     use super::*;
 
     fn sel(yaml: &str) -> Result<Selector, Vec<FieldError>> {
-        Selector::parse(&serde_yaml::from_str::<LabelSelector>(yaml).unwrap())
+        Selector::parse(&serde_yaml_ng::from_str::<LabelSelector>(yaml).unwrap())
     }
 
     fn labels(kv: &[(&str, &str)]) -> Labels {

@@ -2,13 +2,13 @@
 //! names the field (`spec.bgp.ipv4Address: invalid address "10.0.0.300/24"`).
 //!
 //! Decoding by hand instead of `#[derive(Deserialize)]` is deliberate: serde's errors do not carry
-//! the field path of a `serde_yaml::Value`, and Calico users need to know which field was wrong.
+//! the field path of a `serde_yaml_ng::Value`, and Calico users need to know which field was wrong.
 //! Unknown fields are ignored, as the Kubernetes API server does on read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 /// A rejected field: its dotted path from the object root and what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn paths_in_errors() {
-        let v: Value = serde_yaml::from_str(
+        let v: Value = serde_yaml_ng::from_str(
             "spec:\n  n: abc\n  list: [1, {a: 2}]\n  labels: {a: [1]}\n  big: 70000\n",
         )
         .unwrap();

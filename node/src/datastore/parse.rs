@@ -4,9 +4,9 @@
 //! document cannot hide the others. Documents are numbered from 1, counting only those with
 //! content; `kind: List` (and `FooList`, as `calicoctl get -o yaml` writes) is expanded, its
 //! items reported as `doc N items[i]`. Nothing here panics on any input: YAML nesting and alias
-//! expansion are bounded by serde_yaml, and every other failure becomes a [`ResourceError`].
+//! expansion are bounded by serde_yaml_ng, and every other failure becomes a [`ResourceError`].
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::resources::{decode, Decoded, ObjectError, Resource};
 use super::{ResourceError, Severity};
@@ -51,7 +51,7 @@ fn split_documents(text: &str) -> Vec<Chunk<'_>> {
                 first_line: start_line,
             });
             // Content after `--- ` on the same line belongs to the next document.
-            // serde_yaml then counts the separator line as the document's line 1.
+            // serde_yaml_ng then counts the separator line as the document's line 1.
             let (rest, first) = if line.starts_with("---") {
                 (3, i + 1)
             } else {
@@ -70,13 +70,13 @@ fn split_documents(text: &str) -> Vec<Chunk<'_>> {
     chunks
 }
 
-/// serde_yaml's message without its trailing "at line L column C", and the absolute line.
-fn syntax_message(e: &serde_yaml::Error, first_line: usize) -> String {
+/// serde_yaml_ng's message without its trailing "at line L column C", and the absolute line.
+fn syntax_message(e: &serde_yaml_ng::Error, first_line: usize) -> String {
     let msg = e.to_string();
     match e.location() {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            // The location is relative to the document; drop it wherever serde_yaml put it.
+            // The location is relative to the document; drop it wherever serde_yaml_ng put it.
             let msg = msg.replace(&suffix, "");
             format!(
                 "YAML syntax error at line {}, column {}: {msg}",
@@ -171,7 +171,7 @@ pub fn parse_yaml(origin: &str, text: &str) -> Parsed {
     let mut out = Parsed::default();
     for (n, chunk) in split_documents(text).into_iter().enumerate() {
         let doc_origin = format!("{origin} doc {}", n + 1);
-        match serde_yaml::from_str::<Value>(chunk.text) {
+        match serde_yaml_ng::from_str::<Value>(chunk.text) {
             Ok(Value::Null) => {}
             Ok(value) => out.object(doc_origin, &value, 0),
             Err(e) => out.error(

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::fields::{asn_field, describe, parse_asn, FieldError, Obj};
 use super::schema;
@@ -375,7 +375,7 @@ pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
     };
     schema::check(doc, schema).map_err(|e| fail(Some(name.clone()), e))?;
     let spec_holder = root.obj("spec").map_err(|e| fail(Some(name.clone()), e))?;
-    let empty = serde_yaml::Mapping::new();
+    let empty = serde_yaml_ng::Mapping::new();
     let empty_value = Value::Mapping(empty);
     let spec_view = match &spec_holder {
         Some(s) => s.view(),

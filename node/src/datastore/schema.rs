@@ -13,7 +13,7 @@
 //!
 //! Field lists follow the Kubernetes 1.33 API reference and Calico v3.30's resource definitions.
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::fields::{type_name, FieldError};
 
@@ -294,7 +294,7 @@ mod tests {
     use super::*;
 
     fn run(yaml: &str, schema: &S) -> Result<(), FieldError> {
-        check(&serde_yaml::from_str(yaml).unwrap(), schema)
+        check(&serde_yaml_ng::from_str(yaml).unwrap(), schema)
     }
 
     #[test]

@@ -145,13 +145,14 @@ impl Block {
                 .map(|(ip, h)| (ip.to_string(), h.clone()))
                 .collect(),
         };
-        let body = serde_yaml::to_string(&doc).unwrap_or_default();
+        let body = serde_yaml_ng::to_string(&doc).unwrap_or_default();
         format!("# calico-rs IPAM block; written by calico-node-rs under DIR/ipam/.lock.\n{body}")
     }
 
     /// Parses and validates a block file's text; `expected` is the CIDR its name stands for.
     pub fn from_yaml(text: &str, expected: &IpNet) -> Result<Block, String> {
-        let doc: BlockDoc = serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        let doc: BlockDoc =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
         if doc.kind != "IPAMBlock" {
             return Err(format!("kind: expected IPAMBlock, got {:?}", doc.kind));
         }

@@ -445,7 +445,7 @@ fn policy_probe_repairs_without_monitor() -> Result<()> {
     let ns = lab.netns("n")?;
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../felix/src/policy/golden/basic.yaml");
-    let input: PolicyInput = serde_yaml::from_str(&std::fs::read_to_string(golden)?)?;
+    let input: PolicyInput = serde_yaml_ng::from_str(&std::fs::read_to_string(golden)?)?;
     let cfg = PolicyCfg {
         monitor: false,
         probe_interval: Duration::from_millis(100),

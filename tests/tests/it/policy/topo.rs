@@ -274,7 +274,7 @@ pub fn policies(yaml: &str) -> Result<Vec<NetworkPolicy>> {
             doc.lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         })
-        .map(|doc| serde_yaml::from_str(doc).with_context(|| format!("policy YAML:\n{doc}")))
+        .map(|doc| serde_yaml_ng::from_str(doc).with_context(|| format!("policy YAML:\n{doc}")))
         .collect()
 }
 
