@@ -165,6 +165,10 @@ struct Daemon {
     policy_applied_at: Option<SystemTime>,
     /// `(seq_applied, drift_repairs)` last seen, to notice the next apply.
     policy_seen: (u64, u64),
+    /// A policy input has been in the kernel since start. Until then felix gets no route input,
+    /// so a restart leaves the previous run's pod routes (and rules) as they are instead of
+    /// removing routes of endpoints whose rules this run has not applied yet.
+    policy_applied_once: bool,
     routes: RouteManagerHandle,
     routes_pushed: bool,
     policy: PolicyHandle,
@@ -271,6 +275,7 @@ pub async fn run(
         learned_meta: BTreeMap::new(),
         policy_applied_at: None,
         policy_seen: (0, 0),
+        policy_applied_once: false,
         routes,
         routes_pushed: false,
         policy,
@@ -361,7 +366,7 @@ pub async fn run(
             info!("BGP synced: programming routes");
             routes_dirty = true;
         }
-        if routes_dirty && d.bgp_synced {
+        if routes_dirty && d.bgp_synced && d.policy_applied_once {
             d.push_routes();
         }
         if routes_dirty {
@@ -715,9 +720,11 @@ impl Daemon {
         for s in done {
             self.policy_pending.remove(&s);
         }
+        let first = !self.policy_applied_once;
+        self.policy_applied_once = true;
         let changed = ready != self.policy_ready;
         self.policy_ready = ready;
-        changed
+        changed || first
     }
 
     fn push_routes(&mut self) {

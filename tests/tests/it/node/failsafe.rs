@@ -352,3 +352,64 @@ fn the_status_api_reports_as_paths_and_the_last_policy_apply() -> Result<()> {
     ensure!(p["last_apply_at"].is_string(), "no last apply time: {p}");
     Ok(())
 }
+
+#[test]
+fn unsupported_policy_kinds_make_the_node_not_ready() -> Result<()> {
+    let mut c = Cluster::new("nodeunsup", 1, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    c.write(
+        "gnp.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: default-deny}\n\
+         spec: {selector: all(), types: [Ingress, Egress]}\n",
+    )?;
+    eventually(Duration::from_secs(5), || {
+        let r = c.http("n1", "/readiness")?;
+        ensure!(
+            r.starts_with("HTTP/1.1 503")
+                && r.contains("1 unsupported policy resource(s) not enforced, first: gnp.yaml doc 1: GlobalNetworkPolicy default-deny"),
+            "{r}"
+        );
+        Ok(())
+    })?;
+    let errs = api_errors(&c, "n1")?;
+    ensure!(
+        errs == [("gnp.yaml doc 1".to_string(), "unsupported".to_string())],
+        "{errs:?}"
+    );
+    let gauge = metric(&c, "n1", "calico_rs_resource_errors{severity=\"unsupported\"}")?;
+    ensure!(gauge == 1.0, "unsupported gauge {gauge}");
+    c.remove("gnp.yaml")?;
+    c.wait_ready(Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn a_speaker_that_cannot_start_is_reported_and_retried() -> Result<()> {
+    let mut c = Cluster::new("nodespk", 2, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    // Something else holds the port the BGPConfiguration moves the speakers to, on n1 only.
+    let squatter = c.nodes[0]
+        .ns
+        .spawn(&["socat", "TCP6-LISTEN:1179,reuseaddr,fork,ipv6only=0", "SYSTEM:true"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let base = std::fs::read_to_string(c.dir().join("base.yaml"))?;
+    c.write(
+        "base.yaml",
+        &base.replace("nodeToNodeMeshEnabled: true}", "nodeToNodeMeshEnabled: true, listenPort: 1179}"),
+    )?;
+    eventually(Duration::from_secs(10), || {
+        let r = c.http("n1", "/readiness")?;
+        ensure!(
+            r.starts_with("HTTP/1.1 503") && r.contains("BGP speaker not running:"),
+            "{r}"
+        );
+        Ok(())
+    })?;
+    drop(squatter);
+    // Retried with backoff: it starts, and the mesh forms on the new port (n2 dials 1179).
+    c.wait_converged(CONVERGE)?;
+    c.expect_full_mesh_reachability()?;
+    let log = c.nodes[0].daemon.log();
+    ensure!(log.contains("cannot start the BGP speaker"), "no failure in the log");
+    Ok(())
+}
