@@ -7,6 +7,9 @@
 //!   `NetworkPolicy prod/web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR "10.0.0.0/33"`.
 //! - [`PolicyError`]: the driver could not do its job (`nft` missing or refusing a batch, the
 //!   manager gone). The owner retries these with backoff.
+//!
+//! [`CfgValueError`] is for the configuration's text values (a daemon flag or an environment
+//! variable parsed with `FromStr`), before anything starts.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,4 +92,17 @@ pub enum PolicyError {
     /// Waiting for the manager timed out.
     #[error("timed out waiting for the policy manager ({0})")]
     Timeout(String),
+}
+
+/// A configuration value given as text that is none of the accepted spellings, e.g.
+/// `defaultEndpointToHostAction: "Allow" is not one of Drop, Return, Accept (case-insensitive)`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {value:?} is not one of {accepted} (case-insensitive)")]
+pub struct CfgValueError {
+    /// The setting, by its Calico name (`defaultEndpointToHostAction`).
+    pub setting: &'static str,
+    /// The text given.
+    pub value: String,
+    /// The accepted values, comma-separated.
+    pub accepted: &'static str,
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::compile::compile;
 use super::model::{NetworkPolicy, PolicyInput};
-use super::render::{render_diff, render_full};
+use super::render::{render_diff, render_full, EndpointToHostAction};
 use super::PolicyCfg;
 
 fn golden_dir() -> PathBuf {
@@ -24,14 +24,21 @@ fn load(name: &str) -> PolicyInput {
 }
 
 fn full_text(input: &PolicyInput) -> String {
+    full_text_with(&PolicyCfg::default(), input)
+}
+
+fn full_text_with(cfg: &PolicyCfg, input: &PolicyInput) -> String {
     let c = compile(input);
     let mut out = String::new();
     for e in &c.errors {
         out.push_str(&format!("# error: {e}\n"));
     }
-    out.push_str(&render_full(&PolicyCfg::default(), &c.ruleset));
+    out.push_str(&render_full(cfg, &c.ruleset));
     out
 }
+
+/// Every input; `host` is also rendered per [`EndpointToHostAction`] (see `golden_host_actions`).
+const INPUTS: [&str; 5] = ["basic", "failclosed", "egress-named", "names", "host"];
 
 fn check_golden(file: &str, got: &str) {
     let path = golden_dir().join(file);
@@ -59,9 +66,96 @@ fn check_golden(file: &str, got: &str) {
 
 #[test]
 fn golden_full_rulesets() {
-    for name in ["basic", "failclosed", "egress-named", "names"] {
+    for name in INPUTS.into_iter().filter(|n| *n != "host") {
         check_golden(&format!("{name}.nft"), &full_text(&load(name)));
     }
+}
+
+/// One golden per defaultEndpointToHostAction (`host.drop.nft`, ...; the default, Accept, is what
+/// every other golden shows). Only the `host-in` chain depends on the action.
+#[test]
+fn golden_host_actions() {
+    let input = load("host");
+    let mut host_in = Vec::new();
+    for action in EndpointToHostAction::ALL {
+        let cfg = PolicyCfg {
+            endpoint_to_host: action,
+            ..PolicyCfg::default()
+        };
+        let text = full_text_with(&cfg, &input);
+        let file = format!("host.{}.nft", action.as_str().to_ascii_lowercase());
+        check_golden(&file, &text);
+        let (before, rest) = text.split_once("\tchain host-in {").unwrap();
+        let (chain, after) = rest.split_once("\t}").unwrap();
+        host_in.push((
+            action,
+            before.to_string(),
+            chain.to_string(),
+            after.to_string(),
+        ));
+    }
+    assert_eq!(
+        full_text(&input),
+        full_text_with(
+            &PolicyCfg {
+                endpoint_to_host: EndpointToHostAction::Accept,
+                ..PolicyCfg::default()
+            },
+            &input
+        )
+    );
+    for (action, before, chain, after) in &host_in[1..] {
+        assert_eq!(*before, host_in[0].1, "{action}: only host-in may differ");
+        assert_eq!(*after, host_in[0].3, "{action}: only host-in may differ");
+        assert_ne!(*chain, host_in[0].2, "{action}");
+    }
+    // Drop leaves out the egress policy (it cannot change the outcome); the others walk it.
+    for (action, _, chain, _) in &host_in {
+        let walks = chain.contains("iifname vmap @from-wl");
+        assert_eq!(walks, *action != EndpointToHostAction::Drop, "{action}");
+        // Replies to the node's own connections and IPv6 ND come before any drop.
+        let est = chain.find("ct state established,related accept").unwrap();
+        let nd = chain.find("nd-neighbor-solicit").unwrap();
+        let last = chain.find("comment \"defaultEndpointToHostAction").unwrap();
+        assert!(est < nd && nd < last, "{action}: {chain}");
+    }
+}
+
+#[test]
+fn endpoint_to_host_action_parses_calico_spellings_only() {
+    use EndpointToHostAction::*;
+    for (text, want) in [
+        ("Drop", Drop),
+        ("drop", Drop),
+        ("DROP", Drop),
+        ("Return", Return),
+        ("rEtUrN", Return),
+        ("Accept", Accept),
+        ("accept", Accept),
+    ] {
+        assert_eq!(text.parse::<EndpointToHostAction>(), Ok(want), "{text}");
+    }
+    for a in EndpointToHostAction::ALL {
+        assert_eq!(a.to_string().parse::<EndpointToHostAction>(), Ok(a));
+    }
+    for bad in [
+        "",
+        "Allow",
+        "Deny",
+        "Reject",
+        " Drop",
+        "Accept ",
+        "Drop,Accept",
+    ] {
+        let e = bad.parse::<EndpointToHostAction>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "defaultEndpointToHostAction: {bad:?} is not one of Drop, Return, Accept (case-insensitive)"
+            )
+        );
+    }
+    assert_eq!(PolicyCfg::default().endpoint_to_host, Accept);
 }
 
 #[test]
@@ -161,7 +255,7 @@ fn permutations(input: &PolicyInput) -> Vec<PolicyInput> {
 
 #[test]
 fn result_does_not_depend_on_input_order() {
-    for name in ["basic", "failclosed", "egress-named", "names"] {
+    for name in INPUTS {
         let input = load(name);
         let want = compile(&input);
         for p in permutations(&input) {
@@ -177,7 +271,7 @@ fn result_does_not_depend_on_input_order() {
 #[test]
 fn reapplying_the_same_input_sends_nothing() {
     let cfg = PolicyCfg::default();
-    for name in ["basic", "failclosed", "egress-named", "names"] {
+    for name in INPUTS {
         let input = load(name);
         let a = compile(&input).ruleset;
         let b = compile(&input).ruleset;

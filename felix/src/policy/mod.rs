@@ -46,7 +46,9 @@
 //! direction; for a new flow only, the rules of
 //! the policies selecting the pod, each one set lookup — independent of the number of pods. Only
 //! policies selecting a local pod, and the sets they name, are in the table. See [`render`] for the
-//! base chains.
+//! base chains, including traffic between the node and its own pods: the node always reaches
+//! them; what they open towards the node passes their egress policy and then
+//! [`PolicyCfg::endpoint_to_host`] (Calico's `defaultEndpointToHostAction`).
 //!
 //! # Why `nft -f -` with text, not the `nftables` crate's JSON
 //! Both drive the same `nft` binary / libnftables. Text is what we need and what is fast: named
@@ -110,13 +112,13 @@ use std::time::Duration;
 
 pub use compile::{compile, CompileStats, Compiled};
 pub use driver::{ApplyKind, ApplyReport, NftDriver};
-pub use error::{InputError, PolicyError};
+pub use error::{CfgValueError, InputError, PolicyError};
 pub use incremental::Compiler;
 pub use manager::{spawn, PolicyHandle, PolicyMsg, PolicyPinger, PolicyStatus};
 pub use model::{
     LabelSelector, NamedPort, Namespace, NetworkPolicy, Pod, PolicyInput, WorkloadEndpoint,
 };
-pub use render::DenyAction;
+pub use render::{DenyAction, EndpointToHostAction};
 
 /// Default table name.
 pub const DEFAULT_TABLE: &str = "calico-rs";
@@ -130,6 +132,11 @@ pub struct PolicyCfg {
     pub deny: DenyAction,
     /// Prefix of workload interfaces (for the invalid-state and node<->pod rules).
     pub iface_prefix: String,
+    /// What new flows from local workloads to the node itself get after their egress policy
+    /// (Calico's `defaultEndpointToHostAction`; parse Calico's spellings with `FromStr`). Default
+    /// [`EndpointToHostAction::Accept`], as Calico's `calico.yaml` manifest sets it; Calico felix's
+    /// own built-in default is `Drop`.
+    pub endpoint_to_host: EndpointToHostAction,
     /// The `nft` binary.
     pub nft: PathBuf,
     /// Watch nf_tables change notifications for changes made by others (see [`monitor`]).
@@ -149,6 +156,7 @@ impl Default for PolicyCfg {
             table: DEFAULT_TABLE.to_string(),
             deny: DenyAction::Drop,
             iface_prefix: crate::veth::WORKLOAD_IFACE_PREFIX.to_string(),
+            endpoint_to_host: EndpointToHostAction::Accept,
             nft: PathBuf::from("nft"),
             monitor: true,
             probe_interval: Duration::from_millis(500),

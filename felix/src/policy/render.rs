@@ -24,11 +24,44 @@
 //! by the sender's egress policy still meets the receiver's ingress policy in the next one, with no
 //! packet marks. Both accept `ct state established,related` first (replies and ongoing connections
 //! of allowed flows; only new flows walk the policy chains) and drop `ct state invalid` from or to
-//! workloads. `host-in` / `host-out` (input / output hooks) accept traffic between the node and its
-//! own workloads, which Kubernetes requires (kubelet probes), whatever policies say.
+//! workloads.
+//!
+//! `host-out` (output hook) accepts everything the node sends to its own workloads, whatever the
+//! policies say: Kubernetes requires the node to reach its pods (kubelet probes). `host-in` (input
+//! hook) handles packets from a workload to the node itself, as Calico's `cali-wl-to-host` does:
+//! 1. `ct state established,related accept`: replies to connections the node opened (the probes'
+//!    SYN-ACKs) and ongoing flows; `ct state invalid drop`;
+//! 2. ICMPv6 MLD, router and neighbour solicitation and neighbour advertisement accepted, before
+//!    any policy (as Calico does): without them a pod loses its IPv6 gateway
+//!    (`fe80::ecee:eeff:feee:eeee`, see `crate::veth`), and with it all IPv6 connectivity;
+//! 3. the workload's **egress policy**, through the same `@from-wl` map as `fwd-egress` (Calico
+//!    applies egress policy to workload -> host traffic too). A denied packet gets the deny action;
+//!    an allowed one is accepted by the policy chain, which ends `host-in`;
+//! 4. the [`EndpointToHostAction`] ([`PolicyCfg::endpoint_to_host`]) for what is left (pods without
+//!    egress policy; with Drop, everything new):
+//!    - `Drop`: `iifname "cali*" drop`; step 3 is left out, since no policy verdict could change
+//!      the outcome. Nothing a pod opens reaches the node: not the BGP port, health, metrics, the
+//!      kubelet nor a host-networked pod behind a Service;
+//!    - `Return`: `iifname "cali*" return`, which in a base chain means "apply the chain policy"
+//!      (`accept`);
+//!    - `Accept`: `iifname "cali*" accept`.
+//!
+//! **Return and Accept differ only in name here.** In iptables, Calico's Accept skips the rest of
+//! the host's own `INPUT` chain, while Return goes back to it. nftables has no such verdict:
+//! `accept` ends only the current base chain, and the packet still meets every other base chain on
+//! the input hook (other tables such as a host firewall, iptables-nft and iptables-legacy rules),
+//! any of which can still drop it. So with both values the host's own input rules decide, and a
+//! packet allowed in step 3 takes the same path as one reaching step 4. The rendered rule differs
+//! so that `nft list` shows which value is configured; nothing else does. Only a drop (or reject)
+//! is final, whichever table it is in.
+//!
+//! Only local workloads (`iifname "cali*"`) are concerned: a pod on another node reaches this node
+//! through an uplink, as any other host does (as in Calico). The felix `it` test binary checks all
+//! of this in a kernel (`endpoint_to_host`).
 
 use std::fmt::Write as _;
 
+use super::error::CfgValueError;
 use super::ir::{
     Chain, Dir, Elem, Match, Rule, Ruleset, SetDef, SetKind, Verdict, FROM_WL_MAP, TO_WL_MAP,
 };
@@ -58,6 +91,65 @@ impl DenyAction {
             DenyAction::Drop => "drop",
             DenyAction::Reject => "reject with icmpx admin-prohibited",
         }
+    }
+}
+
+/// What happens to a new flow from a local workload to the node itself, once the workload's egress
+/// policy has allowed it: Calico's `defaultEndpointToHostAction`. Traffic the node sends to its
+/// workloads, and replies to it, is never affected (kubelet probes). See the module doc for the
+/// rules each value renders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EndpointToHostAction {
+    /// Drop it (Calico felix's own default when nothing configures it). Pods reach none of the
+    /// node's services (BGP, health, metrics, the kubelet, host-networked pods) except as replies
+    /// to connections the node opened; IPv6 neighbour discovery and MLD to the gateway still pass.
+    Drop,
+    /// End our chain without a verdict: the host's own input rules (other nftables tables,
+    /// iptables) decide. In nftables this lets the packet through our table exactly as `Accept`
+    /// does; see the module doc.
+    Return,
+    /// Accept it in our table (what Calico's `calico.yaml` manifest configures; our default).
+    #[default]
+    Accept,
+}
+
+impl EndpointToHostAction {
+    /// Every value, in Calico's spelling order.
+    pub const ALL: [EndpointToHostAction; 3] = [
+        EndpointToHostAction::Drop,
+        EndpointToHostAction::Return,
+        EndpointToHostAction::Accept,
+    ];
+
+    /// Calico's spelling (`Drop`, `Return`, `Accept`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointToHostAction::Drop => "Drop",
+            EndpointToHostAction::Return => "Return",
+            EndpointToHostAction::Accept => "Accept",
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointToHostAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EndpointToHostAction {
+    type Err = CfgValueError;
+
+    /// Calico's spellings, case-insensitive (`Drop`, `RETURN`, `accept`); nothing else.
+    fn from_str(s: &str) -> Result<Self, CfgValueError> {
+        EndpointToHostAction::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| CfgValueError {
+                setting: "defaultEndpointToHostAction",
+                value: s.to_string(),
+                accepted: "Drop, Return, Accept",
+            })
     }
 }
 
@@ -180,9 +272,15 @@ fn chain_block(out: &mut String, cfg: &PolicyCfg, name: &str, c: &Chain) {
     out.push_str("\t}\n");
 }
 
+/// ICMPv6 a pod must be able to send to its gateway, whatever its egress policy and the
+/// [`EndpointToHostAction`]: MLD query / report / done (130-132), router solicitation (133),
+/// neighbour solicitation / advertisement (135, 136). The set Calico accepts in `cali-wl-to-host`.
+const POD_ICMPV6: &str = "mld-listener-query, mld-listener-report, mld-listener-done, \
+                          nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert";
+
 fn base_chains(out: &mut String, cfg: &PolicyCfg) {
     let wl = format!("\"{}*\"", cfg.iface_prefix);
-    let probes = "node <-> own pods always allowed (kubelet probes)";
+    let probes = "node -> own pods always allowed (kubelet probes)";
     let _ = write!(
         out,
         "\tchain fwd-egress {{\n\
@@ -199,8 +297,27 @@ fn base_chains(out: &mut String, cfg: &PolicyCfg) {
          \t}}\n\
          \tchain host-in {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname {wl} ct state established,related accept comment \"replies to the node, ongoing flows\"\n\
          \t\tiifname {wl} ct state invalid drop\n\
-         \t\tiifname {wl} accept comment \"{probes}\"\n\
+         \t\tiifname {wl} icmpv6 type {{ {POD_ICMPV6} }} accept comment \"pod IPv6 ND and MLD to its gateway\"\n"
+    );
+    let action = cfg.endpoint_to_host;
+    let verdict = match action {
+        EndpointToHostAction::Drop => "drop",
+        EndpointToHostAction::Return => "return",
+        EndpointToHostAction::Accept => "accept",
+    };
+    if action != EndpointToHostAction::Drop {
+        // With Drop the egress policy cannot change the outcome (an allowed packet is dropped
+        // next), so it is only walked for the other two.
+        let _ = writeln!(
+            out,
+            "\t\tiifname vmap @{FROM_WL_MAP} comment \"pod egress policy, pod -> node\""
+        );
+    }
+    let _ = write!(
+        out,
+        "\t\tiifname {wl} {verdict} comment \"defaultEndpointToHostAction {action}\"\n\
          \t}}\n\
          \tchain host-out {{\n\
          \t\ttype filter hook output priority filter; policy accept;\n\

@@ -5,6 +5,7 @@
 //! killed before its guards ran is swept by the next run here or by any lab of the `tests` crate.
 
 mod element_batch;
+mod endpoint_to_host;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,6 +65,11 @@ impl Netns {
         let ns = Netns { name: full };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// The namespace's name (as `ip netns` knows it).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Run a command inside the namespace; its stdout.
