@@ -251,7 +251,7 @@ fn pod_may_reach(action: EndpointToHostAction, policy: bool, port: u16) -> bool 
 #[test]
 fn endpoint_to_host_actions() -> Result<()> {
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/golden/host.yaml");
-    let with_policy: PolicyInput = serde_yaml::from_str(&std::fs::read_to_string(golden)?)?;
+    let with_policy: PolicyInput = serde_yaml_ng::from_str(&std::fs::read_to_string(golden)?)?;
     let without_policy = PolicyInput {
         policies: vec![],
         ..with_policy.clone()

@@ -71,6 +71,15 @@ struct RunArgs {
     /// Our nftables table (family inet).
     #[arg(long, default_value = "calico-rs")]
     nft_table: String,
+    /// Traffic from local pods to this node, after their egress policy: Drop, Return or Accept
+    /// (Calico's defaultEndpointToHostAction; Calico's manifest sets Accept). With Drop, pods
+    /// cannot reach the node's BGP port, health or metrics.
+    #[arg(
+        long,
+        env = "FELIX_DEFAULTENDPOINTTOHOSTACTION",
+        default_value = "Accept"
+    )]
+    default_endpoint_to_host_action: felix::policy::EndpointToHostAction,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +205,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.node_release_grace = std::time::Duration::from_secs(a.node_release_grace);
     cfg.route_protocol = a.route_protocol;
     cfg.nft_table = a.nft_table.clone();
+    cfg.endpoint_to_host = a.default_endpoint_to_host_action;
     let grpc = match a.grpc.listen() {
         Ok(g) => g,
         Err(e) => {

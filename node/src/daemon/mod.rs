@@ -84,6 +84,9 @@ pub struct DaemonCfg {
     pub nft_table: String,
     /// Longest wait for peers' End-of-RIB before felix gets its first route input.
     pub bgp_sync_timeout: Duration,
+    /// What traffic from local pods to the node itself meets after the pod's egress policy
+    /// (Calico's `defaultEndpointToHostAction`).
+    pub endpoint_to_host: felix::policy::EndpointToHostAction,
 }
 
 impl DaemonCfg {
@@ -97,6 +100,7 @@ impl DaemonCfg {
             route_protocol: felix::routes::DEFAULT_ROUTE_PROTOCOL,
             nft_table: "calico-rs".into(),
             bgp_sync_timeout: Duration::from_secs(10),
+            endpoint_to_host: felix::policy::EndpointToHostAction::Accept,
         }
     }
 }
@@ -233,6 +237,7 @@ pub async fn run(
     .context("starting the route manager")?;
     let policy = felix::policy::spawn(PolicyCfg {
         table: cfg.nft_table.clone(),
+        endpoint_to_host: cfg.endpoint_to_host,
         ..PolicyCfg::default()
     })
     .context("starting the policy manager")?;

@@ -376,7 +376,11 @@ fn unsupported_policy_kinds_make_the_node_not_ready() -> Result<()> {
         errs == [("gnp.yaml doc 1".to_string(), "unsupported".to_string())],
         "{errs:?}"
     );
-    let gauge = metric(&c, "n1", "calico_rs_resource_errors{severity=\"unsupported\"}")?;
+    let gauge = metric(
+        &c,
+        "n1",
+        "calico_rs_resource_errors{severity=\"unsupported\"}",
+    )?;
     ensure!(gauge == 1.0, "unsupported gauge {gauge}");
     c.remove("gnp.yaml")?;
     c.wait_ready(Duration::from_secs(5))?;
@@ -388,14 +392,19 @@ fn a_speaker_that_cannot_start_is_reported_and_retried() -> Result<()> {
     let mut c = Cluster::new("nodespk", 2, 1, false)?;
     c.wait_converged(CONVERGE)?;
     // Something else holds the port the BGPConfiguration moves the speakers to, on n1 only.
-    let squatter = c.nodes[0]
-        .ns
-        .spawn(&["socat", "TCP6-LISTEN:1179,reuseaddr,fork,ipv6only=0", "SYSTEM:true"])?;
+    let squatter = c.nodes[0].ns.spawn(&[
+        "socat",
+        "TCP6-LISTEN:1179,reuseaddr,fork,ipv6only=0",
+        "SYSTEM:true",
+    ])?;
     std::thread::sleep(Duration::from_millis(300));
     let base = std::fs::read_to_string(c.dir().join("base.yaml"))?;
     c.write(
         "base.yaml",
-        &base.replace("nodeToNodeMeshEnabled: true}", "nodeToNodeMeshEnabled: true, listenPort: 1179}"),
+        &base.replace(
+            "nodeToNodeMeshEnabled: true}",
+            "nodeToNodeMeshEnabled: true, listenPort: 1179}",
+        ),
     )?;
     eventually(Duration::from_secs(10), || {
         let r = c.http("n1", "/readiness")?;
@@ -410,6 +419,43 @@ fn a_speaker_that_cannot_start_is_reported_and_retried() -> Result<()> {
     c.wait_converged(CONVERGE)?;
     c.expect_full_mesh_reachability()?;
     let log = c.nodes[0].daemon.log();
-    ensure!(log.contains("cannot start the BGP speaker"), "no failure in the log");
+    ensure!(
+        log.contains("cannot start the BGP speaker"),
+        "no failure in the log"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_drop_pods_cannot_reach_their_node() -> Result<()> {
+    let mut c = Cluster::new("nodee2h", 1, 1, false)?;
+    c.wait_converged(CONVERGE)?;
+    let pod = c.nodes[0].pods[0].clone();
+    let bgp_port = |pod: &cluster::PodRef| {
+        pod.ns
+            .run_timeout(
+                &["nc", "-z", "-w", "1", "10.200.0.11", "179"],
+                Duration::from_secs(5),
+            )
+            .is_ok()
+    };
+    // Accept (the default, as Calico's manifest): the node's BGP port answers the pod.
+    ensure!(
+        bgp_port(&pod),
+        "with Accept the pod cannot reach its node's BGP port"
+    );
+    c.daemon_env = vec!["FELIX_DEFAULTENDPOINTTOHOSTACTION=Drop".into()];
+    c.restart_daemon(0)?;
+    c.wait_converged(CONVERGE)?;
+    eventually(Duration::from_secs(5), || {
+        ensure!(
+            !bgp_port(&pod),
+            "with Drop the pod still reaches its node's BGP port"
+        );
+        Ok(())
+    })?;
+    // Pod-to-pod traffic through the node is not affected.
+    let other = c.add_pod("n1", "p2", &[])?;
+    eventually(Duration::from_secs(5), || cluster::ping(&pod.ns, &other.v4))?;
     Ok(())
 }
