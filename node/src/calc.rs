@@ -16,7 +16,6 @@ use felix::routes::{NextHop, RemoteBlock, RoutesInput, WorkloadEndpoint};
 use ipnet::IpNet;
 
 use crate::datastore::{BgpPassword, ClusterState, Node, SourceAddress};
-use crate::status::PeerType;
 
 /// This node's identity as the datastore describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +34,35 @@ pub struct SpeakerSpec {
     pub cluster_id: Option<Ipv4Addr>,
     pub listen_port: u16,
     pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+/// How a BGP peer came to be configured (Calico's "PEER TYPE" column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerType {
+    /// Node-to-node mesh.
+    NodeMesh,
+    /// A BGPPeer without `node` / `nodeSelector`.
+    Global,
+    /// A BGPPeer for specific nodes (`node` or `nodeSelector`).
+    NodeSpecific,
+    /// A node we reflect routes to (we are its route reflector).
+    RrClient,
+    /// A route reflector that serves us.
+    RrServer,
+}
+
+impl PeerType {
+    /// Calico's wording in `calicoctl node status`.
+    pub fn calico_name(self) -> &'static str {
+        match self {
+            PeerType::NodeMesh => "node-to-node mesh",
+            PeerType::Global => "global",
+            PeerType::NodeSpecific => "node specific",
+            PeerType::RrClient => "route reflector client",
+            PeerType::RrServer => "route reflector",
+        }
+    }
 }
 
 /// One peer and why it exists.

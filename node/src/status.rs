@@ -8,34 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-/// How a BGP peer came to be configured (Calico's "PEER TYPE" column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PeerType {
-    /// Node-to-node mesh.
-    NodeMesh,
-    /// A BGPPeer without `node` / `nodeSelector`.
-    Global,
-    /// A BGPPeer for specific nodes (`node` or `nodeSelector`).
-    NodeSpecific,
-    /// A node we reflect routes to (we are its route reflector).
-    RrClient,
-    /// A route reflector that serves us.
-    RrServer,
-}
-
-impl PeerType {
-    /// Calico's wording in `calicoctl node status`.
-    pub fn calico_name(self) -> &'static str {
-        match self {
-            PeerType::NodeMesh => "node-to-node mesh",
-            PeerType::Global => "global",
-            PeerType::NodeSpecific => "node specific",
-            PeerType::RrClient => "route reflector client",
-            PeerType::RrServer => "route reflector",
-        }
-    }
-}
+pub use crate::calc::PeerType;
 
 /// One BGP peer as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

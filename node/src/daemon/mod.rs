@@ -1,26 +1,37 @@
 //! The node daemon: one owner task wiring datastore, IPAM, BGP and felix together.
 //!
 //! ```text
-//!  FileDatastore ──watch<Snapshot>──┐      Ipam (DIR/ipam, polled 1/s)
+//!  FileDatastore ──watch<Snapshot>──┐      Ipam (DIR/ipam, read every 500 ms)
 //!                                   v        v
 //!                         ┌───────── daemon task ─────────┐
-//!                         │ calc::desired(state, blocks)  │──peers/originate diff──▶ bgp::SpeakerHandle
-//!                         │ learned routes (from BGP) ◀───│◀── RouteChanges / PeerState events
-//!                         │ calc::routes_input            │──RoutesInput──▶ felix RouteManager
+//!                         │ calc::desired(state, blocks)  │──plan::bgp_plan──▶ bgp::SpeakerHandle
+//!                         │ learned routes (from BGP) ◀───│◀── RouteChanges / status watch
+//!                         │ calc::routes_input + gate     │──RoutesInput──▶ felix RouteManager
 //!                         │ policy input                  │──PolicyInput──▶ felix policy manager
+//!                         │ gate ◀────────────────────────│◀── policy status watch
 //!                         └──────────────┬────────────────┘
 //!                                        └──watch<NodeSnapshot>──▶ gRPC, /readiness, /metrics
 //! ```
+//! Modules: [`plan`] (peer and prefix reconcile steps, pure), [`gate`] (policy before
+//! reachability, pure), [`release`] (when another node's blocks may be freed, pure), `speaker`
+//! (starting the speaker, executing plans, the sync gate), `view` (the status snapshot),
+//! [`live`] (liveness of every owner loop), [`health`] (HTTP endpoints).
+//!
 //! Order on start (and restart): the speaker originates our blocks before any peer is added, so
-//! the first End-of-RIB we send follows a complete table; felix gets its first route input only once
-//! BGP has synced (every peer Established with its End-of-RIB in, or `bgp_sync_timeout`), so a
-//! restarted daemon never removes remote-block routes it simply has not relearned yet. On SIGTERM
-//! the sessions close without NOTIFICATION (graceful restart: peers keep our routes) and kernel
-//! routes and the nftables table stay as they are.
+//! the first End-of-RIB we send follows a complete table; felix gets its first route input only
+//! once BGP has synced (every peer Established with its End-of-RIB in, or `bgp_sync_timeout`) and
+//! the first policy input is in the kernel, so a restarted daemon never removes remote-block
+//! routes it simply has not relearned yet, nor pod routes whose rules it has not re-applied. On
+//! SIGTERM the sessions close without NOTIFICATION (graceful restart: peers keep our routes) and
+//! kernel routes and the nftables table stay as they are.
 
+mod gate;
 pub mod health;
 pub mod live;
+pub mod plan;
 pub mod release;
+mod speaker;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -29,20 +40,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use bgp::{GracefulRestartCfg, OriginAttrs, SpeakerCfg, SpeakerHandle, State};
+use bgp::SpeakerHandle;
 use felix::policy::{PolicyCfg, PolicyHandle};
 use felix::routes::{RouteManager, RouteManagerHandle, RoutesCfg};
 use ipnet::IpNet;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
-use crate::calc::{self, Desired, PeerSpec, SpeakerSpec};
-use crate::datastore::{ClusterState, Datastore, FileDatastore, ResourceError};
+use crate::calc::{self, Desired};
+use crate::datastore::{ClusterState, Datastore, FileDatastore, ResourceError, Snapshot};
 use crate::ipam::Ipam;
-use crate::status::{
-    BlockView, NodeSnapshot, NodeView, PeerView, PolicyView, RejectedPolicyView, RouteKind,
-    RouteView,
-};
+use crate::status::{BlockView, NodeSnapshot, RouteView};
+use speaker::{Speaker, SpeakerFailure, SpeakerRx};
+use view::RoutesViewKey;
 
 /// Where the resources come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,35 +115,6 @@ impl DaemonCfg {
     }
 }
 
-struct Speaker {
-    spec: SpeakerSpec,
-    handle: SpeakerHandle,
-    started: Instant,
-}
-
-/// A speaker that could not be started, and when to try again.
-struct SpeakerFailure {
-    spec: SpeakerSpec,
-    error: String,
-    attempts: u32,
-    first_at: Instant,
-    retry_at: Instant,
-}
-
-impl SpeakerFailure {
-    /// 1 s, 2 s, 4 s ... capped at 30 s.
-    fn backoff(attempts: u32) -> Duration {
-        Duration::from_secs(1u64 << attempts.min(5).saturating_sub(1)).min(Duration::from_secs(30))
-    }
-}
-
-/// The speaker's event streams, apart from [`Speaker`] so the select loop can borrow each alone.
-#[derive(Default)]
-struct SpeakerRx {
-    routes: Option<broadcast::Receiver<bgp::RouteChanges>>,
-    peers: Option<broadcast::Receiver<bgp::SpeakerEvent>>,
-}
-
 /// Counters for /metrics.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -159,30 +140,20 @@ struct Daemon {
     /// Set while the speaker the datastore asks for cannot be started (retried with backoff).
     speaker_failure: Option<SpeakerFailure>,
     rx: SpeakerRx,
-    applied_peers: BTreeMap<IpAddr, PeerSpec>,
-    applied_originate: BTreeSet<IpNet>,
+    /// What the speaker has been given (see [`plan`]).
+    applied: plan::BgpApplied,
     /// Best routes learned from peers: prefix -> ECMP next hops.
     learned: BTreeMap<IpNet, Vec<IpAddr>>,
     /// AS path and graceful-restart staleness of each learned route (for the status API).
     learned_meta: BTreeMap<IpNet, (Vec<u32>, bool)>,
-    /// When the daemon saw the policy manager finish an apply (an input or a drift repair).
-    policy_applied_at: Option<SystemTime>,
-    /// `(seq_applied, drift_repairs)` last seen, to notice the next apply.
-    policy_seen: (u64, u64),
-    /// A policy input has been in the kernel since start. Until then felix gets no route input,
-    /// so a restart leaves the previous run's pod routes (and rules) as they are instead of
-    /// removing routes of endpoints whose rules this run has not applied yet.
-    policy_applied_once: bool,
     routes: RouteManagerHandle,
     routes_pushed: bool,
     policy: PolicyHandle,
-    /// Host-side interfaces of the endpoints in each policy input not yet applied, by sequence
-    /// number (see [`Daemon::policy_progress`]).
-    policy_pending: BTreeMap<u64, BTreeSet<String>>,
-    /// The endpoints of the newest policy input that is in the kernel: only these get routes, so
-    /// no pod is reachable before the rules that apply to it are enforced.
-    policy_ready: BTreeSet<String>,
+    /// Which local endpoints may have routes (see [`gate`]).
+    gate: gate::PolicyGate,
     bgp_synced: bool,
+    /// When the sync gate opens even without every End-of-RIB.
+    sync_deadline: Option<Instant>,
     /// Which other nodes were deleted, and since when (see [`release`]).
     release: release::ReleaseTracker,
     started: SystemTime,
@@ -192,8 +163,8 @@ struct Daemon {
     /// The running speaker, for the watchdog's pings.
     speaker_watch: watch::Sender<Option<SpeakerHandle>>,
     /// The routes part of the status, rebuilt only when what it shows changed (see
-    /// [`Daemon::routes_view`]): every event publishes a snapshot, and 10k routes each time
-    /// would cost milliseconds and megabytes of churn per BGP batch or peer state change.
+    /// `view`): every event publishes a snapshot, and 10k routes each time would cost
+    /// milliseconds and megabytes of churn per BGP batch or peer state change.
     routes_view: (Option<RoutesViewKey>, Arc<Vec<RouteView>>),
     /// Bumped whenever pods, blocks, pools or learned routes may have changed.
     routes_gen: u64,
@@ -201,13 +172,12 @@ struct Daemon {
     counters_tx: watch::Sender<Counters>,
 }
 
-/// What [`Daemon::routes_view`] depends on besides `routes_gen`: whether felix has its input, and
-/// which routes it has not programmed yet.
-#[derive(Clone, PartialEq, Eq)]
-struct RoutesViewKey {
-    gen: u64,
-    pushed: bool,
-    pending: BTreeSet<IpNet>,
+/// What woke the loop, and what it asks for.
+#[derive(Default)]
+struct Wake {
+    recompute: bool,
+    routes_dirty: bool,
+    check_sync: bool,
 }
 
 /// Run the daemon until `shutdown` resolves. Kernel state is left in place on return.
@@ -216,95 +186,13 @@ pub async fn run(
     status: watch::Sender<Arc<NodeSnapshot>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let dir = match &cfg.datastore {
-        DatastoreKind::File(d) => d.clone(),
-        DatastoreKind::Kubernetes => {
-            bail!(
-                "--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR"
-            )
-        }
-    };
-    let ds = Arc::new(
-        FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?,
-    );
-    let live = Arc::new(live::Liveness::new(Instant::now()));
-    let ipam = Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
-    let routes = RouteManager::start(RoutesCfg {
-        protocol: cfg.route_protocol,
-        ..RoutesCfg::default()
-    })
-    .await
-    .context("starting the route manager")?;
-    let policy = felix::policy::spawn(PolicyCfg {
-        table: cfg.nft_table.clone(),
-        endpoint_to_host: cfg.endpoint_to_host,
-        ..PolicyCfg::default()
-    })
-    .context("starting the policy manager")?;
-    let (counters_tx, counters_rx) = watch::channel(Counters::default());
-    if cfg.health_addr.port() != 0 || cfg.metrics_addr.port() != 0 {
-        health::spawn(
-            cfg.health_addr,
-            cfg.metrics_addr,
-            status.subscribe(),
-            counters_rx,
-            live.clone(),
-        )
-        .await?;
-    }
-    let (speaker_watch, speaker_rx) = watch::channel(None);
-    tokio::spawn(watchdog(
-        live.clone(),
-        ds.clone(),
-        routes.pinger(),
-        policy.pinger(),
-        speaker_rx,
-    ));
-    let wedge = live::test_wedge();
+    let (mut d, ds) = Daemon::start(cfg, status).await?;
     let mut snaps = ds.watch();
-    let first = snaps.borrow_and_update().clone();
-    let mut d = Daemon {
-        cfg,
-        ipam,
-        state: first.state.clone(),
-        resource_errors: first.errors.clone(),
-        blocks: vec![],
-        block_views: vec![],
-        desired: None,
-        speaker: None,
-        speaker_failure: None,
-        rx: SpeakerRx::default(),
-        applied_peers: BTreeMap::new(),
-        applied_originate: BTreeSet::new(),
-        learned: BTreeMap::new(),
-        learned_meta: BTreeMap::new(),
-        policy_applied_at: None,
-        policy_seen: (0, 0),
-        policy_applied_once: false,
-        routes,
-        routes_pushed: false,
-        policy,
-        policy_pending: BTreeMap::new(),
-        policy_ready: BTreeSet::new(),
-        bgp_synced: false,
-        release: release::ReleaseTracker::default(),
-        started: SystemTime::now(),
-        status,
-        live,
-        speaker_watch,
-        routes_view: (None, Arc::default()),
-        routes_gen: 0,
-        counters: Counters::default(),
-        counters_tx,
-    };
-    // The datastore logged these; count them, as later ones are.
-    d.counters.resource_errors +=
-        d.resource_errors.iter().filter(|e| e.is_failure()).count() as u64;
-    d.release.observe(d.state.nodes.keys(), Instant::now());
-    d.refresh_blocks();
+    snaps.borrow_and_update();
     d.recompute().await;
     let mut policy_rx = d.policy.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let wedge = live::test_wedge();
     tokio::pin!(shutdown);
     loop {
         d.live.beat("daemon", Instant::now());
@@ -316,8 +204,8 @@ pub async fn run(
                 }
             }
         }
-        let mut recompute = false;
-        let mut routes_dirty = false;
+        let sync_at = d.sync_deadline.filter(|_| !d.bgp_synced);
+        let mut w = Wake::default();
         tokio::select! {
             _ = &mut shutdown => break,
             r = snaps.changed() => {
@@ -325,32 +213,24 @@ pub async fn run(
                     bail!("the datastore watcher stopped");
                 }
                 let s = snaps.borrow_and_update().clone();
-                d.state = s.state.clone();
-                d.release.observe(d.state.nodes.keys(), Instant::now());
-                let new = s
-                    .errors
-                    .iter()
-                    .filter(|e| e.is_failure() && !d.resource_errors.contains(e))
-                    .count();
-                d.counters.resource_errors += new as u64;
-                d.resource_errors = s.errors.clone();
-                recompute = true;
+                d.datastore_changed(&s);
+                w.recompute = true;
             }
             r = policy_rx.changed() => {
                 if r.is_err() {
                     bail!("the policy manager stopped");
                 }
                 let st = policy_rx.borrow_and_update().clone();
-                routes_dirty = d.policy_progress(&st);
+                w.routes_dirty = d.gate.progress(&st, SystemTime::now());
             }
             _ = tick.tick() => {
-                recompute = d.refresh_blocks() || d.release_deleted_nodes();
+                w.recompute = d.refresh_blocks() || d.release_deleted_nodes();
                 if d.speaker_failure.as_ref().is_some_and(|f| Instant::now() >= f.retry_at) {
-                    recompute = true;
+                    w.recompute = true;
                 }
             }
             r = recv(&mut d.rx.routes) => {
-                routes_dirty = true;
+                w.routes_dirty = true;
                 match r {
                     Ok(changes) => d.apply_route_changes(&changes),
                     Err(broadcast::error::RecvError::Lagged(_)) => d.reload_learned().await,
@@ -362,22 +242,11 @@ pub async fn run(
                     info!(peer = %address, %from, %to, reason = reason.as_deref().unwrap_or(""), "BGP peer state");
                 }
             }
+            // Only while syncing: afterwards route and peer events are what the status follows.
+            _ = changed(&mut d.rx.status), if !d.bgp_synced => w.check_sync = true,
+            _ = sleep_until(sync_at) => w.check_sync = true,
         }
-        if recompute {
-            d.recompute().await;
-            routes_dirty = true;
-        }
-        if !d.bgp_synced && d.check_bgp_synced() {
-            info!("BGP synced: programming routes");
-            routes_dirty = true;
-        }
-        if routes_dirty && d.bgp_synced && d.policy_applied_once {
-            d.push_routes();
-        }
-        if routes_dirty {
-            d.routes_gen += 1;
-        }
-        d.publish();
+        d.settle(w).await;
     }
     info!("shutting down: BGP sessions close for graceful restart, kernel routes and rules stay");
     if let Some(sp) = d.speaker.take() {
@@ -426,7 +295,142 @@ async fn recv<T: Clone>(
     }
 }
 
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return;
+        }
+    }
+    // A closed channel (the speaker stopped) or none: nothing more will come.
+    std::future::pending().await
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Daemon {
+    /// Opens the datastore, IPAM, the route and policy managers, health and the watchdog.
+    async fn start(
+        cfg: DaemonCfg,
+        status: watch::Sender<Arc<NodeSnapshot>>,
+    ) -> Result<(Daemon, Arc<FileDatastore>)> {
+        let dir = match &cfg.datastore {
+            DatastoreKind::File(d) => d.clone(),
+            DatastoreKind::Kubernetes => {
+                bail!(
+                    "--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR"
+                )
+            }
+        };
+        let ds = Arc::new(
+            FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?,
+        );
+        let live = Arc::new(live::Liveness::new(Instant::now()));
+        let ipam =
+            Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
+        let routes = RouteManager::start(RoutesCfg {
+            protocol: cfg.route_protocol,
+            ..RoutesCfg::default()
+        })
+        .await
+        .context("starting the route manager")?;
+        let policy = felix::policy::spawn(PolicyCfg {
+            table: cfg.nft_table.clone(),
+            endpoint_to_host: cfg.endpoint_to_host,
+            ..PolicyCfg::default()
+        })
+        .context("starting the policy manager")?;
+        let (counters_tx, counters_rx) = watch::channel(Counters::default());
+        if cfg.health_addr.port() != 0 || cfg.metrics_addr.port() != 0 {
+            let (h, m) = (cfg.health_addr, cfg.metrics_addr);
+            health::spawn(h, m, status.subscribe(), counters_rx, live.clone()).await?;
+        }
+        let (speaker_watch, speaker_rx) = watch::channel(None);
+        let pingers = (routes.pinger(), policy.pinger());
+        tokio::spawn(watchdog(
+            live.clone(),
+            ds.clone(),
+            pingers.0,
+            pingers.1,
+            speaker_rx,
+        ));
+        let first = ds.watch().borrow().clone();
+        let mut d = Daemon {
+            cfg,
+            ipam,
+            state: first.state.clone(),
+            resource_errors: first.errors.clone(),
+            blocks: vec![],
+            block_views: vec![],
+            desired: None,
+            speaker: None,
+            speaker_failure: None,
+            rx: SpeakerRx::default(),
+            applied: plan::BgpApplied::default(),
+            learned: BTreeMap::new(),
+            learned_meta: BTreeMap::new(),
+            routes,
+            routes_pushed: false,
+            policy,
+            gate: gate::PolicyGate::default(),
+            bgp_synced: false,
+            sync_deadline: None,
+            release: release::ReleaseTracker::default(),
+            started: SystemTime::now(),
+            status,
+            live,
+            speaker_watch,
+            routes_view: (None, Arc::default()),
+            routes_gen: 0,
+            counters: Counters::default(),
+            counters_tx,
+        };
+        // The datastore logged these; count them, as later ones are.
+        d.counters.resource_errors +=
+            d.resource_errors.iter().filter(|e| e.is_failure()).count() as u64;
+        d.release.observe(d.state.nodes.keys(), Instant::now());
+        d.refresh_blocks();
+        Ok((d, ds))
+    }
+
+    /// A new datastore snapshot: its state, its errors (new ones counted).
+    fn datastore_changed(&mut self, s: &Snapshot) {
+        self.state = s.state.clone();
+        self.release
+            .observe(self.state.nodes.keys(), Instant::now());
+        let new = s
+            .errors
+            .iter()
+            .filter(|e| e.is_failure() && !self.resource_errors.contains(e))
+            .count();
+        self.counters.resource_errors += new as u64;
+        self.resource_errors = s.errors.clone();
+    }
+
+    /// After any wake-up: recompute, re-check the sync gate, push routes, publish.
+    async fn settle(&mut self, w: Wake) {
+        let mut routes_dirty = w.routes_dirty;
+        if w.recompute {
+            self.recompute().await;
+            routes_dirty = true;
+        }
+        if (w.check_sync || w.recompute) && !self.bgp_synced && self.check_bgp_synced() {
+            info!("BGP synced: programming routes");
+            routes_dirty = true;
+        }
+        if routes_dirty && self.bgp_synced && self.gate.is_open() {
+            self.push_routes();
+        }
+        if routes_dirty {
+            self.routes_gen += 1;
+        }
+        self.publish();
+    }
+
     /// Re-read this node's affine blocks; true when they changed.
     fn refresh_blocks(&mut self) -> bool {
         match self.ipam.usage() {
@@ -522,9 +526,10 @@ impl Daemon {
         }
         self.apply_bgp(&d).await;
         if self.desired.as_ref().map(|o| &o.policy) != Some(&d.policy) {
-            let ifaces = d.policy.endpoints.iter().map(|e| e.iface.clone()).collect();
+            let ifaces: BTreeSet<String> =
+                d.policy.endpoints.iter().map(|e| e.iface.clone()).collect();
             let seq = self.policy.update(d.policy.clone());
-            self.policy_pending.insert(seq, ifaces);
+            self.gate.sent(seq, ifaces);
             self.counters.policy_inputs += 1;
         }
         self.desired = Some(d);
@@ -532,430 +537,15 @@ impl Daemon {
         self.counters.last_recompute = t.elapsed();
     }
 
-    async fn apply_bgp(&mut self, d: &Desired) {
-        let spec_changed = self.speaker.as_ref().map(|s| &s.spec) != d.speaker.as_ref();
-        // After a failed start, try again at the backoff time, or at once for other settings.
-        let retry_due = match &self.speaker_failure {
-            Some(f) => Some(&f.spec) != d.speaker.as_ref() || Instant::now() >= f.retry_at,
-            None => true,
-        };
-        if spec_changed && retry_due {
-            self.rx = SpeakerRx::default();
-            if let Some(old) = self.speaker.take() {
-                info!("speaker settings changed: restarting the BGP speaker");
-                old.handle.shutdown(false).await;
-            }
-            self.applied_peers.clear();
-            self.applied_originate.clear();
-            self.learned.clear();
-            self.learned_meta.clear();
-            self.bgp_synced = false;
-            if let Some(spec) = &d.speaker {
-                match start_speaker(spec).await {
-                    Ok(sp) => {
-                        self.rx = SpeakerRx {
-                            routes: Some(sp.handle.subscribe_routes()),
-                            peers: Some(sp.handle.subscribe()),
-                        };
-                        self.speaker = Some(sp);
-                        self.speaker_failure = None;
-                    }
-                    Err(e) => {
-                        let (attempts, first_at) = match &self.speaker_failure {
-                            Some(f) if &f.spec == spec => (f.attempts + 1, f.first_at),
-                            _ => (1, Instant::now()),
-                        };
-                        let wait = SpeakerFailure::backoff(attempts);
-                        warn!(error = %format!("{e:#}"), attempts, retry_in = ?wait, "cannot start the BGP speaker");
-                        self.speaker_failure = Some(SpeakerFailure {
-                            spec: spec.clone(),
-                            error: format!("{e:#}"),
-                            attempts,
-                            first_at,
-                            retry_at: Instant::now() + wait,
-                        });
-                    }
-                }
-            } else {
-                self.speaker_failure = None;
-            }
-            self.speaker_watch
-                .send_replace(self.speaker.as_ref().map(|s| s.handle.clone()));
-        }
-        if self.speaker_failure.is_some() {
-            // Not synced: felix gets routes only after the sync timeout (check_bgp_synced).
-            return;
-        }
-        let Some(sp) = &self.speaker else {
-            // No BGP here: routes are still programmed for local pods.
-            self.bgp_synced = true;
-            return;
-        };
-        // Originate before peering, so the first End-of-RIB follows a complete table.
-        let withdraw: Vec<IpNet> = self
-            .applied_originate
-            .difference(&d.originate)
-            .copied()
-            .collect();
-        let add: Vec<(IpNet, OriginAttrs)> = d
-            .originate
-            .difference(&self.applied_originate)
-            .map(|p| (*p, OriginAttrs::default()))
-            .collect();
-        if !withdraw.is_empty() {
-            let _ = sp.handle.withdraw(withdraw);
-        }
-        if !add.is_empty() {
-            let _ = sp.handle.originate(add);
-        }
-        self.applied_originate = d.originate.clone();
-        for addr in self
-            .applied_peers
-            .keys()
-            .filter(|a| !d.peers.contains_key(a))
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            if let Err(e) = sp.handle.remove_peer(addr).await {
-                warn!(peer = %addr, error = %e, "removing peer");
-            }
-            self.applied_peers.remove(&addr);
-        }
-        for (addr, spec) in &d.peers {
-            let r = match self.applied_peers.get(addr) {
-                None => sp.handle.add_peer(spec.cfg.clone()).await,
-                Some(old) if old.cfg != spec.cfg => sp.handle.update_peer(spec.cfg.clone()).await,
-                Some(_) => Ok(()),
-            };
-            match r {
-                Ok(()) => {
-                    self.applied_peers.insert(*addr, spec.clone());
-                }
-                Err(e) => warn!(peer = %addr, error = %e, "configuring peer"),
-            }
-        }
-    }
-
-    fn apply_route_changes(&mut self, changes: &[bgp::RouteChange]) {
-        for c in changes {
-            match &c.best {
-                Some(b) if b.peer.is_some() => {
-                    self.learned.insert(c.prefix, b.next_hops.clone());
-                    self.learned_meta
-                        .insert(c.prefix, (b.as_path.clone(), b.stale));
-                }
-                _ => {
-                    self.learned.remove(&c.prefix);
-                    self.learned_meta.remove(&c.prefix);
-                }
-            }
-        }
-    }
-
-    async fn reload_learned(&mut self) {
-        let Some(sp) = &self.speaker else { return };
-        if let Ok(all) = sp.handle.routes().await {
-            let learned: Vec<bgp::BestRoute> =
-                all.into_iter().filter(|b| b.peer.is_some()).collect();
-            self.learned_meta = learned
-                .iter()
-                .map(|b| (b.prefix, (b.as_path.clone(), b.stale)))
-                .collect();
-            self.learned = learned
-                .into_iter()
-                .map(|b| (b.prefix, b.next_hops))
-                .collect();
-        }
-    }
-
-    /// Every configured peer is Established and has sent End-of-RIB, or we waited long enough.
-    fn check_bgp_synced(&mut self) -> bool {
-        if let Some(f) = &self.speaker_failure {
-            // Local pods still need their routes; remote ones cannot be learned anyway.
-            if f.first_at.elapsed() >= self.cfg.bgp_sync_timeout {
-                self.bgp_synced = true;
-            }
-            return self.bgp_synced;
-        }
-        let Some(sp) = &self.speaker else {
-            self.bgp_synced = true;
-            return true;
-        };
-        let st = sp.handle.status();
-        let all = st
-            .peers
-            .iter()
-            .all(|p| p.state == State::Established && p.end_of_rib);
-        if all || sp.started.elapsed() >= self.cfg.bgp_sync_timeout {
-            if !all {
-                warn!("BGP sync timeout: programming routes with what has been learned so far");
-            }
-            self.bgp_synced = true;
-        }
-        self.bgp_synced
-    }
-
-    /// Follows the policy manager: when an input is in the kernel, its endpoints may have routes.
-    /// A failed input changes nothing: endpoints that had routes keep them, new ones wait.
-    /// Returns whether the set of routable endpoints changed.
-    fn policy_progress(&mut self, st: &felix::policy::PolicyStatus) -> bool {
-        let seen = (st.seq_applied, st.drift_repairs);
-        if seen != self.policy_seen && st.last_apply.is_some() {
-            self.policy_applied_at = Some(SystemTime::now());
-        }
-        self.policy_seen = seen;
-        let applied: Vec<u64> = self
-            .policy_pending
-            .range(..=st.seq_applied)
-            .map(|(s, _)| *s)
-            .collect();
-        let Some(newest) = applied.last().copied() else {
-            return false;
-        };
-        let ready = self.policy_pending.remove(&newest).unwrap_or_default();
-        for s in applied {
-            self.policy_pending.remove(&s);
-        }
-        // Inputs processed but failed are dropped too; a later success supersedes them.
-        let done: Vec<u64> = self
-            .policy_pending
-            .range(..=st.seq_done)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in done {
-            self.policy_pending.remove(&s);
-        }
-        let first = !self.policy_applied_once;
-        self.policy_applied_once = true;
-        let changed = ready != self.policy_ready;
-        self.policy_ready = ready;
-        changed || first
-    }
-
+    /// felix's route input: every route, but pods only once their policy is in the kernel.
     fn push_routes(&mut self) {
         let Some(d) = &self.desired else { return };
         let mut input = calc::routes_input(d, &self.learned);
-        let ready = &self.policy_ready;
-        input.workloads.retain(|w| ready.contains(&w.iface));
+        input.workloads.retain(|w| self.gate.is_ready(&w.iface));
         if let Err(e) = self.routes.set_desired(input) {
             warn!(error = %e, "route manager");
         }
         self.routes_pushed = true;
         self.counters.route_inputs += 1;
     }
-
-    fn publish(&mut self) {
-        let rstat = self.routes.status();
-        let key = RoutesViewKey {
-            gen: self.routes_gen,
-            pushed: self.routes_pushed,
-            pending: rstat.pending.iter().map(|p| p.dst).collect(),
-        };
-        if self.routes_view.0.as_ref() != Some(&key) {
-            let view = Arc::new(self.routes_view(&key.pending));
-            self.routes_view = (Some(key), view);
-        }
-        let snap = self.snapshot(&rstat);
-        self.status.send_if_modified(|cur| {
-            if **cur != snap {
-                *cur = Arc::new(snap);
-                true
-            } else {
-                false
-            }
-        });
-        let c = self.counters.clone();
-        self.counters_tx.send_replace(c);
-    }
-
-    /// Every route the node has, for the status API: its blocks, its pods, what BGP learned;
-    /// `pending` are those felix has not programmed.
-    fn routes_view(&self, pending: &BTreeSet<IpNet>) -> Vec<RouteView> {
-        let d = self.desired.as_ref();
-        let pools: Vec<IpNet> = self.state.ip_pools.values().map(|p| p.cidr).collect();
-        let mut routes: Vec<RouteView> = Vec::new();
-        let pushed = self.routes_pushed;
-        let mk =
-            |prefix: IpNet, kind, next_hops: Vec<IpAddr>, source_peer: Option<IpAddr>| RouteView {
-                prefix,
-                kind,
-                next_hops,
-                source_peer,
-                as_path: vec![],
-                installed: pushed && !pending.contains(&prefix),
-                stale: false,
-            };
-        for b in &self.blocks {
-            routes.push(mk(*b, RouteKind::LocalBlock, vec![], None));
-        }
-        for p in d.iter().flat_map(|d| d.local_pods.iter()) {
-            let gated = !self.policy_ready.contains(&p.iface);
-            for n in &p.nets {
-                let mut r = mk(*n, RouteKind::Pod, vec![], None);
-                r.installed &= !gated;
-                routes.push(r);
-            }
-        }
-        for (prefix, hops) in &self.learned {
-            let kind = if pools.iter().any(|p| p.contains(prefix)) {
-                RouteKind::RemoteBlock
-            } else {
-                RouteKind::Peer
-            };
-            let mut r = mk(*prefix, kind, hops.clone(), hops.first().copied());
-            if let Some((path, stale)) = self.learned_meta.get(prefix) {
-                r.as_path = path.clone();
-                r.stale = *stale;
-            }
-            routes.push(r);
-        }
-        routes
-    }
-
-    fn snapshot(&self, rstat: &felix::routes::RoutesStatus) -> NodeSnapshot {
-        let d = self.desired.as_ref();
-        let me = d.and_then(|d| d.me.as_ref());
-        let pstat = self.policy.status();
-        let mut not_ready = Vec::new();
-        if let Some(f) = &self.speaker_failure {
-            not_ready.push(format!(
-                "BGP speaker not running: {} (attempt {}, retrying in {} s)",
-                f.error,
-                f.attempts,
-                f.retry_at
-                    .saturating_duration_since(Instant::now())
-                    .as_secs()
-            ));
-        } else if !self.bgp_synced {
-            not_ready.push("BGP not synced".to_string());
-        }
-        let unenforced: Vec<&ResourceError> = self
-            .resource_errors
-            .iter()
-            .filter(|e| e.is_unenforced_policy())
-            .collect();
-        if let Some(first) = unenforced.first() {
-            not_ready.push(format!(
-                "{} unsupported policy resource(s) not enforced, first: {}",
-                unenforced.len(),
-                first
-            ));
-        }
-        if !self.routes_pushed || !rstat.in_sync() {
-            not_ready.push(format!(
-                "routes: {} of {} programmed",
-                rstat.programmed, rstat.desired
-            ));
-        }
-        if pstat.seq_received == 0 || pstat.seq_applied < pstat.seq_received {
-            not_ready.push(match &pstat.last_error {
-                Some(e) if pstat.seq_done >= pstat.seq_received => {
-                    format!("policy not applied: {e}")
-                }
-                _ => "policy not applied".to_string(),
-            });
-        }
-        let waiting = d
-            .iter()
-            .flat_map(|d| &d.local_pods)
-            .filter(|p| !self.policy_ready.contains(&p.iface))
-            .count();
-        if waiting > 0 {
-            not_ready.push(format!(
-                "{waiting} local endpoint(s) wait for their policy to be in the kernel: no route yet"
-            ));
-        }
-        let bgp = self.speaker.as_ref().map(|s| s.handle.status());
-        let peers: Vec<PeerView> = bgp
-            .iter()
-            .flat_map(|s| s.peers.iter())
-            .map(|p| {
-                let spec = self.applied_peers.get(&p.address);
-                PeerView {
-                    peer_type: spec
-                        .map(|s| s.peer_type)
-                        .unwrap_or(crate::status::PeerType::Global),
-                    name: spec.map(|s| s.name.clone()).unwrap_or_default(),
-                    bgp: p.clone(),
-                }
-            })
-            .collect();
-        let routes = self.routes_view.1.clone();
-        let blocks = self.block_views.clone();
-        NodeSnapshot {
-            node: NodeView {
-                name: self.cfg.nodename.clone(),
-                addresses: me
-                    .iter()
-                    .flat_map(|m| {
-                        m.ipv4
-                            .map(|n| n.to_string())
-                            .into_iter()
-                            .chain(m.ipv6.map(|n| n.to_string()))
-                    })
-                    .collect(),
-                as_number: me.map(|m| m.as_number).unwrap_or(0),
-                router_id: d
-                    .and_then(|d| d.speaker.as_ref())
-                    .map(|s| s.router_id.to_string())
-                    .unwrap_or_default(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                started_at: self.started,
-                ready: not_ready.is_empty(),
-                live: self.live.is_live(),
-                not_ready,
-            },
-            peers,
-            routes,
-            blocks,
-            resource_errors: self.resource_errors.clone(),
-            policy: PolicyView {
-                table: self.cfg.nft_table.clone(),
-                policies_compiled: pstat.compile.compiled as u32,
-                rejected: pstat
-                    .rejected
-                    .iter()
-                    .map(|e| RejectedPolicyView {
-                        namespace: e.namespace.clone(),
-                        name: e.name.clone(),
-                        reason: format!("{}: {}", e.field, e.reason),
-                    })
-                    .collect(),
-                rules: pstat.rules as u32,
-                set_elements: pstat.set_elements as u32,
-                endpoints: pstat.compile.endpoints as u32,
-                last_apply_micros: pstat
-                    .last_apply
-                    .as_ref()
-                    .map(|a| a.duration.as_micros() as u64)
-                    .unwrap_or(0),
-                last_apply_at: self.policy_applied_at,
-            },
-        }
-    }
-}
-
-async fn start_speaker(spec: &SpeakerSpec) -> Result<Speaker> {
-    let mut cfg = SpeakerCfg::new(spec.local_as, spec.router_id);
-    cfg.listen = vec![
-        SocketAddr::from(([0, 0, 0, 0], spec.listen_port)),
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, spec.listen_port)),
-    ];
-    cfg.cluster_id = spec.cluster_id;
-    cfg.multipath = true;
-    cfg.next_hop_v6 = spec.next_hop_v6;
-    cfg.graceful_restart = Some(GracefulRestartCfg {
-        restart_time: calc::GR_RESTART_TIME,
-        restarting: false,
-        // Kernel routes survive a daemon restart: peers may keep ours until our End-of-RIB.
-        forwarding_preserved: true,
-        stale_time: 360,
-    });
-    let handle = bgp::start(cfg).await?;
-    info!(asn = spec.local_as, router_id = %spec.router_id, "BGP speaker started");
-    Ok(Speaker {
-        spec: spec.clone(),
-        handle,
-        started: Instant::now(),
-    })
 }
