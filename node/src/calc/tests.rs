@@ -111,9 +111,9 @@ spec: {bgp: {ipv4Address: 10.200.0.5/24, routeReflectorClusterID: 224.0.0.1}}
     );
     assert_eq!(d.speaker.unwrap().local_as, 64600);
     assert!(
-        d.errors
-            .iter()
-            .any(|e| e.contains("BGPPeer secret: spec.password.secretKeyRef")),
+        d.errors.iter().any(|e| e
+            .to_string()
+            .starts_with("BGPPeer secret: spec.password.secretKeyRef: ")),
         "{:?}",
         d.errors
     );
@@ -220,9 +220,16 @@ fn a_node_without_ipv4_runs_no_bgp_and_says_why() {
     let s = state("apiVersion: v1\nkind: Node\nmetadata: {name: lonely}\n");
     let d = desired(&s, "lonely", &[]);
     assert!(d.speaker.is_none());
-    assert!(d.errors[0].contains("Node lonely"), "{:?}", d.errors);
+    assert_eq!(
+        d.errors[0].to_string(),
+        "Node lonely: metadata.annotations[projectcalico.org/IPv4Address]: missing: BGP needs an \
+         IPv4 address (router id)"
+    );
     let d = desired(&s, "ghost", &[]);
-    assert!(d.errors[0].contains("not found"), "{:?}", d.errors);
+    assert_eq!(
+        d.errors[0].to_string(),
+        "Node ghost: not found in the datastore"
+    );
 }
 
 #[test]
@@ -280,4 +287,48 @@ fn pools_with_disable_bgp_export_are_not_advertised() {
     assert!(accepts("10.244.1.0/26"));
     assert!(!accepts("10.245.1.0/26"));
     assert!(!accepts("192.168.0.0/24"));
+}
+
+// Each calculator on its own.
+
+#[test]
+fn origin_announces_blocks_and_pod_addresses_outside_them() {
+    let s = state(&format!(
+        "{NODES}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: default}}\n\
+         spec: {{nodeName: node1}}\nstatus: {{podIP: 10.244.0.5}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: b, namespace: default}}\n\
+         spec: {{nodeName: node1}}\nstatus: {{podIP: 10.99.0.7}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: h, namespace: default}}\n\
+         spec: {{nodeName: node1, hostNetwork: true}}\nstatus: {{podIP: 10.200.0.11}}\n"
+    ));
+    let blocks: Vec<IpNet> = vec!["10.244.0.0/26".parse().unwrap()];
+    let (pods, originate) = origin::local(&s, "node1", &blocks);
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let want: Vec<IpNet> = vec![
+        "10.99.0.7/32".parse().unwrap(),
+        "10.244.0.0/26".parse().unwrap(),
+    ];
+    assert_eq!(originate.into_iter().collect::<Vec<_>>(), want);
+    assert_eq!(pods[0].iface, felix::workload_iface_name("default", "a"));
+}
+
+#[test]
+fn peers_calculator_alone() {
+    let s = state(NODES);
+    let me_node = &s.nodes["node3"];
+    let me = node_me(&s, me_node);
+    let mut errors = Vec::new();
+    let p = peers::peers(&s, "node3", &me, me_node, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    // node3 is in AS 65003: both mesh peers are eBGP from its side, in the cluster AS.
+    let want: Vec<(IpAddr, u32)> = vec![(ip("10.200.0.11"), 64512), (ip("10.200.0.12"), 64512)];
+    let have: Vec<(IpAddr, u32)> = p
+        .values()
+        .map(|s| (s.cfg.address, s.cfg.remote_as))
+        .collect();
+    assert_eq!(have, want);
+    let mut errors = Vec::new();
+    assert!(peers::speaker_spec(&s, "ghost", None, &mut errors).is_none());
+    assert_eq!(errors.len(), 1);
 }

@@ -124,12 +124,22 @@ pub fn respond(
 /// Prometheus text exposition.
 pub fn metrics(s: &NodeSnapshot, c: &Counters) -> String {
     let mut m = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in samples {
-            let _ = writeln!(m, "{name}{labels} {v}");
-        }
-    };
+    bgp_metrics(&mut m, s);
+    node_metrics(&mut m, s, c);
+    m
+}
+
+/// One gauge with its samples, in the Prometheus text format.
+fn gauge(m: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in samples {
+        let _ = writeln!(m, "{name}{labels} {v}");
+    }
+}
+
+fn bgp_metrics(m: &mut String, s: &NodeSnapshot) {
+    let mut gauge =
+        |name: &str, help: &str, samples: &[(String, f64)]| gauge(m, name, help, samples);
     let states = [
         "Idle",
         "Connect",
@@ -180,6 +190,11 @@ pub fn metrics(s: &NodeSnapshot, c: &Counters) -> String {
         "Prefixes per BGP peer.",
         &prefixes,
     );
+}
+
+fn node_metrics(m: &mut String, s: &NodeSnapshot, c: &Counters) {
+    let mut gauge =
+        |name: &str, help: &str, samples: &[(String, f64)]| gauge(m, name, help, samples);
     let installed = s.routes.iter().filter(|r| r.installed).count();
     gauge(
         "calico_rs_routes",
@@ -251,7 +266,6 @@ pub fn metrics(s: &NodeSnapshot, c: &Counters) -> String {
         "# HELP calico_rs_policy_programming_total Policy inputs sent to the dataplane.\n# TYPE calico_rs_policy_programming_total counter\ncalico_rs_policy_programming_total {}",
         c.policy_inputs
     );
-    m
 }
 
 #[cfg(test)]

@@ -513,9 +513,11 @@ impl Daemon {
                 d.me = prev.me.clone();
                 d.speaker = prev.speaker.clone();
                 d.peers = prev.peers.clone();
-                d.errors.push(format!(
-                    "Node {}: not in the datastore; BGP keeps its last configuration until it is back",
-                    self.cfg.nodename
+                d.errors.push(calc::CalcError::new(
+                    "Node",
+                    self.cfg.nodename.as_str(),
+                    None,
+                    "not in the datastore; BGP keeps its last configuration until it is back",
                 ));
             }
         }

@@ -738,6 +738,58 @@ fn encap_mode(spec: &Obj<'_>, key: &str) -> Result<EncapMode, FieldError> {
     }
 }
 
+/// IPPool settings calico-rs does not act on yet are refused, never ignored. Returns
+/// `natOutgoing` (always false when it returns).
+fn refuse_unimplemented_pool_settings(
+    spec: &Obj<'_>,
+    ipip_mode: EncapMode,
+    vxlan_mode: EncapMode,
+) -> Result<bool, FieldError> {
+    for (key, mode) in [("ipipMode", ipip_mode), ("vxlanMode", vxlan_mode)] {
+        if mode != EncapMode::Never {
+            return Err(spec.err(
+                key,
+                format!("{mode:?} is not supported by calico-rs yet (encapsulation is not implemented); use Never"),
+            ));
+        }
+    }
+    let nat_outgoing = spec.bool("natOutgoing")?.unwrap_or(false);
+    if nat_outgoing {
+        return Err(spec.err(
+            "natOutgoing",
+            "true is not supported by calico-rs yet (masquerade is not implemented)",
+        ));
+    }
+    if let Some(a) = spec.get("assignmentMode") {
+        if a.as_str()? != "Automatic" {
+            return Err(a.err(format!(
+                "{} is not supported by calico-rs; only Automatic",
+                describe(a.value)
+            )));
+        }
+    }
+    for item in spec.seq("allowedUses")? {
+        let u = item.as_str()?;
+        if u != "Workload" && u != "Tunnel" {
+            return Err(item.err(format!(
+                "{u:?} is not supported by calico-rs (want Workload or Tunnel)"
+            )));
+        }
+    }
+    if spec.get("allowedUses").is_some()
+        && !spec
+            .seq("allowedUses")?
+            .iter()
+            .any(|i| i.as_str() == Ok("Workload"))
+    {
+        return Err(spec.err(
+            "allowedUses",
+            "a pool without Workload is not supported by calico-rs (IPAM gives its addresses to pods)",
+        ));
+    }
+    Ok(nat_outgoing)
+}
+
 fn ip_pool(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<IpPool, FieldError> {
     let Some(a) = spec.get("cidr") else {
         return Err(spec.err("cidr", "required"));
@@ -785,48 +837,7 @@ fn ip_pool(metadata: ObjectMeta, spec: &Obj<'_>) -> Result<IpPool, FieldError> {
     if ipip_mode != EncapMode::Never && vxlan_mode != EncapMode::Never {
         return Err(spec.err("vxlanMode", "cannot be enabled together with spec.ipipMode"));
     }
-    for (key, mode) in [("ipipMode", ipip_mode), ("vxlanMode", vxlan_mode)] {
-        if mode != EncapMode::Never {
-            return Err(spec.err(
-                key,
-                format!("{mode:?} is not supported by calico-rs yet (encapsulation is not implemented); use Never"),
-            ));
-        }
-    }
-    let nat_outgoing = spec.bool("natOutgoing")?.unwrap_or(false);
-    if nat_outgoing {
-        return Err(spec.err(
-            "natOutgoing",
-            "true is not supported by calico-rs yet (masquerade is not implemented)",
-        ));
-    }
-    if let Some(a) = spec.get("assignmentMode") {
-        if a.as_str()? != "Automatic" {
-            return Err(a.err(format!(
-                "{} is not supported by calico-rs; only Automatic",
-                describe(a.value)
-            )));
-        }
-    }
-    for item in spec.seq("allowedUses")? {
-        let u = item.as_str()?;
-        if u != "Workload" && u != "Tunnel" {
-            return Err(item.err(format!(
-                "{u:?} is not supported by calico-rs (want Workload or Tunnel)"
-            )));
-        }
-    }
-    if spec.get("allowedUses").is_some()
-        && !spec
-            .seq("allowedUses")?
-            .iter()
-            .any(|i| i.as_str() == Ok("Workload"))
-    {
-        return Err(spec.err(
-            "allowedUses",
-            "a pool without Workload is not supported by calico-rs (IPAM gives its addresses to pods)",
-        ));
-    }
+    let nat_outgoing = refuse_unimplemented_pool_settings(spec, ipip_mode, vxlan_mode)?;
     Ok(IpPool {
         metadata,
         cidr,
