@@ -21,6 +21,7 @@
 //! The [`Datastore`] trait says nothing about files: the file backend ([`file::FileDatastore`])
 //! and a future Kubernetes backend both hand out the same snapshots.
 
+mod calico;
 pub mod fields;
 pub mod file;
 pub mod parse;
