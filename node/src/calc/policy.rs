@@ -64,13 +64,8 @@ pub(super) fn policy_input(
         .collect();
     let mut policies = Vec::new();
     for ((ns, name), np) in &state.network_policies {
-        match serde_json::from_value::<pm::NetworkPolicy>(np.raw.clone()) {
-            Ok(mut p) => {
-                if p.metadata.namespace.is_none() {
-                    p.metadata.namespace = Some(ns.clone());
-                }
-                policies.push(p);
-            }
+        match &np.policy {
+            Ok(p) => policies.push(p.clone()),
             Err(e) => {
                 // The document does not even have NetworkPolicy's shape. Fail closed: a policy
                 // with the same name that selects every pod of its namespace and allows nothing.
@@ -78,13 +73,12 @@ pub(super) fn policy_input(
                     "NetworkPolicy",
                     format!("{ns}/{name}"),
                     None,
-                    format!("{e}; its namespace's pods are isolated"),
+                    e.as_str(),
                 ));
-                let deny: pm::NetworkPolicy = serde_json::from_value(serde_json::json!({
-                    "metadata": {"namespace": ns, "name": name},
-                    "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
-                }))
-                .unwrap_or_default();
+                let mut deny = pm::NetworkPolicy::default();
+                deny.metadata.namespace = Some(ns.clone());
+                deny.metadata.name = name.clone();
+                deny.spec.policy_types = Some(vec!["Ingress".into(), "Egress".into()]);
                 policies.push(deny);
             }
         }

@@ -94,8 +94,17 @@ fn keep_held(
     parsed: Vec<(String, Resource)>,
     held: &[(String, Resource)],
 ) -> (Vec<(String, Resource)>, Vec<String>) {
-    let now: HashSet<_> = parsed.iter().map(|(_, r)| held_key(r)).collect();
-    let mut out = parsed;
+    // A resource that decodes now but cannot be used as written yields to its last good version.
+    let good_before: HashSet<_> = held
+        .iter()
+        .filter(|(_, r)| r.problem().is_none())
+        .map(|(_, r)| held_key(r))
+        .collect();
+    let mut out: Vec<(String, Resource)> = parsed
+        .into_iter()
+        .filter(|(_, r)| r.problem().is_none() || !good_before.contains(&held_key(r)))
+        .collect();
+    let now: HashSet<_> = out.iter().map(|(_, r)| held_key(r)).collect();
     let mut kept = Vec::new();
     for (origin, r) in held {
         if !now.contains(&held_key(r)) {

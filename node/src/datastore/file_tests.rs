@@ -380,3 +380,30 @@ fn a_file_that_stops_parsing_keeps_what_it_held() {
     let s = sc.scan(d.path()).unwrap();
     assert!(s.state.nodes.is_empty());
 }
+
+#[test]
+fn a_policy_that_stops_fitting_the_model_keeps_its_last_good_version() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("np.yaml");
+    let np = |ingress: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: web, namespace: prod}}\nspec: {{podSelector: {{}}, ingress: {ingress}}}\n"
+        )
+    };
+    let mut sc = Scanner::default();
+    std::fs::write(&path, np("[]")).unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    assert!(s.state.network_policies.values().all(|p| p.policy.is_ok()));
+    // Now it decodes but does not fit the model: the last good version stays.
+    std::fs::write(&path, np("\"not a list\"")).unwrap();
+    let s = sc.scan(d.path()).unwrap();
+    let p = &s.state.network_policies[&("prod".to_string(), "web".to_string())];
+    assert!(p.policy.is_ok(), "the broken version replaced the good one");
+    assert!(s.errors.iter().any(|e| e.is_failure()), "{:?}", s.errors);
+    // With no good version before, the broken one is kept (and enforced as deny-all by calc).
+    let mut fresh = Scanner::default();
+    let s = fresh.scan(d.path()).unwrap();
+    let p = &s.state.network_policies[&("prod".to_string(), "web".to_string())];
+    assert!(p.policy.is_err());
+}

@@ -123,7 +123,19 @@ impl Parsed {
             return;
         }
         match decode(value) {
-            Ok(Decoded::Resource(r)) => self.resources.push((origin, r)),
+            Ok(Decoded::Resource(r)) => {
+                if let Some(problem) = r.problem() {
+                    self.errors.push(ResourceError {
+                        origin: origin.clone(),
+                        kind: Some(r.kind().into()),
+                        name: Some(r.display_name()),
+                        field: Some("spec".into()),
+                        message: problem.to_string(),
+                        severity: Severity::Error,
+                    });
+                }
+                self.resources.push((origin, r))
+            }
             Ok(Decoded::Unsupported {
                 api_version,
                 kind,

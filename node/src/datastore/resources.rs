@@ -4,8 +4,10 @@
 //! - `v1` Namespace, Pod, Node (Node's BGP settings from the `projectcalico.org/*` annotations);
 //! - `projectcalico.org/v3` Node (`spec.bgp`), BGPConfiguration, BGPPeer, IPPool (also accepted
 //!   as `crd.projectcalico.org/v1`, the CRD storage form, which has the same spec);
-//! - `networking.k8s.io/v1` NetworkPolicy, kept raw: the policy engine (`felix::policy`) owns
-//!   its model, the daemon converts.
+//! - `networking.k8s.io/v1` NetworkPolicy, decoded once into the policy engine's model
+//!   (`felix::policy::model`); one that does not fit it is kept as [`NetworkPolicy::policy`]
+//!   `Err`, reported, and enforced as deny-all for its namespace (fail closed) unless an earlier
+//!   good version of it is kept (see `file`).
 //!
 //! Calico's BGPConfiguration, BGPPeer and IPPool live in [`super::calico`] (re-exported here).
 //!
@@ -136,12 +138,12 @@ pub struct Node {
     pub internal_ips: Vec<IpAddr>,
 }
 
-/// `networking.k8s.io/v1` NetworkPolicy: metadata plus the whole document as JSON.
+/// `networking.k8s.io/v1` NetworkPolicy, in the policy engine's model (namespace set).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetworkPolicy {
     pub metadata: ObjectMeta,
-    /// The full object (apiVersion, kind, metadata, spec) for `felix::policy` to decode.
-    pub raw: serde_json::Value,
+    /// The policy, or why the document does not have NetworkPolicy's shape.
+    pub policy: Result<felix::policy::model::NetworkPolicy, String>,
 }
 
 /// One decoded resource.
@@ -180,6 +182,16 @@ impl Resource {
             Resource::BgpConfiguration(r) => &r.metadata,
             Resource::BgpPeer(r) => &r.metadata,
             Resource::IpPool(r) => &r.metadata,
+        }
+    }
+
+    /// What is wrong with a resource that decoded but cannot be used as written (a NetworkPolicy
+    /// that does not fit the policy model): reported as an error, and an earlier good version is
+    /// preferred to it.
+    pub fn problem(&self) -> Option<&str> {
+        match self {
+            Resource::NetworkPolicy(NetworkPolicy { policy: Err(e), .. }) => Some(e),
+            _ => None,
         }
     }
 
@@ -520,5 +532,11 @@ fn network_policy(metadata: ObjectMeta, doc: &Value) -> Result<NetworkPolicy, Fi
         field: "(document)".into(),
         message: format!("not representable as JSON: {e}"),
     })?;
-    Ok(NetworkPolicy { metadata, raw })
+    let policy = serde_json::from_value::<felix::policy::model::NetworkPolicy>(raw)
+        .map(|mut p| {
+            p.metadata.namespace = metadata.namespace.clone();
+            p
+        })
+        .map_err(|e| format!("not a valid NetworkPolicy: {e}; its namespace's pods are isolated"));
+    Ok(NetworkPolicy { metadata, policy })
 }

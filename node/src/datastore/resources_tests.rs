@@ -140,7 +140,7 @@ fn node_errors() {
 }
 
 #[test]
-fn network_policy_is_kept_raw() {
+fn network_policy_is_decoded_into_the_policy_model() {
     let Resource::NetworkPolicy(p) = one(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: prod}\n\
          spec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
@@ -148,8 +148,24 @@ fn network_policy_is_kept_raw() {
         panic!()
     };
     assert_eq!(p.metadata.namespace.as_deref(), Some("prod"));
-    assert_eq!(p.raw["spec"]["policyTypes"][0], "Ingress");
-    assert_eq!(p.raw["kind"], "NetworkPolicy");
+    let policy = p.policy.expect("a valid policy");
+    assert_eq!(policy.spec.policy_types, Some(vec!["Ingress".to_string()]));
+    assert_eq!(policy.metadata.namespace.as_deref(), Some("prod"));
+    // One that does not fit the model is kept, reported, and marked.
+    let parsed = parse_yaml(
+        "t.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\n\
+         spec: {podSelector: {}, ingress: \"not a list\"}\n",
+    );
+    assert_eq!(parsed.resources.len(), 1);
+    assert!(parsed.resources[0].1.problem().is_some());
+    assert!(
+        parsed.errors[0].to_string().starts_with(
+            "t.yaml doc 1: NetworkPolicy default/bad: spec: not a valid NetworkPolicy: "
+        ),
+        "{}",
+        parsed.errors[0]
+    );
 }
 
 #[test]
