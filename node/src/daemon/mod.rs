@@ -1,7 +1,7 @@
 //! The node daemon: one owner task wiring datastore, IPAM, BGP and felix together.
 //!
 //! ```text
-//!  FileDatastore ──watch<Snapshot>──┐      Ipam (DIR/ipam, read every 500 ms)
+//!  FileDatastore ──watch<Snapshot>──┐      IpamWatch ──watch<IpamView>── (inotify on DIR/ipam)
 //!                                   v        v
 //!                         ┌───────── daemon task ─────────┐
 //!                         │ calc::desired(state, blocks)  │──plan::bgp_plan──▶ bgp::SpeakerHandle
@@ -49,6 +49,7 @@ use tracing::{info, warn};
 
 use crate::calc::{self, Desired};
 use crate::datastore::{ClusterState, Datastore, FileDatastore, ResourceError, Snapshot};
+use crate::ipam::watch::{IpamView, IpamWatch};
 use crate::ipam::Ipam;
 use crate::status::{BlockView, NodeSnapshot, RouteView};
 use speaker::{Speaker, SpeakerFailure, SpeakerRx};
@@ -133,6 +134,10 @@ struct Daemon {
     /// version, unsupported kinds).
     resource_errors: Vec<ResourceError>,
     blocks: Vec<IpNet>,
+    /// IPAM's blocks as the watch last reported them.
+    ipam_rx: watch::Receiver<Arc<IpamView>>,
+    ipam_view: Arc<IpamView>,
+    _ipam_watch: IpamWatch,
     /// Every IPAM block with its usage, as of the last refresh (for status).
     block_views: Vec<BlockView>,
     desired: Option<Desired>,
@@ -223,8 +228,14 @@ pub async fn run(
                 let st = policy_rx.borrow_and_update().clone();
                 w.routes_dirty = d.gate.progress(&st, SystemTime::now());
             }
+            r = d.ipam_rx.changed() => {
+                if r.is_err() {
+                    bail!("the IPAM watcher stopped");
+                }
+                w.recompute = d.refresh_blocks();
+            }
             _ = tick.tick() => {
-                w.recompute = d.refresh_blocks() || d.release_deleted_nodes();
+                w.recompute = d.release_deleted_nodes();
                 if d.speaker_failure.as_ref().is_some_and(|f| Instant::now() >= f.retry_at) {
                     w.recompute = true;
                 }
@@ -332,6 +343,8 @@ impl Daemon {
         let live = Arc::new(live::Liveness::new(Instant::now()));
         let ipam =
             Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
+        let ipam_watch = IpamWatch::start(&dir, Duration::from_secs(10))
+            .with_context(|| format!("watching IPAM state under {}", dir.display()))?;
         let routes = RouteManager::start(RoutesCfg {
             protocol: cfg.route_protocol,
             ..RoutesCfg::default()
@@ -365,6 +378,9 @@ impl Daemon {
             state: first.state.clone(),
             resource_errors: first.errors.clone(),
             blocks: vec![],
+            ipam_rx: ipam_watch.subscribe(),
+            ipam_view: Arc::default(),
+            _ipam_watch: ipam_watch,
             block_views: vec![],
             desired: None,
             speaker: None,
@@ -433,32 +449,36 @@ impl Daemon {
 
     /// Re-read this node's affine blocks; true when they changed.
     fn refresh_blocks(&mut self) -> bool {
-        match self.ipam.usage() {
-            Ok(u) => {
-                let mut mine: Vec<IpNet> = u
-                    .blocks
-                    .iter()
-                    .filter(|b| b.affinity.as_deref() == Some(self.cfg.nodename.as_str()))
-                    .map(|b| b.cidr)
-                    .collect();
-                mine.sort();
-                self.block_views = u
-                    .blocks
-                    .into_iter()
-                    .map(|b| BlockView {
-                        cidr: b.cidr,
-                        affinity: b.affinity,
-                        used: b.used as u32,
-                        free: b.free as u32,
-                        pool: b.pool.unwrap_or_default(),
-                    })
-                    .collect();
-                if mine != self.blocks {
-                    self.blocks = mine;
-                    return true;
-                }
-            }
-            Err(e) => warn!(error = %e, "reading IPAM blocks"),
+        let v = self.ipam_rx.borrow_and_update().clone();
+        for e in v
+            .errors
+            .iter()
+            .filter(|e| !self.ipam_view.errors.contains(e))
+        {
+            warn!(error = %e, "reading IPAM blocks");
+        }
+        let mut mine: Vec<IpNet> = v
+            .blocks
+            .iter()
+            .filter(|b| b.affinity.as_deref() == Some(self.cfg.nodename.as_str()))
+            .map(|b| b.cidr)
+            .collect();
+        mine.sort();
+        self.block_views = v
+            .blocks
+            .iter()
+            .map(|b| BlockView {
+                cidr: b.cidr,
+                affinity: b.affinity.clone(),
+                used: b.used as u32,
+                free: b.free as u32,
+                pool: b.pool.clone().unwrap_or_default(),
+            })
+            .collect();
+        self.ipam_view = v;
+        if mine != self.blocks {
+            self.blocks = mine;
+            return true;
         }
         false
     }
@@ -467,10 +487,12 @@ impl Daemon {
     /// (see [`release`]), except blocks that hold an address of a pod that exists. Any node may
     /// do it: the IPAM lock makes it safe and it is idempotent.
     fn release_deleted_nodes(&mut self) -> bool {
-        let Ok(aff) = self.ipam.affinities() else {
-            return false;
-        };
-        let owners: BTreeSet<String> = aff.into_values().flatten().collect();
+        let owners: BTreeSet<String> = self
+            .ipam_view
+            .blocks
+            .iter()
+            .filter_map(|b| b.affinity.clone())
+            .collect();
         let due = self.release.due(
             &owners,
             &self.cfg.nodename,

@@ -27,6 +27,7 @@
 
 pub mod block;
 pub mod store;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -92,6 +92,11 @@ impl Store {
         &self.root
     }
 
+    /// `DIR/ipam/blocks`, where the block files live.
+    pub fn blocks_dir(&self) -> &Path {
+        &self.blocks
+    }
+
     pub fn lock(&self, exclusive: bool) -> Result<Locked<'_>, IpamError> {
         let path = self.root.join(LOCK_FILE);
         let file = OpenOptions::new()
