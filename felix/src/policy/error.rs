@@ -80,9 +80,14 @@ pub enum PolicyError {
     /// The drift probe's netlink request failed.
     #[error("probing the table over nfnetlink: {0}")]
     Probe(#[source] std::io::Error),
-    /// The configuration is unusable.
-    #[error("policy configuration: {0}")]
-    Config(String),
+    /// The configuration is unusable: which setting, and why.
+    #[error("policy configuration: {field}: {reason}")]
+    Config {
+        /// The [`super::PolicyCfg`] field.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The input was compiled but applying it failed (the owner keeps retrying).
     #[error("policy apply failed: {0}")]
     Apply(String),

@@ -143,7 +143,7 @@ impl std::fmt::Debug for PolicyHandle {
 /// Start the policy owner thread in the calling thread's network namespace. Nothing is applied
 /// until the first [`PolicyHandle::update`].
 pub fn spawn(cfg: PolicyCfg) -> Result<PolicyHandle, PolicyError> {
-    cfg.validate().map_err(PolicyError::Config)?;
+    cfg.validate()?;
     let (tx, rx) = mpsc::channel();
     let (watch_tx, _) = watch::channel(PolicyStatus::default());
     let shared = Arc::new(Shared {

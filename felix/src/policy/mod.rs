@@ -168,22 +168,25 @@ impl Default for PolicyCfg {
 
 impl PolicyCfg {
     /// Check the values before starting anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         let t = &self.table;
         if t.is_empty()
             || t.len() > 64
             || !t.as_bytes()[0].is_ascii_alphabetic()
             || !ir::is_ident_safe(t)
         {
-            return Err(format!(
-                "policy table name {t:?}: use up to 64 letters, digits, '-', '_' or '.', starting with a letter"
-            ));
+            return Err(PolicyError::Config {
+                field: "table",
+                reason: format!(
+                    "{t:?}: use up to 64 letters, digits, '-', '_' or '.', starting with a letter"
+                ),
+            });
         }
         if self.iface_prefix.is_empty() || !ir::is_ident_safe(&self.iface_prefix) {
-            return Err(format!(
-                "workload interface prefix {:?} is not usable",
-                self.iface_prefix
-            ));
+            return Err(PolicyError::Config {
+                field: "iface_prefix",
+                reason: format!("{:?} is not usable", self.iface_prefix),
+            });
         }
         Ok(())
     }

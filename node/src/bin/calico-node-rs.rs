@@ -245,7 +245,9 @@ fn run(a: RunArgs) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
-        let r = daemon::run(cfg, status_tx, shutdown).await;
+        let r = daemon::run(cfg, status_tx, shutdown)
+            .await
+            .map_err(anyhow::Error::from);
         let _ = stop_tx.send(true);
         if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), grpc_task).await {
             tracing::warn!(error = %e, "status API");

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,7 +25,7 @@ pub async fn spawn(
     status: watch::Receiver<Arc<NodeSnapshot>>,
     counters: watch::Receiver<Counters>,
     live: Arc<Liveness>,
-) -> Result<()> {
+) -> Result<(), super::DaemonError> {
     let mut addrs = vec![];
     if health.port() != 0 {
         addrs.push(health);
@@ -37,7 +36,7 @@ pub async fn spawn(
     for addr in addrs {
         let l = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listening on {addr}"))?;
+            .map_err(|source| super::DaemonError::Listen { addr, source })?;
         let (s, c, live) = (status.clone(), counters.clone(), live.clone());
         tokio::spawn(async move {
             loop {

@@ -39,7 +39,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use crate::datastore::DatastoreError;
+use crate::ipam::IpamError;
 use bgp::SpeakerHandle;
 use felix::policy::{PolicyCfg, PolicyHandle};
 use felix::routes::{RouteManager, RouteManagerHandle, RoutesCfg};
@@ -54,6 +55,33 @@ use crate::ipam::Ipam;
 use crate::status::{BlockView, NodeSnapshot, RouteView};
 use speaker::{Speaker, SpeakerFailure, SpeakerRx};
 use view::RoutesViewKey;
+
+/// Why the daemon could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR")]
+    KubernetesNotBuilt,
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    #[error("IPAM state under {dir}: {source}")]
+    Ipam {
+        dir: PathBuf,
+        #[source]
+        source: IpamError,
+    },
+    #[error("starting the route manager: {0}")]
+    Routes(#[from] felix::routes::RouteError),
+    #[error("starting the policy manager: {0}")]
+    Policy(#[from] felix::policy::PolicyError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {0} stopped")]
+    Stopped(&'static str),
+}
 
 /// Where the resources come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +218,7 @@ pub async fn run(
     cfg: DaemonCfg,
     status: watch::Sender<Arc<NodeSnapshot>>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+) -> Result<(), DaemonError> {
     let (mut d, ds) = Daemon::start(cfg, status).await?;
     let mut snaps = ds.watch();
     snaps.borrow_and_update();
@@ -215,7 +243,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             r = snaps.changed() => {
                 if r.is_err() {
-                    bail!("the datastore watcher stopped");
+                    return Err(DaemonError::Stopped("datastore watcher"));
                 }
                 let s = snaps.borrow_and_update().clone();
                 d.datastore_changed(&s);
@@ -223,14 +251,14 @@ pub async fn run(
             }
             r = policy_rx.changed() => {
                 if r.is_err() {
-                    bail!("the policy manager stopped");
+                    return Err(DaemonError::Stopped("policy manager"));
                 }
                 let st = policy_rx.borrow_and_update().clone();
                 w.routes_dirty = d.gate.progress(&st, SystemTime::now());
             }
             r = d.ipam_rx.changed() => {
                 if r.is_err() {
-                    bail!("the IPAM watcher stopped");
+                    return Err(DaemonError::Stopped("IPAM watcher"));
                 }
                 w.recompute = d.refresh_blocks();
             }
@@ -328,35 +356,29 @@ impl Daemon {
     async fn start(
         cfg: DaemonCfg,
         status: watch::Sender<Arc<NodeSnapshot>>,
-    ) -> Result<(Daemon, Arc<FileDatastore>)> {
+    ) -> Result<(Daemon, Arc<FileDatastore>), DaemonError> {
         let dir = match &cfg.datastore {
             DatastoreKind::File(d) => d.clone(),
-            DatastoreKind::Kubernetes => {
-                bail!(
-                    "--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR"
-                )
-            }
+            DatastoreKind::Kubernetes => return Err(DaemonError::KubernetesNotBuilt),
         };
-        let ds = Arc::new(
-            FileDatastore::open(&dir).with_context(|| format!("datastore {}", dir.display()))?,
-        );
+        let ds = Arc::new(FileDatastore::open(&dir)?);
+        let ipam_err = |source| DaemonError::Ipam {
+            dir: dir.clone(),
+            source,
+        };
         let live = Arc::new(live::Liveness::new(Instant::now()));
-        let ipam =
-            Ipam::new(&dir).with_context(|| format!("IPAM state under {}", dir.display()))?;
-        let ipam_watch = IpamWatch::start(&dir, Duration::from_secs(10))
-            .with_context(|| format!("watching IPAM state under {}", dir.display()))?;
+        let ipam = Ipam::new(&dir).map_err(ipam_err)?;
+        let ipam_watch = IpamWatch::start(&dir, Duration::from_secs(10)).map_err(ipam_err)?;
         let routes = RouteManager::start(RoutesCfg {
             protocol: cfg.route_protocol,
             ..RoutesCfg::default()
         })
-        .await
-        .context("starting the route manager")?;
+        .await?;
         let policy = felix::policy::spawn(PolicyCfg {
             table: cfg.nft_table.clone(),
             endpoint_to_host: cfg.endpoint_to_host,
             ..PolicyCfg::default()
-        })
-        .context("starting the policy manager")?;
+        })?;
         let (counters_tx, counters_rx) = watch::channel(Counters::default());
         if cfg.health_addr.port() != 0 || cfg.metrics_addr.port() != 0 {
             let (h, m) = (cfg.health_addr, cfg.metrics_addr);

@@ -224,7 +224,7 @@ async fn execute(handle: &SpeakerHandle, plan: &BgpPlan, applied: &mut BgpApplie
     }
 }
 
-async fn start_speaker(spec: &SpeakerSpec) -> anyhow::Result<Speaker> {
+async fn start_speaker(spec: &SpeakerSpec) -> Result<Speaker, bgp::SpeakerError> {
     let mut cfg = SpeakerCfg::new(spec.local_as, spec.router_id);
     cfg.listen = vec![
         SocketAddr::from(([0, 0, 0, 0], spec.listen_port)),
