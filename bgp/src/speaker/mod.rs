@@ -14,7 +14,8 @@
 //!
 //! Layout: `core.rs` (the state machine: RIB, peers, graceful restart, export passes),
 //! `import.rs` and `export.rs` (the routing decisions, pure functions), `peer.rs` (the peer type
-//! they share), `api.rs` (handle, events, status, errors).
+//! they share), `api.rs` (handle, events, status, errors). `replay/` (tests) drives the core
+//! with no sockets from transcripts of inputs and expected outputs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,8 @@ mod core;
 mod export;
 mod import;
 mod peer;
+#[cfg(test)]
+mod replay;
 
 use self::core::{canonical, Input, Now, Output, SpeakerCore};
 use api::SpeakerMsg;
