@@ -395,6 +395,7 @@ impl SpeakerCore {
         };
         info!(peer = %p.cfg.address, peer_id = %n.peer_id, "session established");
         p.epoch = epoch;
+        p.bgp_id = n.peer_id;
         p.local = Some(canonical(local.ip()));
         p.adj_out.clear();
         p.accepted = 0;

@@ -92,7 +92,7 @@ pub(crate) fn advertise(
     } else {
         a.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
         if let Some(src) = from.filter(|s| !s.ebgp(local.local_as)) {
-            a.originator_id.get_or_insert(src.router_id());
+            a.originator_id.get_or_insert(src.bgp_id);
             a.cluster_list.insert(0, local.cluster_id);
         }
     }

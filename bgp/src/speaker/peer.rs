@@ -55,6 +55,8 @@ pub(crate) struct Peer {
     pub epoch: u64,
     /// Set while Established.
     pub negotiated: Option<Negotiated>,
+    /// The peer's BGP Identifier in its last session; kept while its routes are held as stale.
+    pub bgp_id: Ipv4Addr,
     /// Our address on the session (the "self" next hop).
     pub local: Option<IpAddr>,
     /// What we last announced to the peer, per prefix.
@@ -83,6 +85,7 @@ impl Peer {
             since,
             epoch: 0,
             negotiated: None,
+            bgp_id: Ipv4Addr::UNSPECIFIED,
             local: None,
             adj_out: PrefixMap::new(),
             accepted: 0,
@@ -99,12 +102,5 @@ impl Peer {
     }
     pub fn established(&self) -> bool {
         self.state == State::Established && self.negotiated.is_some()
-    }
-    /// The peer's BGP Identifier, once a session has negotiated one.
-    pub fn router_id(&self) -> Ipv4Addr {
-        self.negotiated
-            .as_ref()
-            .map(|n| n.peer_id)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 }
