@@ -210,6 +210,7 @@ impl Replay {
             families: cfg.families.clone(),
             peer_gr: None,
             local_gr: speaker.graceful_restart.is_some(),
+            local_gr_notification: false,
             ebgp: cfg.remote_as != speaker.local_as,
         };
         let mut local = IpAddr::V4(speaker.router_id);
