@@ -190,3 +190,138 @@ pub(crate) fn sync_adj_out(
         announced,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerCfg;
+    use crate::fsm::Negotiated;
+    use crate::wire::{AsPath, PathAttrs};
+
+    fn local() -> Local {
+        Local {
+            local_as: 65000,
+            router_id: "10.0.0.1".parse().unwrap(),
+            cluster_id: "1.1.1.1".parse().unwrap(),
+            next_hop_v4: None,
+            next_hop_v6: None,
+        }
+    }
+
+    /// An Established peer with id `id`, address 10.0.0.`id` and BGP Identifier `id`.`id`.`id`.`id`.
+    fn peer(id: SourceId, remote_as: u32, f: impl FnOnce(&mut PeerCfg)) -> Peer {
+        let mut cfg = PeerCfg::new(format!("10.0.0.{id}").parse().unwrap(), remote_as);
+        f(&mut cfg);
+        let mut p = Peer::new(id, cfg, std::time::SystemTime::UNIX_EPOCH);
+        p.state = crate::fsm::State::Established;
+        p.bgp_id = format!("{id}.{id}.{id}.{id}").parse().unwrap();
+        p.local = Some("10.0.0.1".parse().unwrap());
+        p.negotiated = Some(Negotiated {
+            peer_as: remote_as,
+            peer_id: p.bgp_id,
+            hold_time: 90,
+            keepalive: 30,
+            four_octet_as: true,
+            route_refresh: true,
+            families: vec![Family::Ipv4Unicast],
+            peer_gr: None,
+            local_gr: false,
+            local_gr_notification: false,
+            ebgp: remote_as != 65000,
+        });
+        p
+    }
+
+    fn path(source: SourceId, f: impl FnOnce(&mut PathAttrs)) -> Path {
+        let mut attrs = PathAttrs {
+            origin: Some(Default::default()),
+            med: Some(7),
+            ..PathAttrs::default()
+        };
+        f(&mut attrs);
+        Path::new(
+            source,
+            Arc::new(RouteAttrs {
+                attrs,
+                next_hop: format!("10.0.0.{source}").parse().unwrap(),
+                link_local: None,
+            }),
+        )
+    }
+
+    fn p() -> IpNet {
+        "10.9.0.0/24".parse().unwrap()
+    }
+
+    #[test]
+    fn ebgp_gets_our_as_and_next_hop_and_loses_ibgp_only_attributes() {
+        let to = peer(2, 65002, |_| {});
+        let from = peer(3, 65003, |_| {});
+        let best = path(3, |a| {
+            a.as_path = AsPath::default();
+            a.as_path.prepend(65003);
+            a.local_pref = Some(300);
+        });
+        let a = advertise(&local(), &to, Some(&from), &p(), &best).expect("sent");
+        assert_eq!(a.attrs.as_path.first_asn(), Some(65000));
+        assert_eq!(a.attrs.as_path.path_len(), 2);
+        assert_eq!(a.next_hop.to_string(), "10.0.0.1");
+        assert_eq!((a.attrs.local_pref, a.attrs.med), (None, None));
+        // Our own route keeps its MED toward eBGP.
+        let own = advertise(&local(), &to, None, &p(), &path(LOCAL, |_| {})).expect("sent");
+        assert_eq!(own.attrs.med, Some(7));
+        assert!(
+            advertise(&local(), &from, Some(&from), &p(), &best).is_none(),
+            "not back to its source"
+        );
+    }
+
+    #[test]
+    fn ibgp_split_horizon_and_reflection() {
+        let l = local();
+        let client = |id| peer(id, 65000, |c| c.rr_client = true);
+        let plain = |id| peer(id, 65000, |_| {});
+        let best = path(3, |_| {});
+        assert!(advertise(&l, &plain(2), Some(&plain(3)), &p(), &best).is_none());
+        for (to, from) in [
+            (client(2), client(3)),
+            (plain(2), client(3)),
+            (client(2), plain(3)),
+        ] {
+            let a = advertise(&l, &to, Some(&from), &p(), &best).expect("reflected");
+            assert_eq!(a.attrs.originator_id, Some("3.3.3.3".parse().unwrap()));
+            assert_eq!(a.attrs.cluster_list, vec![l.cluster_id]);
+            assert_eq!(a.attrs.local_pref, Some(DEFAULT_LOCAL_PREF));
+            assert_eq!(a.next_hop.to_string(), "10.0.0.3", "next hop unchanged");
+        }
+        let nhs = peer(2, 65000, |c| c.next_hop_self = true);
+        let a = advertise(
+            &l,
+            &nhs,
+            Some(&peer(4, 65004, |_| {})),
+            &p(),
+            &path(4, |_| {}),
+        );
+        assert_eq!(a.expect("sent").next_hop.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn adj_rib_out_sync_sends_only_differences() {
+        let l = local();
+        let mut rib = LocRib::new(false);
+        rib.update(p(), path(3, |_| {}));
+        let mut peers = BTreeMap::new();
+        peers.insert(2, peer(2, 65002, |_| {}));
+        peers.insert(3, peer(3, 65003, |_| {}));
+        let mut adj = PrefixMap::new();
+        let first = sync_adj_out(&l, &rib, &peers, &peers[&2], &mut adj, &[p()]);
+        assert_eq!(first.announced.len(), 1);
+        assert!(first.withdrawn.is_empty());
+        let again = sync_adj_out(&l, &rib, &peers, &peers[&2], &mut adj, &[p()]);
+        assert_eq!(again, Advert::default(), "nothing changed, nothing sent");
+        rib.withdraw(&p(), 3);
+        let gone = sync_adj_out(&l, &rib, &peers, &peers[&2], &mut adj, &[p()]);
+        assert_eq!(gone.withdrawn, vec![p()]);
+        assert!(adj.is_empty());
+    }
+}
