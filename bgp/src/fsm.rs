@@ -107,6 +107,8 @@ pub struct Negotiated {
     pub peer_gr: Option<GracefulRestartCap>,
     /// We sent a graceful restart capability.
     pub local_gr: bool,
+    /// We set its N bit (RFC 8538). Our OPEN never does yet.
+    pub local_gr_notification: bool,
     pub ebgp: bool,
 }
 
@@ -121,9 +123,9 @@ impl Negotiated {
     pub fn graceful_restart(&self) -> bool {
         self.local_gr && self.peer_gr.is_some()
     }
-    /// RFC 8538 N bit on both sides.
+    /// RFC 8538 N bit on both sides (section 2: graceful restart on NOTIFICATION only then).
     pub fn gr_notification(&self) -> bool {
-        self.peer_gr.as_ref().is_some_and(|g| g.notification)
+        self.local_gr_notification && self.peer_gr.as_ref().is_some_and(|g| g.notification)
     }
 }
 
@@ -528,6 +530,7 @@ impl Fsm {
             families,
             peer_gr: open.graceful_restart().cloned(),
             local_gr: self.cfg.graceful_restart.is_some(),
+            local_gr_notification: local.graceful_restart().is_some_and(|g| g.notification),
             ebgp: self.cfg.is_ebgp(),
         };
         self.hold = Duration::from_secs(hold_time.into());

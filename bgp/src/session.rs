@@ -50,6 +50,19 @@ pub(crate) enum ToSession {
     /// An accepted connection from the peer's address, GTSM already applied by the speaker when the
     /// peer has `ttl_security` (so nothing that came too far is ever read).
     Inbound(TcpStream),
+    /// What the speaker core decided to tell the peer.
+    Peer(ToPeer),
+    /// Stop for good. `graceful`: close without a NOTIFICATION so graceful-restart peers keep our
+    /// routes; else send `notification` (default Cease/Administrative Shutdown).
+    Shutdown {
+        graceful: bool,
+        notification: Option<Notification>,
+    },
+}
+
+/// Routing messages for the peer, as the speaker core emits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ToPeer {
     /// Announce `prefixes` with `attrs` (next hop already resolved) on session `epoch`.
     Announce {
         epoch: u64,
@@ -68,12 +81,6 @@ pub(crate) enum ToSession {
     RequestRefresh(Family),
     /// End the session with this NOTIFICATION (e.g. Cease/1 max prefixes); the FSM restarts later.
     Notify(Notification),
-    /// Stop for good. `graceful`: close without a NOTIFICATION so graceful-restart peers keep our
-    /// routes; else send `notification` (default Cease/Administrative Shutdown).
-    Shutdown {
-        graceful: bool,
-        notification: Option<Notification>,
-    },
 }
 
 /// Reports to the speaker.
@@ -333,7 +340,25 @@ impl Session {
     fn on_cmd(&mut self, cmd: ToSession) {
         match cmd {
             ToSession::Inbound(stream) => self.on_inbound(stream),
-            ToSession::Announce {
+            ToSession::Peer(m) => self.on_peer_msg(m),
+            ToSession::Shutdown {
+                graceful,
+                notification,
+            } => {
+                if graceful {
+                    self.close_link();
+                    self.close_cand();
+                } else {
+                    self.feed(Event::Stop(notification));
+                }
+                self.done = true;
+            }
+        }
+    }
+
+    fn on_peer_msg(&mut self, m: ToPeer) {
+        match m {
+            ToPeer::Announce {
                 epoch,
                 attrs,
                 prefixes,
@@ -355,7 +380,7 @@ impl Session {
                     send_updates(l, updates, &self.caps);
                 }
             }
-            ToSession::Withdraw { epoch, prefixes } => {
+            ToPeer::Withdraw { epoch, prefixes } => {
                 if let Some(l) = self.live_link(epoch) {
                     for family in Family::ALL {
                         let of: Vec<IpNet> = prefixes
@@ -373,29 +398,17 @@ impl Session {
                     }
                 }
             }
-            ToSession::EndOfRib { epoch, family } => {
+            ToPeer::EndOfRib { epoch, family } => {
                 if let Some(l) = self.live_link(epoch) {
                     l.send(&Message::Update(Update::end_of_rib(family)), &self.caps);
                 }
             }
-            ToSession::RequestRefresh(family) => {
+            ToPeer::RequestRefresh(family) => {
                 if let (Some(l), State::Established) = (&self.link, self.fsm.state()) {
                     l.send(&Message::RouteRefresh(RouteRefresh { family }), &self.caps);
                 }
             }
-            ToSession::Notify(n) => self.feed(Event::SendNotification(n)),
-            ToSession::Shutdown {
-                graceful,
-                notification,
-            } => {
-                if graceful {
-                    self.close_link();
-                    self.close_cand();
-                } else {
-                    self.feed(Event::Stop(notification));
-                }
-                self.done = true;
-            }
+            ToPeer::Notify(n) => self.feed(Event::SendNotification(n)),
         }
     }
 

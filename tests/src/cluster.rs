@@ -80,16 +80,19 @@ pub fn ctl_bin() -> Result<PathBuf> {
     built_bin("calicoctl-rs")
 }
 
+/// `name` in the profile directory of the running executable: beside it for a binary of this
+/// crate (`target/release/soak`), one level up for a test or bench (`target/debug/deps/it-HASH`).
 fn built_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target dir")?
-        .join(name);
+    let dir = exe.parent().context("target dir")?;
+    let beside = dir.join(name);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let bin = dir.parent().context("target dir")?.join(name);
     ensure!(
         bin.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
+        "{} not built: run `cargo build --workspace --bins` (with `--release` for a release run) first",
         bin.display()
     );
     Ok(bin)
@@ -473,9 +476,39 @@ protocol device { }
     /// SIGTERM node `i`'s daemon and start it again.
     pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
         self.nodes[i].daemon.terminate(Duration::from_secs(5))?;
+        self.start_daemon(i)
+    }
+
+    /// SIGKILL node `i`'s daemon (a crash: no NOTIFICATION, nothing cleaned up) and reap it;
+    /// [`Cluster::start_daemon`] starts it again.
+    pub fn kill_daemon(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].daemon.kill()
+    }
+
+    /// Start node `i`'s daemon again (after [`Cluster::kill_daemon`] or an exit), appending to
+    /// the same log.
+    pub fn start_daemon(&mut self, i: usize) -> Result<()> {
         let (ns, name) = (self.nodes[i].ns.clone(), self.nodes[i].name.clone());
         self.nodes[i].spawned = Instant::now();
         self.nodes[i].daemon = self.spawn_daemon(&ns, &name)?;
+        Ok(())
+    }
+
+    /// Delete pod `name` as kubelet does: the CNI DEL (its veth, then its addresses back to
+    /// IPAM), then the Pod from the datastore, then its namespace.
+    pub fn remove_pod(&mut self, name: &str) -> Result<()> {
+        let (i, j) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| n.pods.iter().position(|p| p.name == name).map(|j| (i, j)))
+            .with_context(|| format!("no pod {name}"))?;
+        let p = self.nodes[i].pods.remove(j);
+        let iface = felix::workload_iface_name("default", &p.name);
+        self.nodes[i].ns.ip(&["link", "del", &iface])?;
+        Ipam::new(&self.dir)?.release(&format!("default/{}", p.name))?;
+        self.remove(&format!("pod-{}.yaml", p.name))?;
+        self.lab.remove_netns(&p.ns);
         Ok(())
     }
 

@@ -176,6 +176,16 @@ impl Lab {
         })
     }
 
+    /// Kill what runs in `ns` and delete it now, not when the lab drops (a pod that goes away).
+    pub fn remove_netns(&self, ns: &Netns) {
+        self.shared
+            .namespaces
+            .lock()
+            .unwrap()
+            .retain(|n| n != ns.name());
+        remove_netns(ns.name());
+    }
+
     /// A veth pair `a.1` in `a.0` <-> `b.1` in `b.0`, both brought up (no addresses).
     pub fn veth(&self, a: (&Netns, &str), b: (&Netns, &str)) -> Result<()> {
         a.0.ip(&[

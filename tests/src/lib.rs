@@ -10,6 +10,8 @@
 //!   shared file datastore, for end-to-end tests and benchmarks.
 //! - [`mrt`]: an MRT TABLE_DUMP_V2 writer to bulk-load routes into GoBGP.
 //! - [`check`]: ping / TCP / UDP probes, echo servers, `expect_some` / `expect_none`, matrices.
+//! - [`soak`]: a cluster under random faults for N minutes, with probes that must and must not
+//!   get through (`cargo run --release -p calico-tests --bin soak`).
 //!
 //! Nothing here ever changes the root network namespace. Tests need root.
 
@@ -20,6 +22,7 @@ pub mod mrt;
 pub mod peers;
 pub mod pods;
 pub mod proc;
+pub mod soak;
 pub mod wait;
 
 pub use lab::{Lab, Netns, Segment};

@@ -327,6 +327,28 @@ fn graceful_restart_capability_and_down_reasons() {
 }
 
 #[test]
+fn graceful_restart_on_notification_needs_the_n_bit_on_both_sides() {
+    let (f, _) = established_with(
+        true,
+        vec![Capability::GracefulRestart(GracefulRestartCap {
+            restarting: false,
+            notification: true,
+            restart_time: 90,
+            families: vec![(Family::Ipv4Unicast, true)],
+        })],
+    );
+    let mut n = f.negotiated().unwrap().clone();
+    let cease = DownReason::NotificationReceived(Notification::new(code::CEASE, 2));
+    let hard = DownReason::NotificationSent(Notification::new(code::CEASE, subcode::HARD_RESET));
+    // RFC 8538 2: our OPEN has no N bit, so a NOTIFICATION ends graceful restart.
+    assert!(!n.local_gr_notification);
+    assert!(!cease.graceful(&n));
+    n.local_gr_notification = true;
+    assert!(cease.graceful(&n));
+    assert!(!hard.graceful(&n), "Hard Reset (RFC 8538 3)");
+}
+
+#[test]
 fn collision_keeps_connection_of_higher_identifier() {
     let a: Ipv4Addr = "10.0.0.9".parse().unwrap();
     let b: Ipv4Addr = "10.0.0.10".parse().unwrap();

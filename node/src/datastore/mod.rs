@@ -31,6 +31,8 @@ pub mod selector;
 pub mod state;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod resources_tests;
 
 use std::path::PathBuf;

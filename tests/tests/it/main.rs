@@ -8,3 +8,4 @@ mod node;
 mod peers_selftest;
 mod policy;
 mod routes;
+mod soak;
