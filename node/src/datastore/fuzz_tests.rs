@@ -289,7 +289,7 @@ fn seed_corpus_decodes() {
         let text = String::from_utf8_lossy(&bytes);
         calico += usize::from(super::Selector::parse(&text).is_ok());
         k8s += usize::from(
-            serde_yaml::from_str::<felix::policy::LabelSelector>(&text)
+            serde_yaml_ng::from_str::<felix::policy::LabelSelector>(&text)
                 .is_ok_and(|s| felix::policy::selector::Selector::parse(&s).is_ok()),
         );
     }

@@ -126,15 +126,15 @@ impl Replay {
         let words: Vec<&str> = rest.split_whitespace().collect();
         Ok(match verb {
             "speaker" => {
-                let cfg: SpeakerCfg = serde_yaml::from_str(rest)?;
+                let cfg: SpeakerCfg = serde_yaml_ng::from_str(rest)?;
                 self.core = Some((SpeakerCore::new(cfg.clone()), cfg));
                 vec![]
             }
             "peer" => {
                 let (what, arg) = rest.split_once(' ').unwrap_or((rest, ""));
                 match what {
-                    "add" => vec![Input::AddPeer(serde_yaml::from_str(arg)?)],
-                    "update" => vec![Input::UpdatePeer(serde_yaml::from_str(arg)?)],
+                    "add" => vec![Input::AddPeer(serde_yaml_ng::from_str(arg)?)],
+                    "update" => vec![Input::UpdatePeer(serde_yaml_ng::from_str(arg)?)],
                     "remove" => vec![Input::RemovePeer(arg.trim().parse()?)],
                     _ => bail!("peer add|update|remove"),
                 }

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use felix::policy::ir::Ruleset;
-use felix::policy::model::{LabelSelector, Labels, NetworkPolicy as K8sPolicy};
+use felix::policy::model::{LabelSelector, Labels};
 use felix::policy::render::{render_diff, render_full};
 use felix::policy::selector::Selector as LabelSel;
 use felix::policy::{compile, validate, Compiler, PolicyCfg};
@@ -46,9 +46,9 @@ pub fn datastore(data: &[u8]) {
                 }
             }
             Resource::NetworkPolicy(np) => {
-                // What calc::desired does with the raw document, then felix's validation.
-                if let Ok(p) = serde_json::from_value::<K8sPolicy>(np.raw.clone()) {
-                    let _ = validate::check(&p);
+                // The policy as the datastore decoded it, through felix's validation.
+                if let Ok(p) = &np.policy {
+                    let _ = validate::check(p);
                 }
             }
             _ => {}
@@ -99,8 +99,8 @@ pub fn selectors(data: &[u8]) {
         }
     }
 
-    let list = serde_yaml::from_str::<Vec<LabelSelector>>(&text)
-        .or_else(|_| serde_yaml::from_str::<LabelSelector>(&text).map(|s| vec![s]))
+    let list = serde_yaml_ng::from_str::<Vec<LabelSelector>>(&text)
+        .or_else(|_| serde_yaml_ng::from_str::<LabelSelector>(&text).map(|s| vec![s]))
         .unwrap_or_default();
     let parsed: Vec<LabelSel> = list.iter().filter_map(label_selector).collect();
     for a in &parsed {
