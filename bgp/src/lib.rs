@@ -8,8 +8,9 @@
 //!
 //! Layout: `wire` (the codec: the only module that sees bytes), `fsm` (pure per-connection state
 //! machine), `rib` (Loc-RIB and decision process, pure), `policy` (import/export rules, pure),
-//! `session` (one task per peer: socket, timers, FSM), `speaker` (the owner task: routes, peers,
-//! export), `sockopt` (the setsockopt calls std lacks).
+//! `session` (one task per peer: socket, timers, FSM), `speaker` (the owner task, a thin shell
+//! around a pure core holding the routes and peers; import and export decisions are pure functions,
+//! tested by replaying transcripts), `sockopt` (the setsockopt calls std lacks).
 
 pub mod config;
 pub mod fsm;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::api::{
     BestRoute, NegotiatedStatus, OriginAttrs, PeerStatus, RouteChange, SpeakerError, SpeakerEvent,
@@ -541,12 +541,14 @@ impl SpeakerCore {
         };
         for op in ops {
             let (prefix, changed, count) = match op {
-                RouteOp::Withdraw(prefix) | RouteOp::Reject(prefix, _) => {
-                    if matches!(op, RouteOp::Reject(..)) {
-                        p.rejected.insert(prefix);
-                    } else {
-                        p.rejected.remove(&prefix);
-                    }
+                RouteOp::Withdraw(prefix) => {
+                    p.rejected.remove(&prefix);
+                    let (changed, removed) = self.rib.withdraw_counted(&prefix, id);
+                    (prefix, changed, -i64::from(removed))
+                }
+                RouteOp::Reject(prefix, why) => {
+                    debug!(peer = %p.cfg.address, %prefix, ?why, "route not accepted");
+                    p.rejected.insert(prefix);
                     let (changed, removed) = self.rib.withdraw_counted(&prefix, id);
                     (prefix, changed, -i64::from(removed))
                 }

@@ -1,4 +1,4 @@
-//! The speaker task: a thin shell around [`core::SpeakerCore`], which owns the Loc-RIB, the peers
+//! The speaker task: a thin shell around `core::SpeakerCore`, which owns the Loc-RIB, the peers
 //! and their Adj-RIB-Out; sessions own sockets.
 //!
 //! ```text
@@ -7,7 +7,7 @@
 //!                                │  SpeakerCore │ ──▶ broadcast<SpeakerEvent>, broadcast<RouteChanges>,
 //!                                └──────────────┘     watch<SpeakerStatus>
 //! ```
-//! The task turns channel messages into [`core::Input`]s and carries out the [`core::Output`]s:
+//! The task turns channel messages into `core::Input`s and carries out the `core::Output`s:
 //! it spawns and stops session tasks, sets TCP MD5 keys on the listeners, forwards routing messages
 //! to sessions and publishes events and status. After draining what is queued it feeds `Flush`, so
 //! a burst of UPDATEs is exported once.
