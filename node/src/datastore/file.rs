@@ -18,6 +18,11 @@
 //! goes away only when its file is removed or parses cleanly without it. Half-written files and
 //! typos therefore never release IPAM blocks, drop a BGP session or open a pod.
 //!
+//! The last good text of every file is also kept on disk, in `DIR/.lastgood/` (hidden, so never
+//! read as resources; written by temp file and rename), so a daemon that starts while a
+//! document is broken still holds what it said before: a restart never turns a typo into a
+//! deletion either. A cached file whose original is gone is dropped (that is a deletion).
+//!
 //! If the directory itself becomes unreadable, the last good state is kept and the failure is
 //! added to the snapshot's errors: withdrawing every route because a mount blinked would be worse.
 
@@ -76,7 +81,14 @@ pub struct ScanResult {
 #[derive(Debug, Default)]
 pub struct Scanner {
     held: BTreeMap<String, Vec<(String, Resource)>>,
+    /// Where the last good text of each file is kept across restarts (`None`: memory only).
+    cache: Option<PathBuf>,
+    /// The text of each file as last cached.
+    cached: BTreeMap<String, String>,
 }
+
+/// The subdirectory that keeps the last good text of every file.
+pub const LAST_GOOD_SUBDIR: &str = ".lastgood";
 
 /// Identity of a resource within a file: kind, API version for Nodes (a `v1` and a `v3` Node of
 /// one name are two documents), and `namespace/name`.
@@ -143,6 +155,7 @@ pub fn is_resource_file(name: &str) -> bool {
 /// Names editors create while saving, and IPAM's directory: no reason to rescan.
 fn is_noise(name: &str) -> bool {
     name == IPAM_SUBDIR
+        || name == LAST_GOOD_SUBDIR
         || name == "4913"
         || name.ends_with('~')
         || name.ends_with(".swp")
@@ -201,6 +214,73 @@ fn read_text(path: &Path) -> Result<Option<String>, String> {
 }
 
 impl Scanner {
+    /// A scanner that keeps the last good text of every file in `cache` (created if needed) and
+    /// starts from what it holds: files that fail to parse now keep the resources they had
+    /// when they last parsed cleanly, even before this process.
+    pub fn with_cache(cache: PathBuf) -> Scanner {
+        let mut sc = Scanner {
+            cache: Some(cache.clone()),
+            ..Scanner::default()
+        };
+        let Ok(entries) = std::fs::read_dir(&cache) else {
+            return sc;
+        };
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !is_resource_file(&name) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let parsed = parse_yaml(&name, &text);
+            if parsed.errors.iter().any(ResourceError::is_failure) {
+                continue; // never cached like that; ignore a damaged cache file
+            }
+            sc.held.insert(name.clone(), parsed.resources);
+            sc.cached.insert(name, text);
+        }
+        sc
+    }
+
+    /// Keeps `text` as the last good version of `name` (on disk when there is a cache).
+    fn remember(&mut self, name: &str, text: &str) {
+        let Some(cache) = &self.cache else { return };
+        if self.cached.get(name).map(String::as_str) == Some(text) {
+            return;
+        }
+        // Several daemons may share the directory (the lab): a temp name per process.
+        let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+        let ok = std::fs::create_dir_all(cache)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, cache.join(name)));
+        match ok {
+            Ok(()) => {
+                self.cached.insert(name.to_string(), text.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "cannot keep the last good version on disk")
+            }
+        }
+    }
+
+    /// Drops the cached copies of files that are gone (a removed file is a deletion).
+    fn forget_removed(&mut self) {
+        let Some(cache) = &self.cache else { return };
+        let gone: Vec<String> = self
+            .cached
+            .keys()
+            .filter(|n| !self.held.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            let _ = std::fs::remove_file(cache.join(&n));
+            self.cached.remove(&n);
+        }
+    }
+
     /// Reads every resource file of `dir`; files that fail keep what they held last time.
     pub fn scan(&mut self, dir: &Path) -> Result<ScanResult, DatastoreError> {
         let io = |source| DatastoreError::Io {
@@ -236,6 +316,9 @@ impl Scanner {
                     let parsed = parse_yaml(&name, &text);
                     let failed = parsed.errors.iter().any(ResourceError::is_failure);
                     out.errors.extend(parsed.errors);
+                    if !failed {
+                        self.remember(&name, &text);
+                    }
                     (parsed.resources, failed)
                 }
                 Err(message) => {
@@ -282,6 +365,7 @@ impl Scanner {
             held.insert(name, resources);
         }
         self.held = held;
+        self.forget_removed();
         out.state = builder.build();
         Ok(out)
     }
@@ -407,7 +491,7 @@ impl FileDatastore {
             dir: dir.clone(),
             tx,
             logged: Mutex::new(HashSet::new()),
-            scanner: Mutex::new(Scanner::default()),
+            scanner: Mutex::new(Scanner::with_cache(dir.join(LAST_GOOD_SUBDIR))),
             beat: Mutex::new(Instant::now()),
         });
         let (ev_tx, ev_rx) = mpsc::channel::<()>();

@@ -407,3 +407,34 @@ fn a_policy_that_stops_fitting_the_model_keeps_its_last_good_version() {
     let p = &s.state.network_policies[&("prod".to_string(), "web".to_string())];
     assert!(p.policy.is_err());
 }
+
+#[test]
+fn the_last_good_version_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join(LAST_GOOD_SUBDIR);
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: a\n  annotations:\n    \
+                projectcalico.org/IPv4Address: 10.0.0.1/24\n";
+    std::fs::write(d.path().join("nodes.yaml"), node).unwrap();
+    std::fs::write(
+        d.path().join("gone.yaml"),
+        node.replace("name: a", "name: g"),
+    )
+    .unwrap();
+    let s = Scanner::with_cache(cache.clone()).scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a", "g"]);
+    // While no daemon runs: nodes.yaml breaks, gone.yaml is removed.
+    std::fs::write(
+        d.path().join("nodes.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: [\n",
+    )
+    .unwrap();
+    std::fs::remove_file(d.path().join("gone.yaml")).unwrap();
+    // A new process: the broken file still yields its last good Node; the removed one is gone.
+    let mut sc = Scanner::with_cache(cache.clone());
+    let s = sc.scan(d.path()).unwrap();
+    assert_eq!(names(&s.state.nodes), ["a"]);
+    assert!(!cache.join("gone.yaml").exists());
+    // Without the cache it would be gone.
+    let s = Scanner::default().scan(d.path()).unwrap();
+    assert!(s.state.nodes.is_empty());
+}

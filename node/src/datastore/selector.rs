@@ -7,10 +7,12 @@
 //!
 //! Semantics follow Calico: `k != 'v'` and `k not in {...}` also match when `k` is absent; every
 //! other comparison needs the label to be present. `&&` binds tighter than `||`; `!` binds tightest.
-//! Parsing never panics: nesting deeper than [`MAX_DEPTH`] is an error, not a stack overflow.
-//! Not bounded yet: a chain of `&&` or `||` is a tree as deep as the chain is long, and the derived
-//! `PartialEq` and `Drop`, `matches` and `Display` recurse through it (in a debug build on a 2 MiB
-//! thread, `Display` overflows at about 2,000 terms, `PartialEq` at 5,000, `matches` at 10,000).
+//! Parsing never panics: nesting deeper than [`MAX_DEPTH`] is an error, not a stack overflow, and
+//! so is a selector of more than [`MAX_TERMS`] terms. A chain of `&&` or `||` is a tree as deep as
+//! the chain is long, and the derived `PartialEq` and `Drop`, `matches` and `Display` recurse
+//! through it (in a debug build on a 2 MiB thread, `Display` overflowed at about 2,000 terms,
+//! `PartialEq` at 5,000, `matches` at 10,000, found by fuzzing): the limit keeps every one of them
+//! far from the stack's end, and no real selector comes near it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +20,9 @@ use std::str::FromStr;
 
 /// Deepest nesting of `(` and `!` the parser accepts.
 pub const MAX_DEPTH: usize = 64;
+
+/// Most terms (operands of `&&` and `||`) a selector may have.
+pub const MAX_TERMS: usize = 256;
 
 /// A parsed selector; [`Selector::matches`] evaluates it against a label map.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -78,6 +83,7 @@ impl Selector {
             at: 0,
             end: text.len(),
             depth: 0,
+            terms: 0,
         };
         let sel = p.or().map_err(|(pos, m)| fail(pos, m))?;
         if let Some(t) = p.peek() {
@@ -290,6 +296,7 @@ struct Parser<'a> {
     at: usize,
     end: usize,
     depth: usize,
+    terms: usize,
 }
 
 impl Parser<'_> {
@@ -357,6 +364,10 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> PResult<Selector> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err((self.pos(), format!("more than {MAX_TERMS} terms")));
+        }
         if self.eat(&Tok::Not) {
             self.enter()?;
             let inner = self.unary()?;
@@ -488,6 +499,16 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_chains_are_refused_before_they_can_overflow_the_stack() {
+        let chain = |n: usize| vec!["a == ''"; n].join(" && ");
+        assert!(Selector::parse(&chain(MAX_TERMS)).is_ok());
+        let e = Selector::parse(&chain(MAX_TERMS + 1)).unwrap_err();
+        assert!(e.message.contains("more than 256 terms"), "{e:?}");
+        // 100,000 terms (a 900 KB selector): an error, not a crash.
+        assert!(Selector::parse(&chain(100_000)).is_err());
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
