@@ -670,5 +670,4 @@ impl Builder<'_, '_> {
 }
 
 #[cfg(test)]
-#[path = "compile_tests.rs"]
 mod tests;

@@ -105,7 +105,7 @@ pub mod selector;
 pub mod validate;
 
 #[cfg(test)]
-mod golden_tests;
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;

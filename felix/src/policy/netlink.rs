@@ -875,5 +875,4 @@ impl ElementSocket {
 }
 
 #[cfg(test)]
-#[path = "netlink_tests.rs"]
 mod tests;

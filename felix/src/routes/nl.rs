@@ -678,5 +678,4 @@ impl NlSocket {
 }
 
 #[cfg(test)]
-#[path = "nl_tests.rs"]
 mod tests;

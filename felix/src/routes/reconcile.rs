@@ -789,5 +789,4 @@ impl Reconciler {
 }
 
 #[cfg(test)]
-#[path = "reconcile_tests.rs"]
 mod tests;

@@ -552,5 +552,4 @@ impl Datastore for FileDatastore {
 }
 
 #[cfg(test)]
-#[path = "file_tests.rs"]
 mod tests;

@@ -32,8 +32,6 @@ pub mod state;
 
 #[cfg(test)]
 mod fuzz_tests;
-#[cfg(test)]
-mod resources_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -540,3 +540,6 @@ fn network_policy(metadata: ObjectMeta, doc: &Value) -> Result<NetworkPolicy, Fi
         .map_err(|e| format!("not a valid NetworkPolicy: {e}; its namespace's pods are isolated"));
     Ok(NetworkPolicy { metadata, policy })
 }
+
+#[cfg(test)]
+mod tests;

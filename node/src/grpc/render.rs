@@ -439,5 +439,4 @@ pub fn errors_hint(errors: &[pb::ResourceError]) -> String {
 }
 
 #[cfg(test)]
-#[path = "render_tests.rs"]
 mod tests;

@@ -2,9 +2,9 @@
 
 use std::net::IpAddr;
 
-use super::parse::parse_yaml;
-use super::resources::*;
-use super::state::{ClusterState, IpFamily};
+use super::*;
+use crate::datastore::parse::parse_yaml;
+use crate::datastore::state::{ClusterState, IpFamily};
 
 fn one(text: &str) -> Resource {
     let p = parse_yaml("t.yaml", text);

@@ -8,10 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::compile::compile;
-use super::model::{NetworkPolicy, PolicyInput};
-use super::render::{render_diff, render_full, EndpointToHostAction};
-use super::PolicyCfg;
+use crate::policy::compile::compile;
+use crate::policy::model::{NetworkPolicy, PolicyInput};
+use crate::policy::render::{render_diff, render_full, EndpointToHostAction};
+use crate::policy::PolicyCfg;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src/policy/golden")
@@ -290,7 +290,7 @@ fn reapplying_the_same_input_sends_nothing() {
 fn diff_from_empty_builds_everything_and_back_removes_it() {
     let cfg = PolicyCfg::default();
     let full = compile(&load("basic")).ruleset;
-    let empty = super::ir::Ruleset::default();
+    let empty = crate::policy::ir::Ruleset::default();
     let (_, up) = render_diff(&cfg, &empty, &full).unwrap().unwrap();
     assert_eq!(up.sets_added, full.sets.len());
     assert_eq!(up.chains_added, full.chains.len());
@@ -310,7 +310,10 @@ fn unselected_pods_are_open_and_selected_ones_deny_by_default() {
     assert!(!rs.to_wl.contains_key("cali2222222222b"));
     assert!(!rs.from_wl.contains_key("cali2222222222b"));
     let tw = &rs.chains["tw-cali1111111111a"];
-    assert_eq!(tw.rules.last().unwrap().verdict, super::ir::Verdict::Deny);
+    assert_eq!(
+        tw.rules.last().unwrap().verdict,
+        crate::policy::ir::Verdict::Deny
+    );
     assert_eq!(c.stats.isolated_ingress, 1);
     assert_eq!(c.stats.isolated_egress, 1);
     assert_eq!(c.stats.compiled, 3);
@@ -337,7 +340,7 @@ fn fail_closed_only_where_the_bad_policy_applies() {
     assert!(rs.chains["tw-calib"]
         .rules
         .iter()
-        .any(|r| r.verdict == super::ir::Verdict::Jump("pi-x.allow-b".into())));
+        .any(|r| r.verdict == crate::policy::ir::Verdict::Jump("pi-x.allow-b".into())));
 }
 
 #[test]
