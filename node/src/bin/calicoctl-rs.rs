@@ -156,6 +156,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The daemon's identity, readiness and datastore errors.
+async fn get_node(
+    c: &mut pb::node_status_client::NodeStatusClient<tonic::transport::Channel>,
+) -> anyhow::Result<pb::Node> {
+    Ok(c.get_node(pb::GetNodeRequest {})
+        .await
+        .context("GetNode")?
+        .into_inner())
+}
+
 /// Talks to the daemon and returns what to print.
 async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
     let mut c = grpc::connect(cfg).await?;
@@ -172,11 +182,7 @@ async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
                 .peers;
             match (what, json) {
                 (NodeCmd::Status, false) => {
-                    let n = c
-                        .get_node(pb::GetNodeRequest {})
-                        .await
-                        .context("GetNode")?
-                        .into_inner();
+                    let n = get_node(&mut c).await?;
                     render::render_status(&peers, &clock) + &render::errors_hint(&n.resource_errors)
                 }
                 (NodeCmd::Status, true) => json::to_string(&json::status(&peers)),
@@ -225,11 +231,7 @@ async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
             }
         }
         NodeCmd::Info => {
-            let n = c
-                .get_node(pb::GetNodeRequest {})
-                .await
-                .context("GetNode")?
-                .into_inner();
+            let n = get_node(&mut c).await?;
             if json {
                 json::to_string(&json::node(&n))
             } else {
@@ -237,11 +239,7 @@ async fn run(cli: &Cli, cfg: &ClientCfg) -> anyhow::Result<String> {
             }
         }
         NodeCmd::Errors => {
-            let n = c
-                .get_node(pb::GetNodeRequest {})
-                .await
-                .context("GetNode")?
-                .into_inner();
+            let n = get_node(&mut c).await?;
             if json {
                 json::to_string(&json::resource_errors(&n.resource_errors))
             } else {
