@@ -35,7 +35,7 @@ use super::ir::{
     endpoint_chain, policy_chain_with, short_hash, Chain, Dir, Elem, Family, Match, NameHash, Rule,
     Ruleset, SetDef, SetKind, Verdict,
 };
-use super::model::{PolicyInput, WorkloadEndpoint};
+use super::model::{Labels, NetworkPolicy, PolicyInput, WorkloadEndpoint};
 use super::selector::Selector;
 use super::validate::{
     check, Block, Checked, CheckedPolicy, CheckedRule, FailedPolicy, NsScope, Peer, PortSpec, Proto,
@@ -91,8 +91,45 @@ pub(crate) fn compile_hashed(
     hash: NameHash,
 ) -> Compiled {
     let mut errors = Vec::new();
+    let mut stats = CompileStats::default();
+    let endpoints = local_endpoints(input, &mut errors);
+    let policies = checked_policies(input, &mut errors, &mut stats);
+    let index = Index::new(input, &endpoints);
+    let mut b = Builder {
+        index: &index,
+        rs: Ruleset::default(),
+        cache,
+        hash,
+        set_names: Names::default(),
+        chain_names: Names::default(),
+    };
+    stats.endpoints = endpoints.len();
+    for ep in &endpoints {
+        for ingress in [true, false] {
+            b.endpoint_direction(ep, ingress, &policies, &mut stats);
+        }
+    }
+    stats.active_policy_chains =
+        b.rs.chains
+            .keys()
+            .filter(|c| c.starts_with("pi-") || c.starts_with("pe-"))
+            .count();
+    errors.sort();
+    errors.dedup();
+    Compiled {
+        ruleset: b.rs,
+        errors,
+        stats,
+    }
+}
 
-    // Local endpoints by interface; a duplicate or unusable interface is reported and skipped.
+/// The local endpoints, one per interface, sorted by interface. Of several endpoints on one
+/// interface the least (by content, so not by input order) keeps it and the others are reported;
+/// an invalid interface name ([`valid_iface`]) is reported and its endpoints skipped.
+fn local_endpoints<'a>(
+    input: &'a PolicyInput,
+    errors: &mut Vec<InputError>,
+) -> Vec<&'a WorkloadEndpoint> {
     let mut by_iface: BTreeMap<&str, Vec<&WorkloadEndpoint>> = BTreeMap::new();
     for ep in &input.endpoints {
         by_iface.entry(ep.iface.as_str()).or_default().push(ep);
@@ -123,149 +160,124 @@ pub(crate) fn compile_hashed(
         }
         endpoints.push(ep);
     }
+    endpoints
+}
 
-    // Policies by key; duplicates (which the API server never produces) resolved by content.
-    let mut by_key: BTreeMap<(&str, &str), Vec<&super::model::NetworkPolicy>> = BTreeMap::new();
+/// Every policy of the input, validated, by namespace (each namespace's in name order).
+struct NsPolicies<'a> {
+    valid: BTreeMap<&'a str, Vec<CheckedPolicy>>,
+    failed: BTreeMap<&'a str, Vec<FailedPolicy>>,
+}
+
+impl NsPolicies<'_> {
+    /// Rejected policies of namespace `ns` that cover this direction and select `labels` (a
+    /// policy whose selector is broken selects every pod of its namespace).
+    fn failing(&self, ns: &str, labels: &Labels, ingress: bool) -> Vec<&FailedPolicy> {
+        self.failed
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter(|f| if ingress { f.ingress } else { f.egress })
+            .filter(|f| f.selector.as_ref().is_none_or(|s| s.matches(labels)))
+            .collect()
+    }
+
+    /// Valid policies of namespace `ns` that cover this direction and select `labels`.
+    fn selecting(&self, ns: &str, labels: &Labels, ingress: bool) -> Vec<&CheckedPolicy> {
+        self.valid
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                }
+            })
+            .filter(|p| p.selector.matches(labels))
+            .collect()
+    }
+}
+
+/// One version of every policy (by namespace and name), validated; counts them in `stats` and
+/// reports rejected ones in `errors`.
+fn checked_policies<'a>(
+    input: &'a PolicyInput,
+    errors: &mut Vec<InputError>,
+    stats: &mut CompileStats,
+) -> NsPolicies<'a> {
+    let mut by_key: BTreeMap<(&str, &str), Vec<&NetworkPolicy>> = BTreeMap::new();
     for p in &input.policies {
         by_key
             .entry((p.namespace(), p.metadata.name.as_str()))
             .or_default()
             .push(p);
     }
-    let mut valid: BTreeMap<&str, Vec<CheckedPolicy>> = BTreeMap::new();
-    let mut failed: BTreeMap<&str, Vec<FailedPolicy>> = BTreeMap::new();
-    let mut stats = CompileStats::default();
+    let mut out = NsPolicies {
+        valid: BTreeMap::new(),
+        failed: BTreeMap::new(),
+    };
     for ((ns, name), versions) in by_key {
-        let p = if versions.len() == 1 {
-            versions[0]
-        } else {
-            errors.push(InputError::policy(
-                ns,
-                name,
-                "metadata.name",
-                format!(
-                    "{} policies with this name; using one of them",
-                    versions.len()
-                ),
-            ));
-            versions
-                .iter()
-                .min_by_key(|p| serde_json::to_string(p).unwrap_or_default())
-                .copied()
-                .expect("non-empty")
-        };
+        let p = one_version(ns, name, &versions, errors);
         stats.policies += 1;
         match check(p) {
             Checked::Ok(c) => {
                 stats.compiled += 1;
-                valid.entry(ns).or_default().push(c);
+                out.valid.entry(ns).or_default().push(c);
             }
             Checked::Failed(f, errs) => {
                 stats.rejected += 1;
                 errors.extend(errs);
-                failed.entry(ns).or_default().push(f);
+                out.failed.entry(ns).or_default().push(f);
             }
         }
     }
+    out
+}
 
-    let index = Index::new(input, &endpoints);
-    let mut b = Builder {
-        index: &index,
-        rs: Ruleset::default(),
-        cache,
-        hash,
-        set_names: Names::default(),
-        chain_names: Names::default(),
-    };
-    stats.endpoints = endpoints.len();
-    let no_valid = Vec::new();
-    let no_failed = Vec::new();
-    for ep in &endpoints {
-        let ns = ep.pod.namespace.as_str();
-        let labels = &ep.pod.labels;
-        let valid = valid.get(ns).unwrap_or(&no_valid);
-        let failed = failed.get(ns).unwrap_or(&no_failed);
-        for ingress in [true, false] {
-            let fails: Vec<&FailedPolicy> = failed
-                .iter()
-                .filter(|f| if ingress { f.ingress } else { f.egress })
-                .filter(|f| f.selector.as_ref().is_none_or(|s| s.matches(labels)))
-                .collect();
-            let pols: Vec<&CheckedPolicy> = valid
-                .iter()
-                .filter(|p| {
-                    if ingress {
-                        p.ingress.is_some()
-                    } else {
-                        p.egress.is_some()
-                    }
-                })
-                .filter(|p| p.selector.matches(labels))
-                .collect();
-            let rules = if !fails.is_empty() {
-                stats.failed_closed += 1;
-                fails
-                    .iter()
-                    .map(|f| Rule {
-                        matches: vec![],
-                        verdict: Verdict::Deny,
-                        comment: Some(format!(
-                            "fail closed: NetworkPolicy {}/{} is invalid",
-                            f.namespace, f.name
-                        )),
-                    })
-                    .collect()
-            } else if !pols.is_empty() {
-                let mut rules: Vec<Rule> = pols
-                    .iter()
-                    .map(|p| Rule {
-                        matches: vec![],
-                        verdict: Verdict::Jump(b.policy_chain(p, ingress)),
-                        comment: None,
-                    })
-                    .collect();
-                rules.push(Rule {
-                    matches: vec![],
-                    verdict: Verdict::Deny,
-                    comment: Some(format!("{}/{}: no policy allows", ns, ep.pod.name)),
-                });
-                rules
-            } else {
-                continue;
-            };
-            if ingress {
-                stats.isolated_ingress += 1;
-            } else {
-                stats.isolated_egress += 1;
-            }
-            let chain = b.endpoint_chain(ingress, &ep.iface);
-            let map = if ingress {
-                &mut b.rs.to_wl
-            } else {
-                &mut b.rs.from_wl
-            };
-            map.insert(ep.iface.clone(), chain.clone());
-            b.rs.chains.insert(
-                chain,
-                Chain {
-                    comment: String::new(),
-                    rules,
-                },
-            );
-        }
+/// The policy to use of several with one namespace and name (which the API server never
+/// produces): the least by content, so the choice does not depend on the input's order; more than
+/// one is reported.
+fn one_version<'a>(
+    ns: &str,
+    name: &str,
+    versions: &[&'a NetworkPolicy],
+    errors: &mut Vec<InputError>,
+) -> &'a NetworkPolicy {
+    if let [p] = versions {
+        return p;
     }
-    stats.active_policy_chains =
-        b.rs.chains
-            .keys()
-            .filter(|c| c.starts_with("pi-") || c.starts_with("pe-"))
-            .count();
-    errors.sort();
-    errors.dedup();
-    Compiled {
-        ruleset: b.rs,
-        errors,
-        stats,
-    }
+    errors.push(InputError::policy(
+        ns,
+        name,
+        "metadata.name",
+        format!(
+            "{} policies with this name; using one of them",
+            versions.len()
+        ),
+    ));
+    versions
+        .iter()
+        .min_by_key(|p| serde_json::to_string(p).unwrap_or_default())
+        .copied()
+        .expect("non-empty")
+}
+
+/// The deny rules of an endpoint direction that a rejected policy selects (fail closed), one per
+/// rejected policy, each naming it.
+fn fail_closed_rules(fails: &[&FailedPolicy]) -> Vec<Rule> {
+    fails
+        .iter()
+        .map(|f| Rule {
+            matches: vec![],
+            verdict: Verdict::Deny,
+            comment: Some(format!(
+                "fail closed: NetworkPolicy {}/{} is invalid",
+                f.namespace, f.name
+            )),
+        })
+        .collect()
 }
 
 pub(crate) fn valid_iface(name: &str) -> bool {
@@ -371,6 +383,74 @@ struct Builder<'a, 'c> {
 }
 
 impl Builder<'_, '_> {
+    /// The endpoint chain of `ep` in one direction, with its dispatch-map element: deny if a
+    /// rejected policy selects it (fail closed), else a jump to each selecting policy's chain and
+    /// deny; nothing if no policy selects it (open).
+    fn endpoint_direction(
+        &mut self,
+        ep: &WorkloadEndpoint,
+        ingress: bool,
+        policies: &NsPolicies<'_>,
+        stats: &mut CompileStats,
+    ) {
+        let ns = ep.pod.namespace.as_str();
+        let labels = &ep.pod.labels;
+        let fails = policies.failing(ns, labels, ingress);
+        let pols = policies.selecting(ns, labels, ingress);
+        let rules = if !fails.is_empty() {
+            stats.failed_closed += 1;
+            fail_closed_rules(&fails)
+        } else if !pols.is_empty() {
+            self.isolating_rules(&pols, ingress, ns, &ep.pod.name)
+        } else {
+            return;
+        };
+        if ingress {
+            stats.isolated_ingress += 1;
+        } else {
+            stats.isolated_egress += 1;
+        }
+        let chain = self.endpoint_chain(ingress, &ep.iface);
+        let map = if ingress {
+            &mut self.rs.to_wl
+        } else {
+            &mut self.rs.from_wl
+        };
+        map.insert(ep.iface.clone(), chain.clone());
+        self.rs.chains.insert(
+            chain,
+            Chain {
+                comment: String::new(),
+                rules,
+            },
+        );
+    }
+
+    /// A jump to the chain of each of `pols` (building them on first use), in order, then deny:
+    /// the union of their rules, as NetworkPolicy isolation requires.
+    fn isolating_rules(
+        &mut self,
+        pols: &[&CheckedPolicy],
+        ingress: bool,
+        ns: &str,
+        pod: &str,
+    ) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = pols
+            .iter()
+            .map(|p| Rule {
+                matches: vec![],
+                verdict: Verdict::Jump(self.policy_chain(p, ingress)),
+                comment: None,
+            })
+            .collect();
+        rules.push(Rule {
+            matches: vec![],
+            verdict: Verdict::Deny,
+            comment: Some(format!("{ns}/{pod}: no policy allows")),
+        });
+        rules
+    }
+
     /// Name of the endpoint chain of `iface` in one direction.
     fn endpoint_chain(&mut self, ingress: bool, iface: &str) -> String {
         let base = endpoint_chain(if ingress { "tw" } else { "fw" }, iface, self.hash);

@@ -21,6 +21,7 @@
 //! Status is published after every step both on a `tokio::sync::watch` channel (async callers)
 //! and under a mutex + condvar (blocking callers such as tests and benchmarks).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -302,143 +303,228 @@ struct Owner {
     compiler: Compiler,
 }
 
+/// The owner loop's timers and flags, carried from one wake-up to the next.
+struct Schedule {
+    /// The newest input received and not yet compiled (older ones are dropped: last wins).
+    pending: Option<(u64, Box<PolicyInput>)>,
+    /// When to re-apply the whole table because of drift (debounced).
+    drift_at: Option<Instant>,
+    /// When a failed apply may be retried.
+    retry_at: Option<Instant>,
+    /// Wait after the next failure.
+    backoff: Duration,
+    /// When to probe the table (and check the monitor) next.
+    next_probe: Instant,
+    /// The compiled ruleset is not (known to be) in the kernel.
+    dirty: bool,
+}
+
+impl Schedule {
+    fn new(now: Instant, probe_interval: Duration) -> Schedule {
+        Schedule {
+            pending: None,
+            drift_at: None,
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            next_probe: now + probe_interval,
+            dirty: false,
+        }
+    }
+
+    /// The latest time to wake up at: the first of the next probe (if probing), drift repair and
+    /// retry, and at most an hour from `now`.
+    fn wake(&self, now: Instant, probe_interval: Duration) -> Instant {
+        let mut wake = now + Duration::from_secs(3600);
+        if !probe_interval.is_zero() {
+            wake = wake.min(self.next_probe);
+        }
+        for t in [self.drift_at, self.retry_at].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        wake
+    }
+
+    /// Schedule a drift repair unless one is scheduled already (debounce: a burst of foreign
+    /// changes costs one re-apply).
+    fn drift(&mut self) {
+        self.drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
+    }
+
+    /// Clear the retry wait: the next apply may run at once, and its failure starts the backoff
+    /// over.
+    fn reset_retry(&mut self) {
+        self.retry_at = None;
+        self.backoff = FIRST_BACKOFF;
+    }
+}
+
+/// Every message queued now, waiting until `wake` for the first one; `None` once every sender is
+/// gone. Taking them all before acting is what coalesces a burst into one compile and apply.
+fn take_msgs(
+    rx: &mpsc::Receiver<PolicyMsg>,
+    now: Instant,
+    wake: Instant,
+) -> Option<Vec<PolicyMsg>> {
+    let mut msgs = Vec::new();
+    match rx.recv_timeout(wake.saturating_duration_since(now)) {
+        Ok(m) => msgs.push(m),
+        Err(RecvTimeoutError::Timeout) => {}
+        Err(RecvTimeoutError::Disconnected) => return None,
+    }
+    msgs.extend(rx.try_iter());
+    Some(msgs)
+}
+
 impl Owner {
     fn run(mut self, rx: mpsc::Receiver<PolicyMsg>) {
         let _span = tracing::info_span!("policy", table = %self.cfg.table).entered();
         self.ensure_monitor();
-        let mut pending: Option<(u64, Box<PolicyInput>)> = None;
-        let mut drift_at: Option<Instant> = None;
-        let mut retry_at: Option<Instant> = None;
-        let mut backoff = FIRST_BACKOFF;
-        let mut next_probe = Instant::now() + self.cfg.probe_interval;
-        let mut dirty = false; // the compiled ruleset is not (known to be) in the kernel
-        let mut graveyard: Option<PolicyInput> = None; // replaced input, dropped after the apply
+        let mut s = Schedule::new(Instant::now(), self.cfg.probe_interval);
         loop {
             let now = Instant::now();
-            let mut wake = now + Duration::from_secs(3600);
-            if !self.cfg.probe_interval.is_zero() {
-                wake = wake.min(next_probe);
-            }
-            for t in [drift_at, retry_at].into_iter().flatten() {
-                wake = wake.min(t);
-            }
-            let mut msgs = Vec::new();
-            match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(m) => msgs.push(m),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            msgs.extend(rx.try_iter());
+            let Some(msgs) = take_msgs(&rx, now, s.wake(now, self.cfg.probe_interval)) else {
+                return;
+            };
             for m in msgs {
-                match m {
-                    PolicyMsg::Update(seq, input) => {
-                        self.status.seq_received = self.status.seq_received.max(seq);
-                        pending = Some((seq, input));
-                    }
-                    PolicyMsg::Drift(why) => {
-                        tracing::warn!(%why, "policy table changed by someone else; restoring");
-                        drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
-                    }
-                    PolicyMsg::EventsLost => {
-                        self.status.events_lost += 1;
-                        // Re-apply, but not in a loop: our own big applies are what overflows
-                        // the socket, so within 10 s of the last such repair trust the probe.
-                        let recent = self
-                            .last_lost_repair
-                            .is_some_and(|t| t.elapsed() < LOST_REPAIR_INTERVAL);
-                        if !recent {
-                            tracing::warn!("policy change notifications lost; re-applying");
-                            self.last_lost_repair = Some(Instant::now());
-                            drift_at.get_or_insert(Instant::now() + DRIFT_DEBOUNCE);
-                        }
-                    }
-                    PolicyMsg::Resync => {
-                        self.driver.forget();
-                        dirty = true;
-                    }
-                    PolicyMsg::Shutdown => return,
-                    PolicyMsg::Ping(tx) => {
-                        let _ = tx.send(());
-                    }
+                if self.handle(m, &mut s).is_break() {
+                    return;
                 }
             }
-
-            if let Some((seq, input)) = pending.take() {
-                let t = Instant::now();
-                let (c, old) = self.compiler.compile_and_take_old(*input);
-                // Freeing a 10k-pod snapshot takes milliseconds: do it after the apply.
-                graveyard = old;
-                self.status.last_compile = t.elapsed();
-                for e in &c.errors {
-                    if !self.status.rejected.contains(e) {
-                        tracing::warn!(error = %e, "policy input rejected");
-                    }
-                }
-                self.status.compile = c.stats;
-                self.status.rejected = c.errors;
-                self.compiled = Some((seq, c.ruleset));
-                dirty = true;
-                retry_at = None;
-                backoff = FIRST_BACKOFF;
-            }
-
+            // The replaced input, dropped after the apply.
+            let graveyard = s
+                .pending
+                .take()
+                .and_then(|(seq, input)| self.compile(seq, *input, &mut s));
             let now = Instant::now();
-            if drift_at.is_some_and(|t| now >= t) {
-                drift_at = None;
-                if self.compiled.is_some() {
-                    self.driver.forget();
-                    self.status.drift_repairs += 1;
-                    dirty = true;
-                }
-            }
-            if !self.cfg.probe_interval.is_zero() && now >= next_probe {
-                next_probe = now + self.cfg.probe_interval;
-                if self.ensure_monitor() && self.compiled.is_some() {
-                    // Events may have been lost while it was down.
-                    self.driver.forget();
-                    self.status.drift_repairs += 1;
-                    dirty = true;
-                }
-                if !dirty && self.compiled.is_some() && self.driver.applied().is_some() {
-                    match self.driver.probe() {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("policy table missing or flushed; restoring");
-                            self.driver.forget();
-                            self.status.drift_repairs += 1;
-                            dirty = true;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "policy table probe failed"),
-                    }
-                }
-            }
-
-            let retry_due = retry_at.is_none_or(|t| now >= t);
-            if dirty && retry_due {
-                if let Some((seq, rs)) = &self.compiled {
-                    let seq = *seq;
-                    match self.driver.apply(rs) {
-                        Ok(rep) => {
-                            dirty = false;
-                            retry_at = None;
-                            backoff = FIRST_BACKOFF;
-                            self.record_success(seq, rep);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, retry_in = ?backoff, "policy apply failed");
-                            self.status.last_error = Some(e.to_string());
-                            self.status.seq_done = seq;
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(self.cfg.max_backoff);
-                        }
-                    }
-                    self.shared.publish(&self.status);
-                } else {
-                    dirty = false;
-                }
-            }
-            drop(graveyard.take());
+            self.repair_drift_if_due(&mut s, now);
+            self.probe_if_due(&mut s, now);
+            self.apply_if_due(&mut s, now);
+            drop(graveyard);
         }
+    }
+
+    /// Take one message; `Break` on shutdown.
+    fn handle(&mut self, m: PolicyMsg, s: &mut Schedule) -> ControlFlow<()> {
+        match m {
+            PolicyMsg::Update(seq, input) => {
+                self.status.seq_received = self.status.seq_received.max(seq);
+                s.pending = Some((seq, input));
+            }
+            PolicyMsg::Drift(why) => {
+                tracing::warn!(%why, "policy table changed by someone else; restoring");
+                s.drift();
+            }
+            PolicyMsg::EventsLost => {
+                self.status.events_lost += 1;
+                // Re-apply, but not in a loop: our own big applies are what overflows the
+                // socket, so within 10 s of the last such repair trust the probe.
+                let recent = self
+                    .last_lost_repair
+                    .is_some_and(|t| t.elapsed() < LOST_REPAIR_INTERVAL);
+                if !recent {
+                    tracing::warn!("policy change notifications lost; re-applying");
+                    self.last_lost_repair = Some(Instant::now());
+                    s.drift();
+                }
+            }
+            PolicyMsg::Resync => {
+                self.driver.forget();
+                s.dirty = true;
+            }
+            PolicyMsg::Shutdown => return ControlFlow::Break(()),
+            PolicyMsg::Ping(tx) => {
+                let _ = tx.send(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Compile input `seq` and make it the one to apply; returns the input it replaced, which
+    /// the caller drops after the apply (freeing a 10k-pod snapshot takes milliseconds).
+    fn compile(&mut self, seq: u64, input: PolicyInput, s: &mut Schedule) -> Option<PolicyInput> {
+        let t = Instant::now();
+        let (c, old) = self.compiler.compile_and_take_old(input);
+        self.status.last_compile = t.elapsed();
+        for e in &c.errors {
+            if !self.status.rejected.contains(e) {
+                tracing::warn!(error = %e, "policy input rejected");
+            }
+        }
+        self.status.compile = c.stats;
+        self.status.rejected = c.errors;
+        self.compiled = Some((seq, c.ruleset));
+        s.dirty = true;
+        s.reset_retry();
+        old
+    }
+
+    /// Forget what the driver believes the kernel has, so the next apply replaces the table
+    /// whole; counted as a drift repair.
+    fn repair(&mut self, s: &mut Schedule) {
+        self.driver.forget();
+        self.status.drift_repairs += 1;
+        s.dirty = true;
+    }
+
+    /// Once the debounce is over, repair the drift (if anything was ever compiled).
+    fn repair_drift_if_due(&mut self, s: &mut Schedule, now: Instant) {
+        if s.drift_at.is_some_and(|t| now >= t) {
+            s.drift_at = None;
+            if self.compiled.is_some() {
+                self.repair(s);
+            }
+        }
+    }
+
+    /// On the probe interval: restart a dead monitor (and repair, since events may have been lost
+    /// while it was down), then, if the table should be intact, probe it.
+    fn probe_if_due(&mut self, s: &mut Schedule, now: Instant) {
+        if self.cfg.probe_interval.is_zero() || now < s.next_probe {
+            return;
+        }
+        s.next_probe = now + self.cfg.probe_interval;
+        if self.ensure_monitor() && self.compiled.is_some() {
+            self.repair(s);
+        }
+        if !s.dirty && self.compiled.is_some() && self.driver.applied().is_some() {
+            match self.driver.probe() {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("policy table missing or flushed; restoring");
+                    self.repair(s);
+                }
+                Err(e) => tracing::warn!(error = %e, "policy table probe failed"),
+            }
+        }
+    }
+
+    /// Apply the compiled ruleset if it is not in the kernel and no retry is waiting; a failure
+    /// schedules the retry, doubling the backoff up to [`PolicyCfg::max_backoff`].
+    fn apply_if_due(&mut self, s: &mut Schedule, now: Instant) {
+        let retry_due = s.retry_at.is_none_or(|t| now >= t);
+        if !(s.dirty && retry_due) {
+            return;
+        }
+        let Some((seq, rs)) = &self.compiled else {
+            s.dirty = false;
+            return;
+        };
+        let seq = *seq;
+        match self.driver.apply(rs) {
+            Ok(rep) => {
+                s.dirty = false;
+                s.reset_retry();
+                self.record_success(seq, rep);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?s.backoff, "policy apply failed");
+                self.status.last_error = Some(e.to_string());
+                self.status.seq_done = seq;
+                s.retry_at = Some(Instant::now() + s.backoff);
+                s.backoff = (s.backoff * 2).min(self.cfg.max_backoff);
+            }
+        }
+        self.shared.publish(&self.status);
     }
 
     fn record_success(&mut self, seq: u64, rep: ApplyReport) {

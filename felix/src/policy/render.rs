@@ -421,142 +421,182 @@ pub fn render_diff(
     old: &Ruleset,
     new: &Ruleset,
 ) -> Result<Option<(String, DiffStats)>, NeedsFull> {
-    let t = &cfg.table;
-    let mut out = String::new();
-    let mut st = DiffStats::default();
-
-    // 1. Sets.
-    for (name, def) in &new.sets {
-        match old.sets.get(name) {
-            None => {
-                st.sets_added += 1;
-                let (ty, interval) = set_type(def.kind);
-                let flags = if interval { " flags interval;" } else { "" };
-                let _ = writeln!(
-                    out,
-                    "add set inet {t} {name} {{ type {ty};{flags} comment \"{}\"; }}",
-                    comment(&def.comment)
-                );
-                if !def.elements.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "add element inet {t} {name} {{ {} }}",
-                        elements(def.elements.iter())
-                    );
-                }
-            }
-            Some(o) if o.kind != def.kind || o.comment != def.comment => {
-                return Err(NeedsFull(format!("set {name} changed type")));
-            }
-            Some(o) if o.elements == def.elements => {}
-            Some(o) => {
-                let gone: Vec<&Elem> = o.elements.difference(&def.elements).collect();
-                let added: Vec<&Elem> = def.elements.difference(&o.elements).collect();
-                if !gone.is_empty() {
-                    st.elements_removed += gone.len();
-                    let _ = writeln!(
-                        out,
-                        "delete element inet {t} {name} {{ {} }}",
-                        elements(gone)
-                    );
-                }
-                if !added.is_empty() {
-                    st.elements_added += added.len();
-                    let _ = writeln!(out, "add element inet {t} {name} {{ {} }}", elements(added));
-                }
-            }
-        }
-    }
-
-    // 2. Declare new chains.
-    for (name, c) in &new.chains {
-        match old.chains.get(name) {
-            None => {
-                st.chains_added += 1;
-                if c.comment.is_empty() {
-                    let _ = writeln!(out, "add chain inet {t} {name}");
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "add chain inet {t} {name} {{ comment \"{}\"; }}",
-                        comment(&c.comment)
-                    );
-                }
-            }
-            Some(o) if o.comment != c.comment => {
-                return Err(NeedsFull(format!("chain {name} changed comment")));
-            }
-            Some(_) => {}
-        }
-    }
-
-    // 3. Fill new chains, rewrite changed ones.
-    for (name, c) in &new.chains {
-        let old_c = old.chains.get(name);
-        if old_c == Some(c) {
-            continue;
-        }
-        if old_c.is_some() {
-            st.chains_changed += 1;
-            let _ = writeln!(out, "flush chain inet {t} {name}");
-        }
-        for r in &c.rules {
-            let _ = writeln!(out, "add rule inet {t} {name} {}", rule_text(cfg, r));
-        }
-    }
-
-    // 4. Dispatch maps.
-    for (map, o, n) in [
-        (FROM_WL_MAP, &old.from_wl, &new.from_wl),
-        (TO_WL_MAP, &old.to_wl, &new.to_wl),
-    ] {
-        let gone: Vec<String> = o
-            .iter()
-            .filter(|(k, v)| n.get(*k) != Some(*v))
-            .map(|(k, _)| format!("\"{k}\""))
-            .collect();
-        let added: Vec<String> = n
-            .iter()
-            .filter(|(k, v)| o.get(*k) != Some(*v))
-            .map(|(k, v)| format!("\"{k}\" : goto {v}"))
-            .collect();
-        if !gone.is_empty() {
-            st.map_removed += gone.len();
-            let _ = writeln!(
-                out,
-                "delete element inet {t} {map} {{ {} }}",
-                gone.join(", ")
-            );
-        }
-        if !added.is_empty() {
-            st.map_added += added.len();
-            let _ = writeln!(out, "add element inet {t} {map} {{ {} }}", added.join(", "));
-        }
-    }
-
-    // 5. Removed chains: flush all, then delete all.
-    let removed: Vec<&String> = old
-        .chains
-        .keys()
-        .filter(|k| !new.chains.contains_key(*k))
-        .collect();
-    for name in &removed {
-        let _ = writeln!(out, "flush chain inet {t} {name}");
-    }
-    for name in &removed {
-        st.chains_removed += 1;
-        let _ = writeln!(out, "delete chain inet {t} {name}");
-    }
-
-    // 6. Removed sets.
-    for name in old.sets.keys().filter(|k| !new.sets.contains_key(*k)) {
-        st.sets_removed += 1;
-        let _ = writeln!(out, "delete set inet {t} {name}");
-    }
-
-    if st.is_empty() {
+    let mut d = Diff {
+        t: &cfg.table,
+        out: String::new(),
+        st: DiffStats::default(),
+    };
+    // The steps of the module docs, in that order.
+    d.sets(old, new)?;
+    d.declare_chains(old, new)?;
+    d.fill_chains(cfg, old, new);
+    d.dispatch_maps(old, new);
+    d.removed_chains(old, new);
+    d.removed_sets(old, new);
+    if d.st.is_empty() {
         Ok(None)
     } else {
-        Ok(Some((out, st)))
+        Ok(Some((d.out, d.st)))
+    }
+}
+
+/// An incremental script being written for table `t`, with its counts.
+struct Diff<'a> {
+    t: &'a str,
+    out: String,
+    st: DiffStats,
+}
+
+impl Diff<'_> {
+    /// Step 1: new sets with their elements; element deletes, then adds, for changed sets. A set
+    /// whose type or comment changed cannot be altered in place.
+    fn sets(&mut self, old: &Ruleset, new: &Ruleset) -> Result<(), NeedsFull> {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        for (name, def) in &new.sets {
+            match old.sets.get(name) {
+                None => {
+                    st.sets_added += 1;
+                    let (ty, interval) = set_type(def.kind);
+                    let flags = if interval { " flags interval;" } else { "" };
+                    let _ = writeln!(
+                        out,
+                        "add set inet {t} {name} {{ type {ty};{flags} comment \"{}\"; }}",
+                        comment(&def.comment)
+                    );
+                    if !def.elements.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "add element inet {t} {name} {{ {} }}",
+                            elements(def.elements.iter())
+                        );
+                    }
+                }
+                Some(o) if o.kind != def.kind || o.comment != def.comment => {
+                    return Err(NeedsFull(format!("set {name} changed type")));
+                }
+                Some(o) if o.elements == def.elements => {}
+                Some(o) => {
+                    let gone: Vec<&Elem> = o.elements.difference(&def.elements).collect();
+                    let added: Vec<&Elem> = def.elements.difference(&o.elements).collect();
+                    if !gone.is_empty() {
+                        st.elements_removed += gone.len();
+                        let _ = writeln!(
+                            out,
+                            "delete element inet {t} {name} {{ {} }}",
+                            elements(gone)
+                        );
+                    }
+                    if !added.is_empty() {
+                        st.elements_added += added.len();
+                        let _ =
+                            writeln!(out, "add element inet {t} {name} {{ {} }}", elements(added));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2: declare every new chain before any rule is written, so any rule may jump to any
+    /// of them. A chain comment cannot be changed in place.
+    fn declare_chains(&mut self, old: &Ruleset, new: &Ruleset) -> Result<(), NeedsFull> {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        for (name, c) in &new.chains {
+            match old.chains.get(name) {
+                None => {
+                    st.chains_added += 1;
+                    if c.comment.is_empty() {
+                        let _ = writeln!(out, "add chain inet {t} {name}");
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "add chain inet {t} {name} {{ comment \"{}\"; }}",
+                            comment(&c.comment)
+                        );
+                    }
+                }
+                Some(o) if o.comment != c.comment => {
+                    return Err(NeedsFull(format!("chain {name} changed comment")));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: fill new chains; flush and refill changed ones.
+    fn fill_chains(&mut self, cfg: &PolicyCfg, old: &Ruleset, new: &Ruleset) {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        for (name, c) in &new.chains {
+            let old_c = old.chains.get(name);
+            if old_c == Some(c) {
+                continue;
+            }
+            if old_c.is_some() {
+                st.chains_changed += 1;
+                let _ = writeln!(out, "flush chain inet {t} {name}");
+            }
+            for r in &c.rules {
+                let _ = writeln!(out, "add rule inet {t} {name} {}", rule_text(cfg, r));
+            }
+        }
+    }
+
+    /// Step 4: dispatch-map elements removed (or changed), then added.
+    fn dispatch_maps(&mut self, old: &Ruleset, new: &Ruleset) {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        for (map, o, n) in [
+            (FROM_WL_MAP, &old.from_wl, &new.from_wl),
+            (TO_WL_MAP, &old.to_wl, &new.to_wl),
+        ] {
+            let gone: Vec<String> = o
+                .iter()
+                .filter(|(k, v)| n.get(*k) != Some(*v))
+                .map(|(k, _)| format!("\"{k}\""))
+                .collect();
+            let added: Vec<String> = n
+                .iter()
+                .filter(|(k, v)| o.get(*k) != Some(*v))
+                .map(|(k, v)| format!("\"{k}\" : goto {v}"))
+                .collect();
+            if !gone.is_empty() {
+                st.map_removed += gone.len();
+                let _ = writeln!(
+                    out,
+                    "delete element inet {t} {map} {{ {} }}",
+                    gone.join(", ")
+                );
+            }
+            if !added.is_empty() {
+                st.map_added += added.len();
+                let _ = writeln!(out, "add element inet {t} {map} {{ {} }}", added.join(", "));
+            }
+        }
+    }
+
+    /// Step 5: removed chains, all flushed before any is deleted (one may jump to another).
+    fn removed_chains(&mut self, old: &Ruleset, new: &Ruleset) {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        let removed: Vec<&String> = old
+            .chains
+            .keys()
+            .filter(|k| !new.chains.contains_key(*k))
+            .collect();
+        for name in &removed {
+            let _ = writeln!(out, "flush chain inet {t} {name}");
+        }
+        for name in &removed {
+            st.chains_removed += 1;
+            let _ = writeln!(out, "delete chain inet {t} {name}");
+        }
+    }
+
+    /// Step 6: removed sets, once no rule names them.
+    fn removed_sets(&mut self, old: &Ruleset, new: &Ruleset) {
+        let (t, out, st) = (self.t, &mut self.out, &mut self.st);
+        for name in old.sets.keys().filter(|k| !new.sets.contains_key(*k)) {
+            st.sets_removed += 1;
+            let _ = writeln!(out, "delete set inet {t} {name}");
+        }
     }
 }

@@ -94,21 +94,57 @@ pub struct DesiredRoutes {
 /// 10,000 workloads take a few milliseconds.
 pub fn desired_routes(input: &RoutesInput) -> DesiredRoutes {
     let mut rejected = Vec::new();
-    let mut reject = |prefix: IpNet, source: String, reason: String| {
-        rejected.push(Rejected {
-            prefix,
-            source,
-            reason,
-        })
-    };
+    let claims = workload_claims(input, &mut rejected);
+    let mut entries = workload_routes(&claims, &mut rejected);
+    let n_workloads = entries.len();
+    let blocks = local_blocks(input);
+    for prefix in &blocks {
+        match workload_endpoint(&entries[..n_workloads], prefix) {
+            Some(endpoint) => reject(
+                &mut rejected,
+                *prefix,
+                "local block".into(),
+                format!("prefix is a workload address of {endpoint}"),
+            ),
+            None => entries.push((*prefix, DesiredRoute::Blackhole)),
+        }
+    }
+    for (prefix, hops) in remote_blocks(input, &mut rejected) {
+        match remote_route(prefix, hops, &entries[..n_workloads], &blocks) {
+            Ok(route) => entries.push((prefix, route)),
+            Err(reason) => reject(&mut rejected, prefix, "remote block".into(), reason),
+        }
+    }
+    entries.sort_unstable_by_key(|e| e.0);
+    rejected.sort();
+    rejected.dedup();
+    DesiredRoutes {
+        routes: entries.into_iter().collect(),
+        rejected,
+    }
+}
 
-    // Rule 3: every claim on an address, sorted, so the winner (first) and the messages do not
-    // depend on the order of the input.
+fn reject(rejected: &mut Vec<Rejected>, prefix: IpNet, source: String, reason: String) {
+    rejected.push(Rejected {
+        prefix,
+        source,
+        reason,
+    })
+}
+
+/// Rule 3, first half: every claim on an address as `(prefix, endpoint, iface)`, sorted and
+/// deduplicated, so the winner (first) and the messages do not depend on the order of the input.
+/// A workload whose interface name Linux cannot hold claims nothing; its addresses are rejected.
+fn workload_claims<'a>(
+    input: &'a RoutesInput,
+    rejected: &mut Vec<Rejected>,
+) -> Vec<(IpNet, &'a str, &'a str)> {
     let mut claims: Vec<(IpNet, &str, &str)> = Vec::with_capacity(input.workloads.len() * 2);
     for w in &input.workloads {
         if !valid_iface_name(&w.iface) {
             for net in &w.nets {
                 reject(
+                    rejected,
                     net.trunc(),
                     format!("workload {}", w.id),
                     format!("invalid interface name {:?}", w.iface),
@@ -124,6 +160,15 @@ pub fn desired_routes(input: &RoutesInput) -> DesiredRoutes {
     }
     claims.sort_unstable();
     claims.dedup();
+    claims
+}
+
+/// Rule 3, second half: the first claim on each address gets its route; every later claim on
+/// it is rejected, naming the winner. Sorted by prefix, as the claims are.
+fn workload_routes(
+    claims: &[(IpNet, &str, &str)],
+    rejected: &mut Vec<Rejected>,
+) -> Vec<(IpNet, DesiredRoute)> {
     let mut entries: Vec<(IpNet, DesiredRoute)> = Vec::with_capacity(claims.len());
     for (i, (prefix, id, iface)) in claims.iter().enumerate() {
         match i.checked_sub(1).map(|j| &claims[j]) {
@@ -135,6 +180,7 @@ pub fn desired_routes(input: &RoutesInput) -> DesiredRoutes {
                     .last()
                     .map_or("", |c| c.1);
                 reject(
+                    rejected,
                     *prefix,
                     format!("workload {id}"),
                     format!("address also claimed by workload {winner}"),
@@ -149,30 +195,32 @@ pub fn desired_routes(input: &RoutesInput) -> DesiredRoutes {
             )),
         }
     }
-    let workload_endpoint = |entries: &[(IpNet, DesiredRoute)], prefix: &IpNet| -> Option<String> {
-        let at = entries.binary_search_by(|e| e.0.cmp(prefix)).ok()?;
-        match &entries[at].1 {
-            DesiredRoute::Workload { endpoint, .. } => Some(endpoint.clone()),
-            _ => None,
-        }
-    };
-    let n_workloads = entries.len();
+    entries
+}
 
+/// The endpoint holding `prefix` as a workload address, if any; `workloads` is sorted by prefix.
+fn workload_endpoint(workloads: &[(IpNet, DesiredRoute)], prefix: &IpNet) -> Option<String> {
+    let at = workloads.binary_search_by(|e| e.0.cmp(prefix)).ok()?;
+    match &workloads[at].1 {
+        DesiredRoute::Workload { endpoint, .. } => Some(endpoint.clone()),
+        _ => None,
+    }
+}
+
+/// This node's blocks, normalised, sorted and deduplicated (for binary search).
+fn local_blocks(input: &RoutesInput) -> Vec<IpNet> {
     let mut blocks: Vec<IpNet> = input.local_blocks.iter().map(|b| b.trunc()).collect();
     blocks.sort_unstable();
     blocks.dedup();
-    for prefix in &blocks {
-        match workload_endpoint(&entries[..n_workloads], prefix) {
-            Some(endpoint) => reject(
-                *prefix,
-                "local block".into(),
-                format!("prefix is a workload address of {endpoint}"),
-            ),
-            None => entries.push((*prefix, DesiredRoute::Blackhole)),
-        }
-    }
+    blocks
+}
 
-    // Rule 4: merge next hops per remote block, then place the blocks.
+/// Rule 4: the valid next hops of every remote block, merged per normalised prefix, sorted and
+/// deduplicated; an invalid next hop is rejected. A block may be left with none.
+fn remote_blocks(
+    input: &RoutesInput,
+    rejected: &mut Vec<Rejected>,
+) -> BTreeMap<IpNet, Vec<NextHop>> {
     let mut remote: BTreeMap<IpNet, Vec<NextHop>> = BTreeMap::new();
     for block in &input.remote_blocks {
         let prefix = block.cidr.trunc();
@@ -180,38 +228,33 @@ pub fn desired_routes(input: &RoutesInput) -> DesiredRoutes {
         for nh in &block.next_hops {
             match check_next_hop(&prefix, nh) {
                 Ok(()) => hops.push(nh.clone()),
-                Err(reason) => reject(prefix, "remote block".into(), reason),
+                Err(reason) => reject(rejected, prefix, "remote block".into(), reason),
             }
         }
     }
-    for (prefix, mut hops) in remote {
+    for hops in remote.values_mut() {
         hops.sort();
         hops.dedup();
-        if hops.is_empty() {
-            reject(prefix, "remote block".into(), "no valid next hop".into());
-        } else if let Some(endpoint) = workload_endpoint(&entries[..n_workloads], &prefix) {
-            reject(
-                prefix,
-                "remote block".into(),
-                format!("prefix is a workload address of {endpoint}"),
-            );
-        } else if blocks.binary_search(&prefix).is_ok() {
-            reject(
-                prefix,
-                "remote block".into(),
-                "block is affine to this node".into(),
-            );
-        } else {
-            entries.push((prefix, DesiredRoute::Via { next_hops: hops }));
-        }
     }
+    remote
+}
 
-    entries.sort_unstable_by_key(|e| e.0);
-    rejected.sort();
-    rejected.dedup();
-    DesiredRoutes {
-        routes: entries.into_iter().collect(),
-        rejected,
+/// Rules 2 and 5 for a remote block: its route, or why it gets none (no valid next hop, the
+/// prefix is a workload's address, or the block is affine to this node).
+fn remote_route(
+    prefix: IpNet,
+    next_hops: Vec<NextHop>,
+    workloads: &[(IpNet, DesiredRoute)],
+    local_blocks: &[IpNet],
+) -> Result<DesiredRoute, String> {
+    if next_hops.is_empty() {
+        Err("no valid next hop".into())
+    } else if let Some(endpoint) = workload_endpoint(workloads, &prefix) {
+        Err(format!("prefix is a workload address of {endpoint}"))
+    } else if local_blocks.binary_search(&prefix).is_ok() {
+        Err("block is affine to this node".into())
+    } else {
+        Ok(DesiredRoute::Via { next_hops })
     }
 }
 
