@@ -146,10 +146,7 @@ impl Lab {
     /// Create namespace `crs{PID}-{TAG}-{name}` with `lo` up and IPv6 DAD off (addresses usable at once).
     pub fn netns(&self, name: &str) -> Result<Netns> {
         let ns = self.make_netns(name)?;
-        ns.sysctls(&[
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-        ])?;
+        ns.sysctls(&netns::NO_DAD)?;
         Ok(ns)
     }
 

@@ -29,6 +29,11 @@ use crate::proc::{self, ProcId, DEFAULT_TIMEOUT};
 pub const FAMILY: &str = "crs";
 /// Where `ip netns` keeps its namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
+/// No IPv6 duplicate address detection: addresses are usable at once (the labs plan them unique).
+pub const NO_DAD: [(&str, &str); 2] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+];
 
 /// Whether `ns` is a lab command namespace: a valid lab prefix, then a name.
 pub fn in_lab_ns(ns: &str) -> bool {

@@ -48,21 +48,20 @@ enum LabCmd {
         node_bin: Option<PathBuf>,
     },
     /// Remove every namespace, process and file of the lab.
-    Down {
-        #[arg(long, default_value = cmd::DEFAULT_DIR)]
-        dir: PathBuf,
-        /// Used when --dir holds no lab record: the prefix of the namespaces to remove.
-        #[arg(long, default_value = DEFAULT_PREFIX)]
-        netns_prefix: String,
-    },
+    Down(Which),
     /// Print the lab's BGP status and pod reachability again.
-    Status {
-        #[arg(long, default_value = cmd::DEFAULT_DIR)]
-        dir: PathBuf,
-        /// Used when --dir holds no lab record, to name stray namespaces.
-        #[arg(long, default_value = DEFAULT_PREFIX)]
-        netns_prefix: String,
-    },
+    Status(Which),
+}
+
+/// Which lab `down` and `status` act on.
+#[derive(clap::Args)]
+struct Which {
+    #[arg(long, default_value = cmd::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Used when --dir holds no lab record: the prefix of the namespaces to remove (`down`) or
+    /// to name as strays (`status`).
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    netns_prefix: String,
 }
 
 fn main() {
@@ -103,8 +102,8 @@ fn main() {
             }
             cmd::up(&cfg)
         }),
-        LabCmd::Down { dir, netns_prefix } => cmd::down(&dir, &netns_prefix),
-        LabCmd::Status { dir, netns_prefix } => cmd::status(&dir, &netns_prefix),
+        LabCmd::Down(w) => cmd::down(&w.dir, &w.netns_prefix),
+        LabCmd::Status(w) => cmd::status(&w.dir, &w.netns_prefix),
     };
     if let Err(e) = r {
         eprintln!("calico-lab-rs: {e:#}");

@@ -15,17 +15,11 @@ use crate::netns;
 use crate::plan::*;
 use crate::pods;
 
-/// No duplicate address detection: addresses are usable at once (the lab plans them unique).
-const NO_DAD: [(&str, &str); 2] = [
-    ("net.ipv6.conf.all.accept_dad", "0"),
-    ("net.ipv6.conf.default.accept_dad", "0"),
-];
-
 /// Makes namespace `ns` and records it first, so a failure half-way still leaves it recorded.
 fn add_ns(ns: &str, made: &mut Vec<String>) -> Result<()> {
     made.push(ns.to_string());
     netns::add(ns)?;
-    netns::sysctls(ns, &NO_DAD)
+    netns::sysctls(ns, &netns::NO_DAD)
 }
 
 /// `PREFIXlan` with bridge `br0`.
