@@ -23,34 +23,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build and start the lab, wait until it converged, print BGP status and pod reachability.
-    Up {
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        #[arg(long, default_value_t = 2)]
-        pods_per_node: usize,
-        /// Top-of-rack router: bird, gobgp or none.
-        #[arg(long, default_value = "bird")]
-        tor: String,
-        #[arg(long, default_value = cmd::DEFAULT_DIR)]
-        dir: PathBuf,
-        /// Prefix of the lab's network namespace names: `crs`, letters or digits, `-`. Another
-        /// prefix and --dir make a second lab beside the first.
-        #[arg(long, default_value = DEFAULT_PREFIX)]
-        netns_prefix: String,
-        /// Remove an existing lab in --dir (or with this prefix) first instead of refusing.
-        #[arg(long)]
-        force: bool,
-        /// Seconds to wait for BGP sessions and routes.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// The daemon binary (default: `calico-node-rs` next to this executable).
-        #[arg(long)]
-        node_bin: Option<PathBuf>,
-    },
+    Up(UpArgs),
     /// Remove every namespace, process and file of the lab.
     Down(Which),
     /// Print the lab's BGP status and pod reachability again.
     Status(Which),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: usize,
+    /// Top-of-rack router: bird, gobgp or none.
+    #[arg(long, default_value = "bird")]
+    tor: String,
+    #[arg(long, default_value = cmd::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Prefix of the lab's network namespace names: `crs`, letters or digits, `-`. Another
+    /// prefix and --dir make a second lab beside the first.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    netns_prefix: String,
+    /// Remove an existing lab in --dir (or with this prefix) first instead of refusing.
+    #[arg(long)]
+    force: bool,
+    /// Seconds to wait for BGP sessions and routes.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// The daemon binary (default: `calico-node-rs` next to this executable).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
 }
 
 /// Which lab `down` and `status` act on.
@@ -76,27 +79,18 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let r: Result<()> = match cli.cmd {
-        LabCmd::Up {
-            nodes,
-            pods_per_node,
-            tor,
-            dir,
-            netns_prefix,
-            force,
-            timeout,
-            node_bin,
-        } => tor.parse().map_err(anyhow::Error::msg).and_then(|tor| {
+        LabCmd::Up(a) => a.tor.parse().map_err(anyhow::Error::msg).and_then(|tor| {
             let mut cfg = LabCfg {
-                nodes,
-                pods_per_node,
+                nodes: a.nodes,
+                pods_per_node: a.pods_per_node,
                 tor,
-                dir,
-                netns_prefix,
-                force,
-                timeout: Duration::from_secs(timeout),
+                dir: a.dir,
+                netns_prefix: a.netns_prefix,
+                force: a.force,
+                timeout: Duration::from_secs(a.timeout),
                 ..LabCfg::default()
             };
-            if let Some(bin) = node_bin {
+            if let Some(bin) = a.node_bin {
                 cfg.ctl_bin = calico_lab::bins::ctl_next_to(&bin);
                 cfg.node_bin = bin;
             }
