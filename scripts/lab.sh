@@ -2,8 +2,8 @@
 # The main job: build calico-rs and bring up a lab cluster of network namespaces on this machine
 # (3 nodes, 2 pods each, a BIRD top-of-rack router), then print BGP status and pod reachability.
 # Needs root. Everything it creates lives in network namespaces named crslab-*; nothing touches
-# the host's own networking. Extra arguments go to `calico-node-rs lab up` (e.g. --nodes 5).
-# Remove it with: target/release/calico-node-rs lab down
+# the host's own networking. Extra arguments go to `calico-lab-rs up` (e.g. --nodes 5).
+# Remove it with: target/release/calico-lab-rs down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 . scripts/deps.sh
 calico_rs_deps "${LAB_DEPS[@]}"
-cargo build --release -p calico-node --bins
-target/release/calico-node-rs lab down >/dev/null 2>&1 || true
-exec target/release/calico-node-rs lab up "$@"
+# The lab binary runs the calico-node-rs and calicoctl-rs built beside it.
+cargo build --release -p calico-node -p calico-lab --bins
+target/release/calico-lab-rs down >/dev/null 2>&1 || true
+exec target/release/calico-lab-rs up "$@"

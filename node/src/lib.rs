@@ -6,5 +6,4 @@ pub mod daemon;
 pub mod datastore;
 pub mod grpc;
 pub mod ipam;
-pub mod lab;
 pub mod status;

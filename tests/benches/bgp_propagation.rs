@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use calico_tests::lab::{Lab, Netns};
-use calico_tests::mrt::MrtAttrs;
-use calico_tests::peers::{Bird, Gobgp};
-use calico_tests::proc::Proc;
+use calico_lab::lab::{Lab, Netns};
+use calico_lab::mrt::MrtAttrs;
+use calico_lab::peers::{Bird, Gobgp};
+use calico_lab::proc::Proc;
 use ipnet::{IpNet, Ipv4Net};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use calico_tests::cluster::{ping, Cluster};
-use calico_tests::wait::eventually;
+use calico_lab::cluster::{ping, Cluster};
+use calico_lab::wait::eventually;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -1,6 +1,5 @@
-//! `calico-node-rs`: the node daemon (`run`) and the local lab (`lab up|down|status`).
+//! `calico-node-rs`: the node daemon (`run`). (The local lab is `calico-lab-rs`, in `lab/`.)
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +32,6 @@ struct Cli {
 enum Cmd {
     /// Run the node daemon in the current network namespace.
     Run(RunArgs),
-    /// A cluster of network namespaces on this machine.
-    Lab {
-        #[command(subcommand)]
-        cmd: LabCmd,
-    },
 }
 
 #[derive(clap::Args)]
@@ -80,48 +74,6 @@ struct RunArgs {
         default_value = "Accept"
     )]
     default_endpoint_to_host_action: felix::policy::EndpointToHostAction,
-}
-
-#[derive(Subcommand)]
-enum LabCmd {
-    /// Build and start the lab, wait until it converged, print BGP status and pod reachability.
-    Up {
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        #[arg(long, default_value_t = 2)]
-        pods_per_node: usize,
-        /// Top-of-rack router: bird, gobgp or none.
-        #[arg(long, default_value = "bird")]
-        tor: String,
-        #[arg(long, default_value = "/tmp/calico-rs-lab")]
-        dir: PathBuf,
-        /// Prefix of the lab's network namespace names: `crs`, letters or digits, `-`. Another
-        /// prefix and --dir make a second lab beside the first.
-        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
-        netns_prefix: String,
-        /// Remove an existing lab in --dir (or with this prefix) first instead of refusing.
-        #[arg(long)]
-        force: bool,
-        /// Seconds to wait for BGP sessions and routes.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-    },
-    /// Remove every namespace, process and file of the lab.
-    Down {
-        #[arg(long, default_value = "/tmp/calico-rs-lab")]
-        dir: PathBuf,
-        /// Used when --dir holds no lab record: the prefix of the namespaces to remove.
-        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
-        netns_prefix: String,
-    },
-    /// Print the lab's BGP status and pod reachability again.
-    Status {
-        #[arg(long, default_value = "/tmp/calico-rs-lab")]
-        dir: PathBuf,
-        /// Used when --dir holds no lab record, to name stray namespaces.
-        #[arg(long, default_value = calico_node::lab::plan::DEFAULT_PREFIX)]
-        netns_prefix: String,
-    },
 }
 
 fn datastore(arg: Option<String>) -> Result<DatastoreKind, String> {
@@ -259,39 +211,9 @@ fn run(a: RunArgs) -> Result<()> {
 fn main() {
     calico_node::cli::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
-    // The lab prints a report on stdout; only its problems should show beside it.
-    init_logs(if matches!(cli.cmd, Cmd::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    });
+    init_logs("info");
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Lab { cmd } => match cmd {
-            LabCmd::Up {
-                nodes,
-                pods_per_node,
-                tor,
-                dir,
-                netns_prefix,
-                force,
-                timeout,
-            } => tor.parse().map_err(anyhow::Error::msg).and_then(|tor| {
-                let cfg = calico_node::lab::LabCfg {
-                    nodes,
-                    pods_per_node,
-                    tor,
-                    dir,
-                    netns_prefix,
-                    force,
-                    timeout: Duration::from_secs(timeout),
-                    ..calico_node::lab::LabCfg::default()
-                };
-                calico_node::lab::up(&cfg)
-            }),
-            LabCmd::Down { dir, netns_prefix } => calico_node::lab::down(&dir, &netns_prefix),
-            LabCmd::Status { dir, netns_prefix } => calico_node::lab::status(&dir, &netns_prefix),
-        },
     };
     if let Err(e) = r {
         eprintln!("calico-node-rs: {e:#}");

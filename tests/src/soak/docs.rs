@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::{Soak, CONVERGE};
-use crate::wait::eventually;
+use calico_lab::wait::eventually;
 
 /// Policies for `extra.yaml` that change no pod's reachability.
 const EXTRA: &[(&str, &str)] = &[

@@ -68,9 +68,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::check::EchoServer;
-use crate::cluster::{self, Cluster, PodRef, CONVERGE};
-use crate::wait::eventually;
+use calico_lab::check::EchoServer;
+use calico_lab::cluster::{self, Cluster, PodRef, CONVERGE};
+use calico_lab::wait::eventually;
 use probe::{now, Expect, PingResult, Pinger, TcpProber, TcpResult, TcpTarget};
 use report::Event;
 pub use report::SoakReport;

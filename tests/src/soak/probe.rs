@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
-use crate::check::{probe_here, Proto};
-use crate::lab::Netns;
-use crate::proc::Proc;
+use calico_lab::check::{probe_here, Proto};
+use calico_lab::lab::Netns;
+use calico_lab::proc::Proc;
 
 /// Seconds between echo requests of a pinger.
 pub const INTERVAL: f64 = 0.2;

@@ -9,7 +9,7 @@ use calico_node::ipam::Block;
 use super::probe::{self, Expect, TcpResult};
 use super::report::{during, episodes};
 use super::Soak;
-use crate::cluster::Cluster;
+use calico_lab::cluster::Cluster;
 
 impl Soak {
     pub(super) fn tally(&mut self, tcp: &[TcpResult]) {

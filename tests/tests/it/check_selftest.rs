@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use calico_tests::check::{
+use calico_lab::check::{
     self, expect_none, expect_some, probe_all, reachability, EchoServer, Matrix, Outcome, Proto,
     Tcp, Udp, PROBE_TIMEOUT,
 };
-use calico_tests::lab::{Lab, Netns};
+use calico_lab::lab::{Lab, Netns};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -26,8 +26,8 @@ fn tcp_udp_ping_v4_v6() -> Result<()> {
     let _srv = EchoServer::start(&b, "b", &[80, 81])?;
     // Let neighbour discovery settle first: the probes below use short timeouts, and a loaded
     // machine can take longer than one of them to resolve the first ARP / NDP entry.
-    calico_tests::wait::eventually(Duration::from_secs(10), || expect_some(&a, "10.0.0.2"))?;
-    calico_tests::wait::eventually(Duration::from_secs(10), || expect_some(&a, "fd00::2"))?;
+    calico_lab::wait::eventually(Duration::from_secs(10), || expect_some(&a, "10.0.0.2"))?;
+    calico_lab::wait::eventually(Duration::from_secs(10), || expect_some(&a, "fd00::2"))?;
 
     assert_eq!(
         check::tcp(&a, sa("10.0.0.2:80"), PROBE_TIMEOUT)?,

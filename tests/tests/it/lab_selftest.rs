@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use calico_tests::lab::{self, Lab};
-use calico_tests::wait::eventually;
+use calico_lab::lab::{self, Lab};
+use calico_lab::wait::eventually;
 
 #[test]
 fn segment_ping_v4_v6() -> Result<()> {
@@ -65,7 +65,7 @@ fn drop_removes_namespaces_and_processes() -> Result<()> {
     let pids = lab::list_netns(lab.prefix());
     assert_eq!(pids.len(), 2, "{pids:?}");
     let stray: Vec<String> =
-        calico_tests::proc::run(&["ip", "netns", "pids", &name], Duration::from_secs(10))?
+        calico_lab::proc::run(&["ip", "netns", "pids", &name], Duration::from_secs(10))?
             .split_whitespace()
             .map(String::from)
             .collect();
@@ -100,8 +100,8 @@ fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
     let old_dir = std::env::temp_dir().join(format!("crs{dead}-old"));
     std::fs::create_dir_all(&old_dir)?;
     std::fs::write(old_dir.join(lab::KEEP_MARKER), "")?;
-    calico_tests::proc::run(&["ip", "netns", "add", &name], Duration::from_secs(10))?;
-    calico_tests::proc::run(
+    calico_lab::proc::run(&["ip", "netns", "add", &name], Duration::from_secs(10))?;
+    calico_lab::proc::run(
         &[
             "ip",
             "netns",
@@ -113,7 +113,7 @@ fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
         ],
         Duration::from_secs(10),
     )?;
-    let pids = calico_tests::proc::run(&["ip", "netns", "pids", &name], Duration::from_secs(10))?;
+    let pids = calico_lab::proc::run(&["ip", "netns", "pids", &name], Duration::from_secs(10))?;
     assert!(!pids.trim().is_empty());
     std::fs::remove_file(old_dir.join(lab::KEEP_MARKER))?;
     // A kept lab of a dead process survives the sweep until its marker is removed.
@@ -121,7 +121,7 @@ fn sweep_removes_leftovers_of_dead_pids() -> Result<()> {
     let kept_dir = std::env::temp_dir().join(format!("crs{dead}-kept"));
     std::fs::create_dir_all(&kept_dir)?;
     std::fs::write(kept_dir.join(lab::KEEP_MARKER), "")?;
-    calico_tests::proc::run(&["ip", "netns", "add", &kept], Duration::from_secs(10))?;
+    calico_lab::proc::run(&["ip", "netns", "add", &kept], Duration::from_secs(10))?;
     // A namespace of a live process (ours) must survive the sweep.
     let lab = Lab::new("sweep")?;
     let mine = lab.netns("n1")?;

@@ -1,8 +1,9 @@
 //! The one integration-test binary of calico-rs: each end-to-end area is a module here.
-//! Tests need root and create their own network namespaces (see `calico_tests::lab`).
+//! Tests need root and create their own network namespaces (see `calico_lab::lab`).
 
 mod bgp;
 mod check_selftest;
+mod lab_cmd;
 mod lab_selftest;
 mod node;
 mod peers_selftest;

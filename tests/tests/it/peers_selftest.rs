@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use calico_tests::lab::{Lab, Netns};
-use calico_tests::peers::{prefixes_v4, Bird, Gobgp, MrtAttrs};
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::{Lab, Netns};
+use calico_lab::peers::{prefixes_v4, Bird, Gobgp, MrtAttrs};
+use calico_lab::wait::{consistently, eventually};
 use ipnet::IpNet;
 
 const UP: Duration = Duration::from_secs(30);

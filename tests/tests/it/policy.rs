@@ -284,7 +284,7 @@ fn drift(c: &Cluster) -> Result<()> {
     // The table is in the kernel a moment before the manager publishes the status of the apply
     // that put it there.
     let repaired = |f: &felix::policy::PolicyHandle| f.status().drift_repairs;
-    calico_tests::wait::until(Duration::from_secs(1), "drift repairs counted", || {
+    calico_lab::wait::until(Duration::from_secs(1), "drift repairs counted", || {
         repaired(&c.felix[0]) >= before[0] + 2 && repaired(&c.felix[1]) > before[1]
     })
     .with_context(|| {
@@ -413,7 +413,7 @@ spec:
 #[test]
 fn policy_goldens_load_into_nft() -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../felix/src/policy/golden");
-    let lab = calico_tests::Lab::new("polgold")?;
+    let lab = calico_lab::Lab::new("polgold")?;
     let ns = lab.netns("n")?;
     let mut n = 0;
     let mut names: Vec<_> = std::fs::read_dir(&dir)?
@@ -441,7 +441,7 @@ fn policy_goldens_load_into_nft() -> Result<()> {
 /// within a second.
 #[test]
 fn policy_probe_repairs_without_monitor() -> Result<()> {
-    let lab = calico_tests::Lab::new("polprobe")?;
+    let lab = calico_lab::Lab::new("polprobe")?;
     let ns = lab.netns("n")?;
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../felix/src/policy/golden/basic.yaml");
@@ -476,7 +476,7 @@ fn policy_probe_repairs_without_monitor() -> Result<()> {
         eprintln!("policy: probe-only repair after {what}: {took:.0?}");
     }
     // The table is in the kernel a moment before the manager publishes the apply's status.
-    calico_tests::wait::until(Duration::from_secs(1), "two drift repairs counted", || {
+    calico_lab::wait::until(Duration::from_secs(1), "two drift repairs counted", || {
         felix.status().drift_repairs == 2
     })
     .with_context(|| format!("{:?}", felix.status()))?;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use bgp::{OriginAttrs, State};
-use calico_tests::lab::Lab;
-use calico_tests::peers::Bird;
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::Lab;
+use calico_lab::peers::Bird;
+use calico_lab::wait::{consistently, eventually};
 
 use super::{net, pair, peer_cfg, speaker_cfg, Ours, UP};
 

@@ -16,9 +16,9 @@ use bgp::wire::{
     SessionCaps,
 };
 use bgp::{GracefulRestartCfg, State};
-use calico_tests::lab::{Lab, Netns};
-use calico_tests::peers::Bird;
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::{Lab, Netns};
+use calico_lab::peers::Bird;
+use calico_lab::wait::{consistently, eventually};
 
 use super::{pair, peer_cfg, speaker_cfg, Ours, UP};
 

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, ensure, Result};
 use bgp::{GracefulRestartCfg, OriginAttrs, SpeakerCfg, SpeakerEvent, State};
-use calico_tests::lab::{Lab, Netns};
-use calico_tests::peers::{Frr, FrrRoute};
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::{Lab, Netns};
+use calico_lab::peers::{Frr, FrrRoute};
+use calico_lab::wait::{consistently, eventually};
 
 use super::{net, pair, peer_cfg, speaker_cfg, Ours, UP};
 

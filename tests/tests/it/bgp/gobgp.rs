@@ -3,9 +3,9 @@
 
 use anyhow::{anyhow, bail, ensure, Result};
 use bgp::{OriginAttrs, State};
-use calico_tests::lab::Lab;
-use calico_tests::peers::Gobgp;
-use calico_tests::wait::eventually;
+use calico_lab::lab::Lab;
+use calico_lab::peers::Gobgp;
+use calico_lab::wait::eventually;
 use serde_json::Value;
 
 use super::{net, pair, peer_cfg, speaker_cfg, Ours, UP};

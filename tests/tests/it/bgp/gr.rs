@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Result};
 use bgp::{GracefulRestartCfg, OriginAttrs, SpeakerCfg, State};
-use calico_tests::lab::Lab;
-use calico_tests::peers::Bird;
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::Lab;
+use calico_lab::peers::Bird;
+use calico_lab::wait::{consistently, eventually};
 
 use super::{net, pair, peer_cfg, speaker_cfg, Ours, UP};
 
@@ -53,7 +53,7 @@ fn in_bird(bird: &Bird, prefix: &str) -> Result<bool> {
 /// Start ours with `routes` originated *before* the peer is added, as a restarting daemon does, so
 /// our End-of-RIB follows a complete table.
 fn start_with_routes(
-    ns: &calico_tests::lab::Netns,
+    ns: &calico_lab::lab::Netns,
     cfg: SpeakerCfg,
     routes: &[&str],
 ) -> Result<Ours> {

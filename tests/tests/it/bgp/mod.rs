@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bgp::{BestRoute, PeerCfg, PeerStatus, SpeakerCfg, SpeakerHandle, State};
-use calico_tests::lab::{Lab, Netns};
-use calico_tests::wait::eventually;
+use calico_lab::lab::{Lab, Netns};
+use calico_lab::wait::eventually;
 
 /// Our speaker, running in a namespace on its own thread and runtime.
 pub struct Ours {

@@ -3,9 +3,9 @@
 
 use anyhow::{anyhow, bail, ensure, Result};
 use bgp::State;
-use calico_tests::lab::Lab;
-use calico_tests::peers::{Bird, Gobgp};
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::lab::Lab;
+use calico_lab::peers::{Bird, Gobgp};
+use calico_lab::wait::{consistently, eventually};
 
 use super::gobgp::{attr, gobgp_conf, gobgp_paths};
 use super::{peer_cfg, speaker_cfg, Ours, UP};

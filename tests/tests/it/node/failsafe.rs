@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use calico_tests::cluster::{self, Cluster, CONVERGE};
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::cluster::{self, Cluster, CONVERGE};
+use calico_lab::wait::{consistently, eventually};
 
 /// Allows ingress to every pod of `default` only from pods labelled role=nobody: n1's pod is
 /// isolated from n2's.
@@ -185,7 +185,7 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
     c.write("isolate.yaml", &ISOLATE.replace("- from:", "- form:"))?;
     eventually(Duration::from_secs(5), || {
         let sock = format!("unix:{}", c.grpc_socket("n1").display());
-        let out = calico_tests::proc::run(
+        let out = calico_lab::proc::run(
             &[
                 &cluster::ctl_bin()?.to_string_lossy(),
                 "node",
@@ -230,7 +230,7 @@ fn a_new_pod_is_never_reachable_before_its_policy() -> Result<()> {
     c.wait_converged(CONVERGE)?;
     // n1's nft takes 1.5 s per run (as a big ruleset does): a route programmed without waiting
     // for the policy would be in the kernel long before the rules.
-    let real = calico_tests::proc::run(&["sh", "-c", "command -v nft"], Duration::from_secs(5))?;
+    let real = calico_lab::proc::run(&["sh", "-c", "command -v nft"], Duration::from_secs(5))?;
     let bin = c.dir().join("slow-nft");
     std::fs::create_dir_all(&bin)?;
     let script = bin.join("nft");

@@ -2,16 +2,15 @@
 //! datastore, pods plumbed as a CNI plugin would, a BIRD top-of-rack router, real packets.
 
 mod failsafe;
-mod lab;
 mod status;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use calico_tests::wait::{consistently, eventually};
+use calico_lab::wait::{consistently, eventually};
 
-use calico_tests::cluster::{self, Cluster, CONVERGE};
+use calico_lab::cluster::{self, Cluster, CONVERGE};
 
 #[test]
 fn three_nodes_and_a_bird_tor() -> Result<()> {
@@ -124,7 +123,7 @@ fn api_routes(
 ) -> Result<std::collections::BTreeMap<String, (String, bool)>> {
     let sock = format!("unix:{}", c.grpc_socket(node).display());
     let ctl = cluster::ctl_bin()?;
-    let out = calico_tests::proc::run(
+    let out = calico_lab::proc::run(
         &[
             &ctl.to_string_lossy(),
             "node",

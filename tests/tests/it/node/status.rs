@@ -26,13 +26,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
+use calico_lab::peers::Bird;
+use calico_lab::wait::eventually;
 use calico_node::grpc::{ClientCfg, GrpcAddr};
 use calico_proto::v1 as pb;
-use calico_tests::peers::Bird;
-use calico_tests::wait::eventually;
 use serde_json::{json, Value};
 
-use calico_tests::cluster::{self, Cluster, CONVERGE};
+use calico_lab::cluster::{self, Cluster, CONVERGE};
 
 const TOR: &str = "10.200.0.1";
 const TOR6: &str = "fd00:200::1";

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use calico_tests::{Lab, Netns};
+use calico_lab::{Lab, Netns};
 use felix::policy::{
     self, NamedPort, Namespace, NetworkPolicy, PolicyCfg, PolicyHandle, PolicyInput, PolicyStatus,
     WorkloadEndpoint,
@@ -176,7 +176,7 @@ impl Cluster {
                  ip route add {v4}/32 dev {iface}
                  ip -6 route add {v6}/128 dev {iface}"
             ))?;
-            calico_tests::pods::configure_pod_side(&netns, &v4, &v6)?;
+            calico_lab::pods::configure_pod_side(&netns, &v4, &v6)?;
             pods.push(Pod {
                 ns_name,
                 name,

@@ -5,15 +5,15 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use calico_tests::wait::eventually;
-use calico_tests::{Lab, Netns};
+use calico_lab::wait::eventually;
+use calico_lab::{Lab, Netns};
 use felix::routes::{
     NextHop, RemoteBlock, RouteManager, RouteManagerHandle, RoutesCfg, RoutesInput, RoutesStatus,
     WorkloadEndpoint,
 };
 use ipnet::IpNet;
 
-pub use calico_tests::pods::{add_pod, make_veth, our_prefixes, Pod};
+pub use calico_lab::pods::{add_pod, make_veth, our_prefixes, Pod};
 
 pub const SYNC: Duration = Duration::from_secs(10);
 

@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use calico_tests::wait::{eventually, until};
-use calico_tests::Lab;
+use calico_lab::wait::{eventually, until};
+use calico_lab::Lab;
 use felix::routes::{NextHop, RemoteBlock, RouteError, RoutesInput, WorkloadEndpoint};
 use felix::workload_iface_name;
 
@@ -407,7 +407,7 @@ fn routes_late_veth_gets_route_fast_and_gone_veth_loses_it() -> Result<()> {
     );
 
     // The pod uses its gateways right away (felix set the host side up with the fixed MAC).
-    calico_tests::pods::configure_pod_side(&pod_ns, "10.65.1.9", "fd10:65:1::9")?;
+    calico_lab::pods::configure_pod_side(&pod_ns, "10.65.1.9", "fd10:65:1::9")?;
     eventually(SYNC, || ping(&pod_ns, "10.99.0.1"))?;
     eventually(SYNC, || ping(&pod_ns, "fd00:99::1"))?;
     f.wait_in_sync()?;

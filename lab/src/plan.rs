@@ -1,4 +1,5 @@
-//! The lab's address and name plan: a pure function of (nodes, pods per node).
+//! The lab's address and name plan: a pure function of (nodes, pods per node). The segment's
+//! addresses, ASes and pools are also those of the tests' [`crate::cluster::Cluster`].
 //!
 //! ```text
 //!  crslab-lan  (bridge br0)                       crslab-tor   eth0 10.200.0.1/24   fd00:200::1/64
@@ -18,9 +19,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// the lab's prefix. Two labs with different prefixes (and directories) can run side by side: their
 /// addresses only ever exist inside their own namespaces.
 pub const DEFAULT_PREFIX: &str = "crslab-";
-/// What every lab prefix starts with, so that the lab's guard ([`super::sys::in_lab_ns`]) can
+/// What every lab prefix starts with, so that the lab's guard ([`crate::netns::in_lab_ns`]) can
 /// refuse to touch any other namespace whatever prefix it was given.
-pub const PREFIX_FAMILY: &str = "crs";
+pub const PREFIX_FAMILY: &str = crate::netns::FAMILY;
 /// Longest prefix: `PREFIX` + `n200p64` must stay within 15 characters (the names also label the
 /// tables).
 pub const MAX_PREFIX_LEN: usize = 8;
@@ -130,13 +131,12 @@ impl Plan {
         let nodes = (1..=nodes)
             .map(|k| {
                 let name = format!("node{k}");
-                let host = 10 + k;
                 NodePlan {
                     index: k,
                     netns: format!("{prefix}{name}"),
                     lan_port: format!("v{k}"),
-                    v4: Ipv4Addr::new(10, 200, 0, host as u8),
-                    v6: v6_host(host),
+                    v4: node_v4(k),
+                    v6: node_v6(k),
                     pods: (1..=pods_per_node)
                         .map(|j| {
                             let pod = format!("{name}-pod{j}");
@@ -193,9 +193,15 @@ impl Plan {
     }
 }
 
-/// `fd00:200::{host}` where the last group is written with the decimal digits of `host`.
-fn v6_host(host: usize) -> Ipv6Addr {
-    let group = u16::from_str_radix(&host.to_string(), 16).expect("at most 3 decimal digits");
+/// Node `k`'s (1-based) IPv4 address on the segment, `10.200.0.(10+k)`.
+pub fn node_v4(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, (10 + k) as u8)
+}
+
+/// Node `k`'s IPv6 address on the segment, `fd00:200::(10+k)`, where the last group is written
+/// with the decimal digits of `10+k`.
+pub fn node_v6(k: usize) -> Ipv6Addr {
+    let group = u16::from_str_radix(&(10 + k).to_string(), 16).expect("at most 3 decimal digits");
     Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, group)
 }
 

@@ -6,12 +6,16 @@
 //! CLI needs no `ip netns exec` (a query costs ~15 ms instead of ~40). pprof is disabled (it would listen
 //! on localhost:6060). BGP itself listens on port 179 of the namespace unless the config sets
 //! `global.config.port`.
+//!
+//! The lab command's `--tor gobgp` ([`crate::cmd::tor`]) is a gobgpd that outlives the command:
+//! it starts it with the same [`daemon_argv`] and queries it with the same [`cli`],
+//! [`parse_neighbors`] and [`parse_rib`].
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -52,6 +56,8 @@ pub struct RibEntry {
     pub stale: bool,
     /// The peer it came from; `None` for locally added paths.
     pub neighbor: Option<IpAddr>,
+    /// `source-id`: the BGP identifier of the peer it came from.
+    pub source: Option<IpAddr>,
     pub local_pref: Option<u32>,
     pub med: Option<u32>,
     /// COMMUNITIES as `(asn, value)`.
@@ -70,6 +76,84 @@ pub fn session_state_name(n: u64) -> &'static str {
         6 => "Established",
         _ => "Unknown",
     }
+}
+
+/// A neighbor's `state.session_state` as the RFC 4271 name: GoBGP 3 prints it as a number or a
+/// name depending on the build, so both are read.
+pub fn session_state(v: &Value) -> String {
+    match v {
+        Value::Number(x) => x.as_u64().map_or("Unknown", session_state_name).to_string(),
+        Value::String(s) => {
+            let s = s.to_ascii_lowercase();
+            match s.as_str() {
+                "established" => "Established".into(),
+                "opensent" => "OpenSent".into(),
+                "openconfirm" => "OpenConfirm".into(),
+                other => {
+                    let mut c = other.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_else(|| "Unknown".into())
+                }
+            }
+        }
+        _ => "Unknown".into(),
+    }
+}
+
+/// Neighbors of `gobgp -j neighbor`: (address, session state); entries without an address are
+/// left out.
+pub fn parse_neighbors(v: &Value) -> Vec<(IpAddr, String)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let addr = n
+                .pointer("/conf/neighbor_address")
+                .or_else(|| n.pointer("/state/neighbor_address"))
+                .and_then(Value::as_str)?
+                .parse()
+                .ok()?;
+            Some((addr, session_state(&n["state"]["session_state"])))
+        })
+        .collect()
+}
+
+/// `gobgpd -f CONF -t toml --api-hosts unix://SOCK --pprof-disable -p` (and `-r`, the Restart
+/// State bit after a graceful restart).
+pub fn daemon_argv(conf: &Path, sock: &Path, graceful: bool) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "gobgpd".into(),
+        "-f".into(),
+        conf.to_string_lossy().into_owned(),
+        "-t".into(),
+        "toml".into(),
+        "--api-hosts".into(),
+        format!("unix://{}", sock.display()),
+        "--pprof-disable".into(),
+        "-p".into(),
+    ];
+    if graceful {
+        argv.push("-r".into());
+    }
+    argv
+}
+
+/// The `gobgp` CLI against the gobgpd whose API socket is `sock`, e.g. `&["neighbor"]`; returns
+/// stdout.
+pub fn cli(sock: &Path, args: &[&str], timeout: Duration) -> Result<String> {
+    let target = format!("unix://{}", sock.display());
+    let mut argv = vec!["gobgp", "--target", &target];
+    argv.extend_from_slice(args);
+    proc::run(&argv, timeout)
+}
+
+/// [`cli`] with `-j`, parsed.
+pub fn cli_json(sock: &Path, args: &[&str], timeout: Duration) -> Result<Value> {
+    let mut a = args.to_vec();
+    a.push("-j");
+    let out = cli(sock, &a, timeout)?;
+    serde_json::from_str(&out).with_context(|| format!("gobgp {args:?}: not JSON: {out}"))
 }
 
 impl Gobgp {
@@ -94,22 +178,8 @@ impl Gobgp {
 
     fn launch(ns: &Netns, conf: &Path, sock: &Path, log: &Path, graceful: bool) -> Result<Proc> {
         let _ = std::fs::remove_file(sock);
-        let c = conf.to_string_lossy();
-        let api = format!("unix://{}", sock.display());
-        let mut argv = vec![
-            "gobgpd",
-            "-f",
-            &c,
-            "-t",
-            "toml",
-            "--api-hosts",
-            &api,
-            "--pprof-disable",
-            "-p",
-        ];
-        if graceful {
-            argv.push("-r");
-        }
+        let argv = daemon_argv(conf, sock, graceful);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         ns.spawn_log(&argv, log)
     }
 
@@ -134,17 +204,11 @@ impl Gobgp {
     }
 
     fn gobgp_timeout(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let target = format!("unix://{}", self.sock.display());
-        let mut argv = vec!["gobgp", "--target", &target];
-        argv.extend_from_slice(args);
-        proc::run(&argv, timeout)
+        cli(&self.sock, args, timeout)
     }
 
     fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut a = args.to_vec();
-        a.push("-j");
-        let out = self.gobgp(&a)?;
-        serde_json::from_str(&out).with_context(|| format!("gobgp {args:?}: not JSON: {out}"))
+        cli_json(&self.sock, args, CLI_TIMEOUT)
     }
 
     /// Session state of neighbor `addr`: `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`,
@@ -153,31 +217,15 @@ impl Gobgp {
         let v = self.json(&["neighbor", addr])?;
         let n = v
             .pointer("/state/session_state")
-            .and_then(Value::as_u64)
             .with_context(|| format!("no state.session_state in {v}"))?;
-        Ok(session_state_name(n).to_string())
+        Ok(session_state(n))
     }
 
     /// All configured neighbors with their states.
     pub fn neighbors(&self) -> Result<Vec<(IpAddr, String)>> {
         let v = self.json(&["neighbor"])?;
-        let list = v
-            .as_array()
-            .with_context(|| format!("neighbor list: {v}"))?;
-        list.iter()
-            .map(|n| {
-                let addr = n
-                    .pointer("/conf/neighbor_address")
-                    .and_then(Value::as_str)
-                    .context("conf.neighbor_address")?
-                    .parse()?;
-                let st = n
-                    .pointer("/state/session_state")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                Ok((addr, session_state_name(st).to_string()))
-            })
-            .collect()
+        ensure!(v.is_array(), "neighbor list: {v}");
+        Ok(parse_neighbors(&v))
     }
 
     /// Wait until neighbor `addr` is `Established`.
@@ -407,6 +455,10 @@ pub fn parse_rib(v: &Value) -> Result<Vec<RibEntry>> {
                     .get("neighbor-ip")
                     .and_then(Value::as_str)
                     .and_then(|s| s.parse().ok()),
+                source: p
+                    .get("source-id")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok()),
                 local_pref: None,
                 med: None,
                 communities: Vec::new(),
@@ -466,6 +518,27 @@ pub fn parse_rib(v: &Value) -> Result<Vec<RibEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbors_with_numeric_or_named_states() {
+        let v = serde_json::json!([
+            {"conf": {"neighbor_address": "10.200.0.11", "peer_asn": 64512},
+             "state": {"session_state": 6}},
+            {"conf": {"neighbor_address": "fd00:200::12"},
+             "state": {"session_state": "active"}},
+            {"conf": {}, "state": {"session_state": 6}}
+        ]);
+        let n = parse_neighbors(&v);
+        assert_eq!(
+            n,
+            [
+                ("10.200.0.11".parse().unwrap(), "Established".to_string()),
+                ("fd00:200::12".parse().unwrap(), "Active".to_string())
+            ]
+        );
+        assert_eq!(session_state(&serde_json::json!("OPENSENT")), "OpenSent");
+        assert_eq!(session_state(&Value::Null), "Unknown");
+    }
 
     #[test]
     fn parses_gobgp_rib_json() {

@@ -9,6 +9,8 @@
 //! - [`ping`], [`expect_some`] / [`expect_none`] for ICMP, or for any [`Target`] (`Tcp(addr)`,
 //!   `Udp(addr)`, an address to ping).
 //! - [`Matrix`]: expected vs actual reachability, printed as a grid on mismatch.
+//! - [`ping_matrices`]: one ping from every pod to every other pod, per family, on a pool of
+//!   threads (the lab command's pod matrix), rendered by [`render_grid`].
 //!
 //! A UDP "no" means no answer within the timeout (or ICMP unreachable); a TCP "no" means refused, reset
 //! or timed out. Timeouts are short (default [`PROBE_TIMEOUT`]), so a "no" is only as good as the
@@ -17,12 +19,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use calico_node::datastore::IpFamily;
 
 use crate::lab::Netns;
+use crate::netns;
 
 /// Default timeout of one TCP/UDP probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
@@ -383,6 +388,11 @@ pub fn ping_opts(
     timeout: Duration,
     tries: u32,
 ) -> bool {
+    ping_in(ns.name(), addr, iface, timeout, tries)
+}
+
+/// [`ping_opts`] from the namespace named `ns`.
+pub fn ping_in(ns: &str, addr: &str, iface: Option<&str>, timeout: Duration, tries: u32) -> bool {
     let w = format!("{:.3}", timeout.as_secs_f64());
     let mut argv = vec!["ping", "-n", "-q", "-c1", "-W", &w];
     if let Some(i) = iface {
@@ -390,8 +400,7 @@ pub fn ping_opts(
     }
     argv.push(addr);
     (0..tries.max(1)).any(|_| {
-        ns.output(&argv, timeout + Duration::from_secs(5))
-            .is_ok_and(|o| o.status.success())
+        netns::exec(ns, &argv, timeout + Duration::from_secs(5)).is_ok_and(|o| o.status.success())
     })
 }
 
@@ -528,6 +537,12 @@ impl Matrix {
         self.index(row, col).ok().and_then(|i| self.cells[i])
     }
 
+    /// (reachable cells, known cells).
+    pub fn count(&self) -> (usize, usize) {
+        let known = self.cells.iter().flatten();
+        (known.clone().filter(|ok| **ok).count(), known.count())
+    }
+
     /// Row and column names.
     pub fn rows(&self) -> &[String] {
         &self.rows
@@ -647,6 +662,110 @@ pub fn reachability(
     Ok(m)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Ping matrices
+
+/// At most this many pings of [`ping_matrices`] run at once.
+const PARALLEL: usize = 64;
+
+/// A pod as a ping matrix sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PingTarget {
+    /// Column/row label, e.g. `n1p2`.
+    pub label: String,
+    /// Its namespace's name.
+    pub netns: String,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+/// Pings every ordered pair in both families: a [`Matrix`] per family with the labels as rows and
+/// columns, unknown on the diagonal. Pairs that fail are tried up to `retries` more times (a first
+/// packet can be lost while neighbours resolve), unless most pairs fail: then the lab is broken,
+/// not flaky, and each retry would cost a second per pair.
+pub fn ping_matrices(pods: &[PingTarget], retries: usize) -> Vec<(IpFamily, Matrix)> {
+    let n = pods.len();
+    let labels: Vec<&str> = pods.iter().map(|p| p.label.as_str()).collect();
+    let mut grids: Vec<(IpFamily, Matrix)> = [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .map(|family| {
+            let mut m = Matrix::new(&labels, &labels);
+            for i in 0..n {
+                for j in (0..n).filter(|&j| j != i) {
+                    m.cells[i * n + j] = Some(false);
+                }
+            }
+            (family, m)
+        })
+        .collect();
+    for round in 0..=retries {
+        let jobs: Vec<(usize, usize)> = grids
+            .iter()
+            .enumerate()
+            .flat_map(|(g, (_, m))| {
+                m.cells
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c == Some(false))
+                    .map(move |(k, _)| (g, k))
+            })
+            .collect();
+        let total = 2 * n * n.saturating_sub(1);
+        if jobs.is_empty() || (round > 0 && jobs.len() * 4 > total) {
+            break;
+        }
+        let next = AtomicUsize::new(0);
+        let done = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL.min(jobs.len()) {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(g, cell)) = jobs.get(k) else {
+                        break;
+                    };
+                    let (from, to) = (&pods[cell / n], &pods[cell % n]);
+                    let dst = if g == 0 { to.v4 } else { to.v6 };
+                    let dst = dst.to_string();
+                    if ping_in(&from.netns, &dst, None, Duration::from_secs(1), 1) {
+                        done.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((g, cell));
+                    }
+                });
+            }
+        });
+        for (g, cell) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            grids[g].1.cells[cell] = Some(true);
+        }
+    }
+    grids
+}
+
+/// A ping matrix as text: a title, a header row of labels, one row per source (`✓` reachable,
+/// `✗` not, `·` unknown: itself), then `N/M pod pairs reachable over IPv4`.
+pub fn render_grid(family: IpFamily, m: &Matrix) -> String {
+    let w = m.cols.iter().map(|l| l.chars().count()).max().unwrap_or(1) + 1;
+    let mut s = format!("{family} (row: from, column: to)\n{:w$}", "");
+    for l in &m.cols {
+        s += &format!("{l:>w$}");
+    }
+    s.push('\n');
+    for (i, row) in m.rows.iter().enumerate() {
+        s += &format!("{row:<w$}");
+        for c in &m.cells[i * m.cols.len()..(i + 1) * m.cols.len()] {
+            let mark = match c {
+                None => "·",
+                Some(true) => "✓",
+                Some(false) => "✗",
+            };
+            s += &format!("{mark:>w$}");
+        }
+        s.push('\n');
+    }
+    let (ok, all) = m.count();
+    s + &format!("{ok}/{all} pod pairs reachable over {family}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +793,55 @@ mod tests {
             Outcome::Ok("srv".into())
         );
         assert!(!check_reply(b"srv probe-2\n", "probe-1\n").ok());
+    }
+
+    fn labels(n: usize) -> Vec<String> {
+        (1..=n).map(|k| format!("n{k}p1")).collect()
+    }
+
+    #[test]
+    fn renders_a_grid_and_a_summary() {
+        let l = labels(3);
+        let mut m = Matrix::from_fn(&l, &l, |r, c| r != c && !(r == "n1p1" && c == "n3p1"));
+        for x in &l {
+            let i = m.index(x, x).unwrap();
+            m.cells[i] = None;
+        }
+        assert_eq!(m.count(), (5, 6));
+        let text = render_grid(IpFamily::V4, &m);
+        let expected = "\
+IPv4 (row: from, column: to)
+      n1p1 n2p1 n3p1
+n1p1     ·    ✓    ✗
+n2p1     ✓    ·    ✓
+n3p1     ✓    ✓    ·
+5/6 pod pairs reachable over IPv4
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn one_pod_has_no_pairs() {
+        let grids = ping_matrices(
+            &[PingTarget {
+                label: "n1p1".into(),
+                netns: "crslab-n1p1".into(),
+                v4: "10.244.0.1".parse().unwrap(),
+                v6: "fd00:244::1".parse().unwrap(),
+            }],
+            1,
+        );
+        assert_eq!(grids.len(), 2);
+        assert_eq!(grids[1].1.count(), (0, 0));
+        assert!(
+            render_grid(grids[1].0, &grids[1].1).ends_with("0/0 pod pairs reachable over IPv6\n")
+        );
+    }
+
+    #[test]
+    fn no_pods_no_pings() {
+        let grids = ping_matrices(&[], 1);
+        assert_eq!(grids.len(), 2);
+        assert!(grids.iter().all(|(_, m)| m.count() == (0, 0)));
     }
 }

@@ -6,12 +6,15 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::check::{Observed, ROUTE_PROTOCOL};
-use super::matrix::{self, Grid, Target};
-use super::plan::{NodePlan, Plan, TOR_AS, TOR_V4, TOR_V6};
+use calico_node::datastore::IpFamily;
+
+use super::converge::Observed;
 use super::record::{Paths, Record};
-use super::{sys, Tor};
-use crate::datastore::IpFamily;
+use super::Tor;
+use crate::check::{self, Matrix, PingTarget};
+use crate::plan::{NodePlan, Plan, TOR_AS, TOR_V4, TOR_V6};
+use crate::proc;
+use crate::routes::ROUTE_PROTOCOL;
 
 /// One line on the ToR: sessions up, blocks learned from their owners, routes held.
 pub fn tor_summary(plan: &Plan, tor: Tor, o: &Observed) -> Option<String> {
@@ -42,7 +45,7 @@ pub fn print_nodes(plan: &Plan, rec: &Record, paths: &Paths, o: &Observed) {
             let grpc = format!("unix:{}", paths.grpc_socket(&n.name).display());
             let ctl = ctl.to_string_lossy();
             let argv = [ctl.as_ref(), "node", "status", "--grpc", &grpc];
-            match sys::output(&argv, None, Duration::from_secs(10)) {
+            match proc::output(&argv, None, Duration::from_secs(10)) {
                 Ok(out) if out.status.success() => {
                     println!("{} ({}, {}):", n.name, n.v4, n.v6);
                     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -171,10 +174,10 @@ fn blocks_and_routes(plan: &Plan, n: &NodePlan, o: &Observed) -> String {
 }
 
 /// The matrix targets: every pod of the record, in plan order.
-pub fn targets(plan: &Plan, rec: &Record) -> Vec<Target> {
+pub fn targets(plan: &Plan, rec: &Record) -> Vec<PingTarget> {
     plan.pods()
         .filter_map(|p| {
-            rec.pods.get(&p.name).map(|ip| Target {
+            rec.pods.get(&p.name).map(|ip| PingTarget {
                 label: p.label.clone(),
                 netns: p.netns.clone(),
                 v4: ip.v4.into(),
@@ -184,8 +187,8 @@ pub fn targets(plan: &Plan, rec: &Record) -> Vec<Target> {
         .collect()
 }
 
-/// Pings and prints both matrices and a legend; returns the grids.
-pub fn print_matrix(plan: &Plan, rec: &Record) -> Vec<Grid> {
+/// Pings and prints both matrices and a legend; returns them.
+pub fn print_matrix(plan: &Plan, rec: &Record) -> Vec<(IpFamily, Matrix)> {
     let pods = targets(plan, rec);
     println!();
     if pods.len() < 2 {
@@ -197,21 +200,20 @@ pub fn print_matrix(plan: &Plan, rec: &Record) -> Vec<Grid> {
         println!(
             "  {:<6} {}/{:<14} {:<15} {}",
             t.label,
-            super::plan::POD_NAMESPACE,
+            crate::plan::POD_NAMESPACE,
             p.name,
             t.v4,
             t.v6
         );
     }
-    let grids = matrix::ping_all(&pods, 2);
-    let labels: Vec<String> = pods.iter().map(|t| t.label.clone()).collect();
-    for g in &grids {
+    let grids = check::ping_matrices(&pods, 2);
+    for (family, m) in &grids {
         println!();
-        print!("{}", matrix::render(&labels, g));
+        print!("{}", check::render_grid(*family, m));
     }
     let (ok, all) = grids
         .iter()
-        .map(Grid::count)
+        .map(|(_, m)| m.count())
         .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     println!();
     println!("{ok}/{all} pod pairs reachable (IPv4 and IPv6)");
@@ -221,12 +223,12 @@ pub fn print_matrix(plan: &Plan, rec: &Record) -> Vec<Grid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::check::NodeRoute;
-    use crate::lab::tor::{Session, TorView};
+    use crate::cmd::tor::{Session, TorView};
+    use crate::routes::NodeRoute;
 
     #[test]
     fn summary_shows_peers_mesh_and_routes() {
-        let plan = Plan::new(3, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(3, 1, crate::plan::DEFAULT_PREFIX).unwrap();
         let mut o = Observed::default();
         let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
         o.blocks.insert(net("10.244.0.0/26"), "node1".into());

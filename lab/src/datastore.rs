@@ -1,9 +1,14 @@
-//! The lab's file datastore: the YAML documents a Calico user would write for this cluster, and
-//! the pod addresses, which come from the daemon's own IPAM so the nodes' blocks are the ones the
-//! daemons announce.
+//! The lab's file datastore: the YAML documents a Calico user would write for the cluster, and
+//! the pod addresses, which come from the daemon's own IPAM ([`allocate`]) so the nodes' blocks
+//! are the ones the daemons announce. Every file is written by temp file + rename
+//! ([`write_atomic`]), so a watching daemon never reads half a file; the temp name starts with
+//! `.`, which the datastore ignores.
 //!
-//! Files in `DIR/datastore/` (each written by temp file + rename, so a watching daemon never reads
-//! half a file; the temp name starts with `.`, which the datastore ignores):
+//! Two spellings of the same cluster (AS, pools, addresses from [`crate::plan`]):
+//! - the tests' [`crate::cluster::Cluster`] writes one document per object in flow style
+//!   ([`cluster_base`], [`cluster_tor_peer`], [`cluster_node`], [`cluster_pod`]): the fault tests
+//!   and the soak break those texts by string edits, so their spelling is part of the tests;
+//! - the lab command writes these files in `DIR/datastore/`, in block style:
 //! - `bgp.yaml`: BGPConfiguration `default` (AS 64512, full mesh) and, with a ToR, the global
 //!   BGPPeers `tor-v4` (10.200.0.1) and `tor-v6` (fd00:200::1), AS 65000;
 //! - `pools.yaml`: IPPools `default-ipv4-ippool` and `default-ipv6-ippool`;
@@ -17,12 +22,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use calico_node::datastore::{ClusterState, IpFamily};
+use calico_node::ipam::Ipam;
 use serde::{Deserialize, Serialize};
 
-use super::plan::*;
-use super::Tor;
-use crate::datastore::{ClusterState, IpFamily};
-use crate::ipam::Ipam;
+use crate::plan::*;
 
 /// A pod's addresses, one per family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,13 +35,13 @@ pub struct PodIps {
     pub v6: Ipv6Addr,
 }
 
-/// `bgp.yaml`.
-pub fn bgp_yaml(tor: Tor) -> String {
+/// `bgp.yaml`; with `tor`, the ToR's BGPPeers.
+pub fn bgp_yaml(tor: bool) -> String {
     let mut s = format!(
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
          spec:\n  asNumber: {NODE_AS}\n  nodeToNodeMeshEnabled: true\n"
     );
-    if tor != Tor::None {
+    if tor {
         for (name, ip) in [("tor-v4", IpAddr::from(TOR_V4)), ("tor-v6", TOR_V6.into())] {
             let _ = write!(
                 s,
@@ -120,9 +124,31 @@ pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// A pod's addresses from IPAM in datastore directory `dir`, one per family, from the pools
+/// `state` gives `node`; the same `handle` (`namespace/name`) gets the same addresses again.
+pub fn allocate(dir: &Path, state: &ClusterState, node: &str, handle: &str) -> Result<PodIps> {
+    let ipam = Ipam::new(dir)?;
+    let v4 = ipam.allocate(
+        node,
+        handle,
+        IpFamily::V4,
+        &state.ip_pools_for_node(node, IpFamily::V4),
+    )?;
+    let v6 = ipam.allocate(
+        node,
+        handle,
+        IpFamily::V6,
+        &state.ip_pools_for_node(node, IpFamily::V6),
+    )?;
+    let (IpAddr::V4(v4), IpAddr::V6(v6)) = (v4, v6) else {
+        bail!("lab: IPAM returned {v4} / {v6} for {handle}");
+    };
+    Ok(PodIps { v4, v6 })
+}
+
 /// Writes every file but `pods.yaml`, allocates each pod's addresses from IPAM in `dir` (the
 /// datastore directory), then writes `pods.yaml`. Returns the addresses by pod name.
-pub fn write_all(dir: &Path, plan: &Plan, tor: Tor) -> Result<BTreeMap<String, PodIps>> {
+pub fn write_all(dir: &Path, plan: &Plan, tor: bool) -> Result<BTreeMap<String, PodIps>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let files = [
         ("bgp.yaml", bgp_yaml(tor)),
@@ -140,22 +166,69 @@ pub fn write_all(dir: &Path, plan: &Plan, tor: Tor) -> Result<BTreeMap<String, P
     if let Some(e) = errors.first() {
         bail!("lab: generated datastore is invalid: {e}");
     }
-    let ipam = Ipam::new(dir)?;
     let mut ips = BTreeMap::new();
     for node in &plan.nodes {
-        let pools_v4 = state.ip_pools_for_node(&node.name, IpFamily::V4);
-        let pools_v6 = state.ip_pools_for_node(&node.name, IpFamily::V6);
         for pod in &node.pods {
-            let v4 = ipam.allocate(&node.name, &pod.handle(), IpFamily::V4, &pools_v4)?;
-            let v6 = ipam.allocate(&node.name, &pod.handle(), IpFamily::V6, &pools_v6)?;
-            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (v4, v6) else {
-                bail!("lab: IPAM returned {v4} / {v6} for {}", pod.name);
-            };
-            ips.insert(pod.name.clone(), PodIps { v4, v6 });
+            let ip = allocate(dir, &state, &node.name, &pod.handle())?;
+            ips.insert(pod.name.clone(), ip);
         }
     }
     write_atomic(dir, "pods.yaml", &pods_yaml(plan, &ips)?)?;
     Ok(ips)
+}
+
+/// The tests' cluster: `base.yaml`, the BGPConfiguration (full mesh), the two IPPools and the
+/// Namespace.
+pub fn cluster_base() -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {{name: default}}
+spec: {{asNumber: {NODE_AS}, nodeToNodeMeshEnabled: true}}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: default-ipv4-ippool}}
+spec: {{cidr: {POOL_V4}, blockSize: {BLOCK_SIZE_V4}}}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: default-ipv6-ippool}}
+spec: {{cidr: \"{POOL_V6}\", blockSize: {BLOCK_SIZE_V6}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {POD_NAMESPACE}}}
+"
+    )
+}
+
+/// The tests' cluster: `tor.yaml`, the global BGPPeer `tor` (IPv4).
+pub fn cluster_tor_peer() -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerIP: \
+         {TOR_V4}, asNumber: {TOR_AS}}}\n"
+    )
+}
+
+/// The tests' cluster: `node-NAME.yaml`, a Node with its segment addresses.
+pub fn cluster_node(name: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    \
+         projectcalico.org/IPv4Address: {v4}/{LAN_PREFIX_V4}\n    \
+         projectcalico.org/IPv6Address: \"{v6}/{LAN_PREFIX_V6}\"\n"
+    )
+}
+
+/// The tests' cluster: `pod-NAME.yaml`, a Pod on `node` with `labels` and its addresses.
+pub fn cluster_pod(name: &str, node: &str, labels: &[(&str, &str)], v4: &str, v6: &str) -> String {
+    let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {POD_NAMESPACE}, labels: \
+         {{{}}}}}\nspec: {{nodeName: {node}}}\nstatus: {{podIP: {v4}, podIPs: [{{ip: {v4}}}, {{ip: \
+         \"{v6}\"}}]}}\n",
+        labels.trim_end_matches(", "),
+    )
 }
 
 #[cfg(test)]
@@ -170,9 +243,9 @@ mod tests {
 
     #[test]
     fn config_parses_as_the_daemon_reads_it() {
-        let plan = Plan::new(3, 2, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(3, 2, crate::plan::DEFAULT_PREFIX).unwrap();
         let text = [
-            bgp_yaml(Tor::Bird),
+            bgp_yaml(true),
             pools_yaml(),
             nodes_yaml(&plan),
             namespaces_yaml(),
@@ -205,14 +278,14 @@ mod tests {
 
     #[test]
     fn no_tor_no_peers() {
-        let s = parse(&bgp_yaml(Tor::None));
+        let s = parse(&bgp_yaml(false));
         assert!(s.bgp_peers.is_empty());
         assert!(s.bgp_configuration().is_some());
     }
 
     #[test]
     fn pods_carry_node_and_addresses() {
-        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(2, 1, crate::plan::DEFAULT_PREFIX).unwrap();
         let mut ips = BTreeMap::new();
         for (i, p) in plan.pods().enumerate() {
             ips.insert(
@@ -241,8 +314,8 @@ mod tests {
     #[test]
     fn write_all_allocates_from_ipam() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = Plan::new(2, 2, crate::lab::plan::DEFAULT_PREFIX).unwrap();
-        let ips = write_all(dir.path(), &plan, Tor::Bird).unwrap();
+        let plan = Plan::new(2, 2, crate::plan::DEFAULT_PREFIX).unwrap();
+        let ips = write_all(dir.path(), &plan, true).unwrap();
         assert_eq!(ips.len(), 4);
         let ipam = Ipam::new(dir.path()).unwrap();
         let b1 = ipam.blocks_for("node1").unwrap();
@@ -254,7 +327,7 @@ mod tests {
             assert!(blocks.iter().any(|b| b.contains(&IpAddr::from(ip.v6))));
         }
         // Idempotent: the same handles get the same addresses again.
-        assert_eq!(write_all(dir.path(), &plan, Tor::Bird).unwrap(), ips);
+        assert_eq!(write_all(dir.path(), &plan, true).unwrap(), ips);
         let text = std::fs::read_to_string(dir.path().join("pods.yaml")).unwrap();
         assert_eq!(parse(&text).pods.len(), 4);
         let hidden: Vec<_> = std::fs::read_dir(dir.path())
@@ -263,5 +336,61 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(hidden.is_empty(), "temp files left: {hidden:?}");
+    }
+
+    /// The two spellings describe the same cluster: AS, mesh, pools, peer, node addresses.
+    #[test]
+    fn cluster_documents_match_the_lab_documents() {
+        let plan = Plan::new(2, 1, crate::plan::DEFAULT_PREFIX).unwrap();
+        let lab = parse(
+            &[
+                bgp_yaml(true),
+                pools_yaml(),
+                nodes_yaml(&plan),
+                namespaces_yaml(),
+            ]
+            .join("---\n"),
+        );
+        let n2 = &plan.nodes[1];
+        let cluster = parse(
+            &[
+                cluster_base(),
+                cluster_tor_peer(),
+                cluster_node("node2", n2.v4, n2.v6),
+            ]
+            .join("---\n"),
+        );
+        assert_eq!(cluster.default_as_number(), lab.default_as_number());
+        assert!(cluster.node_to_node_mesh_enabled());
+        for (name, pool) in &lab.ip_pools {
+            let c = &cluster.ip_pools[name];
+            assert_eq!(
+                (c.cidr, c.block_size),
+                (pool.cidr, pool.block_size),
+                "{name}"
+            );
+        }
+        let tor = &cluster.bgp_peers["tor"];
+        assert_eq!(tor.peer_ip, lab.bgp_peers["tor-v4"].peer_ip);
+        assert_eq!(tor.as_number, Some(TOR_AS));
+        assert_eq!(cluster.nodes["node2"].bgp, lab.nodes["node2"].bgp);
+        assert!(cluster.namespaces.contains_key(POD_NAMESPACE));
+        // Exactly as the fault tests expect to edit them.
+        assert!(cluster_base().contains("blockSize: 26}"));
+        assert!(cluster_tor_peer().contains("spec: {peerIP: 10.200.0.1, asNumber: 65000}"));
+        assert_eq!(
+            cluster_pod("n1-p1", "n1", &[("tier", "stable")], "10.244.0.1", "fd00:244::1"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: n1-p1, namespace: default, labels: {tier: \
+             stable}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.244.0.1, podIPs: [{ip: 10.244.0.1}, \
+             {ip: \"fd00:244::1\"}]}\n"
+        );
+        let s = parse(&cluster_pod(
+            "n1-p1",
+            "n1",
+            &[],
+            "10.244.0.1",
+            "fd00:244::1",
+        ));
+        assert_eq!(s.pods_on_node("n1").count(), 1);
     }
 }

@@ -3,6 +3,10 @@
 //! Files (in the lab's temp dir): `{ns}-bird.{n}.conf`, the control socket `{ns}-bird.{n}.ctl` and the log
 //! `{ns}-bird.{n}.log`, one log across restarts. BIRD runs in the foreground (`bird -f`), so the
 //! [`Proc`] owns the daemon itself and it dies with the handle.
+//!
+//! The lab command's ToR ([`crate::cmd::tor`]) is a BIRD that outlives the command: it starts it
+//! with the same [`daemon_argv`] and queries it with the same [`birdc`], [`parse_protocols`] and
+//! [`parse_routes`].
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +54,86 @@ pub struct BirdRoute {
     pub info: String,
 }
 
+/// `bird -f -c CONF -s SOCK` (and `-R`, recovery after a graceful restart).
+pub fn daemon_argv(conf: &Path, sock: &Path, recovery: bool) -> Vec<String> {
+    let mut argv: Vec<String> = ["bird", "-f", "-c"].map(String::from).into();
+    argv.push(conf.to_string_lossy().into_owned());
+    argv.push("-s".into());
+    argv.push(sock.to_string_lossy().into_owned());
+    if recovery {
+        argv.push("-R".into());
+    }
+    argv
+}
+
+/// One `birdc` command (e.g. `"show route all"`) on control socket `sock`; its output without the
+/// greeting line. Fails if BIRD replies with an error or does not answer within `timeout`.
+/// `birdc` only talks to the Unix socket: no need to enter the namespace.
+pub fn birdc(sock: &Path, cmd: &str, timeout: Duration) -> Result<String> {
+    let s = sock.to_string_lossy();
+    let out = proc::run(&["birdc", "-s", &s, cmd], timeout)?;
+    Ok(out
+        .split_once('\n')
+        .filter(|(first, _)| first.starts_with("BIRD ") && first.ends_with("ready."))
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(out))
+}
+
+/// One line of `birdc show protocols`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BirdProtocol {
+    pub name: String,
+    /// `BGP`, `Device`, `Kernel`, `Static`, ...
+    pub proto: String,
+    /// The protocol state: `up`, `start`, `down`, ...
+    pub state: String,
+    /// When the state was entered, as BIRD prints it.
+    pub since: String,
+    /// For BGP, the BGP state (`Established`, `Active`, ...) when BIRD prints one.
+    pub bgp_state: Option<String>,
+    /// The rest of the line (BGP: the last error).
+    pub info: String,
+}
+
+/// Parse `birdc show protocols`.
+///
+/// ```text
+/// Name       Proto      Table      State  Since         Info
+/// node1_v4   BGP        ---        up     10:41:07.312  Established
+/// node2_v6   BGP        ---        start  10:41:05.100  Active        Socket: Connection refused
+/// ```
+pub fn parse_protocols(text: &str) -> Vec<BirdProtocol> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 5 || cols[0] == "Name" || cols[0] == "BIRD" {
+            continue;
+        }
+        // Info is "<BGP state>  <last error...>"; a down protocol may have no BGP state.
+        let info: Vec<&str> = cols[5..].to_vec();
+        let (bgp_state, rest) = match info.split_first() {
+            Some((s, rest)) if is_bgp_state(s) => (Some(s.to_string()), rest.join(" ")),
+            _ => (None, info.join(" ")),
+        };
+        out.push(BirdProtocol {
+            name: cols[0].to_string(),
+            proto: cols[1].to_string(),
+            state: cols[3].to_string(),
+            since: cols[4].to_string(),
+            bgp_state,
+            info: rest,
+        });
+    }
+    out
+}
+
+fn is_bgp_state(s: &str) -> bool {
+    matches!(
+        s,
+        "Idle" | "Connect" | "Active" | "OpenSent" | "OpenConfirm" | "Established" | "Close"
+    )
+}
+
 impl Bird {
     /// Write `config`, start `bird -f -c CONF -s SOCK` in `ns` and wait until `birdc show status`
     /// answers. The config needs a `router id` unless `ns` has an IPv4 address.
@@ -71,11 +155,8 @@ impl Bird {
     }
 
     fn launch(ns: &Netns, conf: &Path, sock: &Path, log: &Path, recovery: bool) -> Result<Proc> {
-        let (c, s) = (conf.to_string_lossy(), sock.to_string_lossy());
-        let mut argv = vec!["bird", "-f", "-c", &c, "-s", &s];
-        if recovery {
-            argv.push("-R");
-        }
+        let argv = daemon_argv(conf, sock, recovery);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         ns.spawn_log(&argv, log)
     }
 
@@ -107,15 +188,8 @@ impl Bird {
     /// Run one `birdc` command (e.g. `"show route all"`); returns its output without the greeting line.
     /// Fails if BIRD replies with an error or does not answer within [`BIRDC_TIMEOUT`].
     pub fn birdc(&self, cmd: &str) -> Result<String> {
-        let s = self.sock.to_string_lossy();
-        // birdc only talks to the Unix socket: no need to enter the namespace.
-        let out = proc::run(&["birdc", "-s", &s, cmd], BIRDC_TIMEOUT)
-            .with_context(|| format!("birdc {cmd:?} in {}", self.ns.name()))?;
-        Ok(out
-            .split_once('\n')
-            .filter(|(first, _)| first.starts_with("BIRD ") && first.ends_with("ready."))
-            .map(|(_, rest)| rest.to_string())
-            .unwrap_or(out))
+        birdc(&self.sock, cmd, BIRDC_TIMEOUT)
+            .with_context(|| format!("birdc {cmd:?} in {}", self.ns.name()))
     }
 
     /// The state of protocol `name`: the BGP state for BGP (`Established`, `Active`, `Connect`,
@@ -344,6 +418,32 @@ pub fn parse_routes(text: &str) -> Result<Vec<BirdRoute>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bird_protocols() {
+        let text = "Name       Proto      Table      State  Since         Info\n\
+            device1    Device     ---        up     10:41:05.100  \n\
+            kernel4    Kernel     master4    up     10:41:05.100  \n\
+            node1_v4   BGP        ---        up     10:41:07.312  Established   \n\
+            node1_v6   BGP        ---        start  10:41:05.100  Active        Socket: Connection refused\n\
+            node3_v4   BGP        ---        down   10:41:05.100  \n";
+        let p = parse_protocols(text);
+        assert_eq!(p.len(), 5);
+        assert_eq!(
+            (p[0].name.as_str(), p[0].proto.as_str()),
+            ("device1", "Device")
+        );
+        assert_eq!(p[2].bgp_state.as_deref(), Some("Established"));
+        assert_eq!(p[2].since, "10:41:07.312");
+        assert_eq!(
+            (p[3].bgp_state.as_deref(), p[3].info.as_str()),
+            (Some("Active"), "Socket: Connection refused")
+        );
+        assert_eq!(
+            (p[4].state.as_str(), p[4].bgp_state.as_deref()),
+            ("down", None)
+        );
+    }
 
     #[test]
     fn parses_bird_show_route() {

@@ -1,43 +1,29 @@
 //! A test cluster: node namespaces on one segment, each running the real `calico-node-rs` against
 //! one shared file datastore, pods with IPs from the real IPAM, and optionally a BIRD ToR. Used by
-//! the node end-to-end tests and the node benchmark (which finds the release binary the same way:
-//! next to the test or bench executable's `deps/` directory).
+//! the node end-to-end tests, the soak and the node benchmark (which find the binaries with
+//! [`crate::bins`]). Addresses and ASes are the lab command's ([`crate::plan`]); the documents are
+//! [`crate::datastore`]'s flow-style ones; its daemons and BIRD are owned [`Proc`]s, gone when the
+//! cluster drops.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::datastore;
 use crate::lab::{Lab, Netns, Segment};
 use crate::peers::Bird;
+use crate::plan::{node_v4, node_v6, LAN_PREFIX_V4, LAN_PREFIX_V6, TOR_AS, TOR_V4, TOR_V6};
 use crate::pods;
 use crate::proc::Proc;
 use crate::wait::eventually;
 use anyhow::{bail, ensure, Context, Result};
-use calico_node::datastore::{ClusterState, IpFamily};
+use calico_node::datastore::ClusterState;
 use calico_node::ipam::Ipam;
 use ipnet::IpNet;
 
-pub const CONVERGE: Duration = Duration::from_secs(40);
+pub use crate::bins::{ctl_bin, daemon_bin};
 
-const BASE: &str = r#"apiVersion: projectcalico.org/v3
-kind: BGPConfiguration
-metadata: {name: default}
-spec: {asNumber: 64512, nodeToNodeMeshEnabled: true}
----
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: default-ipv4-ippool}
-spec: {cidr: 10.244.0.0/16, blockSize: 26}
----
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: default-ipv6-ippool}
-spec: {cidr: "fd00:244::/48", blockSize: 122}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: default}
-"#;
+pub const CONVERGE: Duration = Duration::from_secs(40);
 
 #[derive(Clone)]
 pub struct PodRef {
@@ -70,41 +56,6 @@ pub struct Cluster {
     lab: Lab,
 }
 
-/// `calico-node-rs`, built by `cargo build --workspace --bins`.
-pub fn daemon_bin() -> Result<PathBuf> {
-    built_bin("calico-node-rs")
-}
-
-/// `calicoctl-rs`, built next to `calico-node-rs`.
-pub fn ctl_bin() -> Result<PathBuf> {
-    built_bin("calicoctl-rs")
-}
-
-/// `name` in the profile directory of the running executable: beside it for a binary of this
-/// crate (`target/release/soak`), one level up for a test or bench (`target/debug/deps/it-HASH`).
-fn built_bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("target dir")?;
-    let beside = dir.join(name);
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    let bin = dir.parent().context("target dir")?.join(name);
-    ensure!(
-        bin.exists(),
-        "{} not built: run `cargo build --workspace --bins` (with `--release` for a release run) first",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-fn node_addr(index: usize) -> (String, String) {
-    (
-        format!("10.200.0.{}", 10 + index),
-        format!("fd00:200::{}", 10 + index),
-    )
-}
-
 impl Cluster {
     pub fn new(tag: &str, nodes: usize, pods_per_node: usize, tor: bool) -> Result<Cluster> {
         Cluster::build(tag, nodes, pods_per_node, tor.then_some(0))
@@ -131,7 +82,7 @@ impl Cluster {
         let lan = lab.segment("lan")?;
         let dir = lab.dir().join("datastore");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("base.yaml"), BASE)?;
+        std::fs::write(dir.join("base.yaml"), datastore::cluster_base())?;
         let mut c = Cluster {
             nodes: vec![],
             tor: None,
@@ -142,12 +93,15 @@ impl Cluster {
         };
         if let Some(routes) = tor_routes {
             let ns = c.lab.netns("tor")?;
-            c.lan
-                .attach(&ns, "eth0", &["10.200.0.1/24", "fd00:200::1/64"])?;
-            let mut conf = String::from(
-                "router id 10.200.0.1;
-protocol device { }
-",
+            let (a4, a6) = (
+                format!("{TOR_V4}/{LAN_PREFIX_V4}"),
+                format!("{TOR_V6}/{LAN_PREFIX_V6}"),
+            );
+            c.lan.attach(&ns, "eth0", &[&a4, &a6])?;
+            let mut conf = format!(
+                "router id {TOR_V4};
+protocol device {{ }}
+"
             );
             let export = if routes > 0 {
                 let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
@@ -167,17 +121,15 @@ protocol device { }
                 "none"
             };
             for i in 1..=nodes {
-                let (a4, _) = node_addr(i);
+                let a4 = node_v4(i);
                 conf += &format!(
-                    "protocol bgp n{i} {{ local 10.200.0.1 as 65000; neighbor {a4} as 64512; connect retry time 1;
-  ipv4 {{ import all; export {export}; }}; ipv6 {{ import all; export none; }}; }}\n"
+                    "protocol bgp n{i} {{ local {TOR_V4} as {TOR_AS}; neighbor {a4} as {}; connect retry time 1;
+  ipv4 {{ import all; export {export}; }}; ipv6 {{ import all; export none; }}; }}\n",
+                    crate::plan::NODE_AS
                 );
             }
             c.tor = Some(Bird::start(&ns, &conf)?);
-            c.write(
-                "tor.yaml",
-                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.200.0.1, asNumber: 65000}\n",
-            )?;
+            c.write("tor.yaml", &datastore::cluster_tor_peer())?;
         }
         for i in 1..=nodes {
             c.add_node(&format!("n{i}"), pods_per_node)?;
@@ -222,10 +174,7 @@ protocol device { }
 
     pub fn write(&self, file: &str, text: &str) -> Result<()> {
         // Write-then-rename, as an editor or kubectl-style tool would: never a half file.
-        let tmp = self.dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.dir.join(file))?;
-        Ok(())
+        datastore::write_atomic(&self.dir, file, text)
     }
 
     /// The shared file datastore directory.
@@ -290,45 +239,37 @@ protocol device { }
             .trim_start_matches('n')
             .parse::<usize>()
             .context("node names are nN")?;
-        let (a4, a6) = node_addr(index);
+        let (a4, a6) = (node_v4(index), node_v6(index));
         let ns = self.lab.netns(name)?;
-        self.lan
-            .attach(&ns, "eth0", &[&format!("{a4}/24"), &format!("{a6}/64")])?;
+        self.lan.attach(
+            &ns,
+            "eth0",
+            &[
+                &format!("{a4}/{LAN_PREFIX_V4}"),
+                &format!("{a6}/{LAN_PREFIX_V6}"),
+            ],
+        )?;
         // felix answers pods' ARP for 169.254.1.1 by proxy ARP, which needs a non-cali route there.
-        ns.ip(&["route", "add", "default", "via", "10.200.0.1"])?;
-        ns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"])?;
+        ns.ip(&["route", "add", "default", "via", &TOR_V4.to_string()])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &TOR_V6.to_string()])?;
         self.write(
             &format!("node-{name}.yaml"),
-            &format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {a4}/24\n    projectcalico.org/IPv6Address: \"{a6}/64\"\n"
-            ),
+            &datastore::cluster_node(name, a4, a6),
         )?;
         let state = self.state()?;
-        let ipam = Ipam::new(&self.dir)?;
         let mut refs = Vec::new();
         for j in 1..=pods {
             let short = format!("p{j}");
             let pod_name = format!("{name}-{short}");
-            let handle = format!("default/{pod_name}");
-            let v4 = ipam.allocate(
-                name,
-                &handle,
-                IpFamily::V4,
-                &state.ip_pools_for_node(name, IpFamily::V4),
-            )?;
-            let v6 = ipam.allocate(
-                name,
-                &handle,
-                IpFamily::V6,
-                &state.ip_pools_for_node(name, IpFamily::V6),
-            )?;
-            let p = pods::add_pod(&self.lab, &ns, &short, &v4.to_string(), &v6.to_string())?;
+            let ip = datastore::allocate(&self.dir, &state, name, &format!("default/{pod_name}"))?;
+            let (v4, v6) = (ip.v4.to_string(), ip.v6.to_string());
+            let p = pods::add_pod(&self.lab, &ns, &short, &v4, &v6)?;
             let r = PodRef {
                 ns: p.ns,
                 name: pod_name,
                 node: name.to_string(),
-                v4: v4.to_string(),
-                v6: v6.to_string(),
+                v4,
+                v6,
             };
             self.write_pod(&r, &[])?;
             refs.push(r);
@@ -364,26 +305,13 @@ protocol device { }
             .find(|n| n.name == node)
             .context("no such node")?;
         let pod_name = format!("{node}-{short}");
-        let handle = format!("default/{pod_name}");
-        let ipam = Ipam::new(&self.dir)?;
-        let v4 = ipam.allocate(
-            node,
-            &handle,
-            IpFamily::V4,
-            &state.ip_pools_for_node(node, IpFamily::V4),
-        )?;
-        let v6 = ipam.allocate(
-            node,
-            &handle,
-            IpFamily::V6,
-            &state.ip_pools_for_node(node, IpFamily::V6),
-        )?;
+        let ip = datastore::allocate(&self.dir, &state, node, &format!("default/{pod_name}"))?;
         Ok(PodRef {
             ns: self.lab.netns(&format!("{}.{short}", n.ns.short()))?,
             name: pod_name,
             node: node.to_string(),
-            v4: v4.to_string(),
-            v6: v6.to_string(),
+            v4: ip.v4.to_string(),
+            v6: ip.v6.to_string(),
         })
     }
 
@@ -406,18 +334,9 @@ protocol device { }
     }
 
     fn write_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
-        let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
         self.write(
             &format!("pod-{}.yaml", p.name),
-            &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: default, labels: {{{}}}}}\nspec: {{nodeName: {}}}\nstatus: {{podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
-                p.name,
-                labels.trim_end_matches(", "),
-                p.node,
-                p.v4,
-                p.v4,
-                p.v6
-            ),
+            &datastore::cluster_pod(&p.name, &p.node, labels, &p.v4, &p.v6),
         )
     }
 

@@ -1,4 +1,6 @@
-//! The network-namespace lab: namespaces, veth links, bridged segments and processes inside them.
+//! The tests' network-namespace lab: namespaces, veth links, bridged segments and processes
+//! inside them, all removed when the [`Lab`] drops (the lab command's namespaces, which outlive
+//! it, are made by [`crate::cmd`] with the same primitives, [`crate::netns`]).
 //!
 //! # Naming
 //! A [`Lab`] has a *prefix* `crs{PID}-{TAG}` where PID is the test process id and TAG is chosen by the
@@ -22,8 +24,10 @@
 //!   clean it up.
 //!
 //! # Safety
-//! Nothing here touches the root namespace: links are created with `ip -n NS`, with the peer placed
-//! directly in its namespace (`peer name X netns NS2`), and sysctls are set through `ip netns exec`.
+//! Nothing here touches the root namespace: every command goes through [`crate::netns`], which
+//! refuses names outside the lab's schemes; links are created with `ip -n NS`, with the peer
+//! placed directly in its namespace (`peer name X netns NS2`), and sysctls are set through
+//! `ip netns exec`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,16 +36,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
+use crate::netns::{self, owner_pid, NETNS_DIR};
 use crate::proc::{self, Proc, DEFAULT_TIMEOUT};
 
 /// Environment variable: when `1`, labs keep their namespaces, processes and files on drop.
 pub const KEEP_ENV: &str = "CRS_KEEP_LAB";
 /// Every lab object name starts with this, followed by the owning process id.
-pub const PREFIX: &str = "crs";
-const NETNS_DIR: &str = "/run/netns";
+pub const PREFIX: &str = netns::FAMILY;
 /// File in a kept lab's temp dir that makes the sweep leave the lab alone.
 pub const KEEP_MARKER: &str = ".keep";
 
@@ -144,11 +146,7 @@ impl Lab {
     /// Create namespace `crs{PID}-{TAG}-{name}` with `lo` up and IPv6 DAD off (addresses usable at once).
     pub fn netns(&self, name: &str) -> Result<Netns> {
         let ns = self.make_netns(name)?;
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.sysctls(&[
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-        ])?;
+        ns.sysctls(&netns::NO_DAD)?;
         Ok(ns)
     }
 
@@ -168,7 +166,7 @@ impl Lab {
             }
             list.push(full.clone());
         }
-        proc::run(&["ip", "netns", "add", &full], DEFAULT_TIMEOUT)?;
+        netns::add(&full)?;
         Ok(Netns {
             name: full,
             short: name.to_string(),
@@ -183,7 +181,7 @@ impl Lab {
             .lock()
             .unwrap()
             .retain(|n| n != ns.name());
-        remove_netns(ns.name());
+        netns::kill_and_del(ns.name());
     }
 
     /// A veth pair `a.1` in `a.0` <-> `b.1` in `b.0`, both brought up (no addresses).
@@ -203,7 +201,6 @@ impl Lab {
             ("net.ipv6.conf.all.disable_ipv6", "1"),
             ("net.ipv6.conf.default.disable_ipv6", "1"),
         ])?;
-        ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&[
             "link",
             "add",
@@ -239,30 +236,12 @@ impl Drop for Lab {
             );
         } else {
             for name in &names {
-                remove_netns(name);
+                netns::kill_and_del(name);
             }
             let _ = std::fs::remove_dir_all(&self.shared.dir);
         }
         let mut live = LIVE_TAGS.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|t| t != &self.shared.tag);
-    }
-}
-
-/// Kill every process inside namespace `name` (never ourselves) and delete it. Best effort.
-fn remove_netns(name: &str) {
-    if let Ok(pids) = proc::run(&["ip", "netns", "pids", name], DEFAULT_TIMEOUT) {
-        let me = std::process::id() as i32;
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            if pid != me {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
-    if let Err(e) = proc::run(&["ip", "netns", "del", name], DEFAULT_TIMEOUT) {
-        eprintln!("lab: deleting namespace {name}: {e:#}");
     }
 }
 
@@ -282,16 +261,6 @@ fn kept(name: &str) -> bool {
         .exists()
 }
 
-/// The pid embedded in a lab object name `crs{PID}-...`, if the name follows the scheme.
-pub fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(PREFIX)?;
-    let (digits, _) = rest.split_once('-')?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -309,7 +278,7 @@ pub fn sweep() -> Result<Vec<String>> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = owner_pid(&name) {
             if !pid_alive(pid) && !kept(&name) {
-                remove_netns(&name);
+                netns::kill_and_del(&name);
                 swept.push(name);
             }
         }
@@ -354,31 +323,29 @@ impl Netns {
         &self.shared.dir
     }
 
-    fn exec_argv<'a>(&'a self, argv: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec!["ip", "netns", "exec", self.name.as_str()];
-        v.extend_from_slice(argv);
-        v
+    fn exec_argv<'a>(&'a self, argv: &[&'a str]) -> Result<Vec<&'a str>> {
+        netns::exec_argv(&self.name, argv)
     }
 
     /// Run `argv` inside the namespace (deadline 30 s); returns stdout. The error names the command,
     /// exit status and stderr.
     pub fn run(&self, argv: &[&str]) -> Result<String> {
-        proc::run(&self.exec_argv(argv), DEFAULT_TIMEOUT)
+        proc::run(&self.exec_argv(argv)?, DEFAULT_TIMEOUT)
     }
 
     /// [`Netns::run`] with an explicit deadline (the process is SIGKILLed when it passes).
     pub fn run_timeout(&self, argv: &[&str], timeout: Duration) -> Result<String> {
-        proc::run(&self.exec_argv(argv), timeout)
+        proc::run(&self.exec_argv(argv)?, timeout)
     }
 
     /// Run `argv` inside the namespace and return its output whatever its exit status.
     pub fn output(&self, argv: &[&str], timeout: Duration) -> Result<std::process::Output> {
-        proc::run_output(&self.exec_argv(argv), None, timeout)
+        netns::exec(&self.name, argv, timeout)
     }
 
     /// Run `argv` inside the namespace with `stdin` fed to it.
     pub fn run_stdin(&self, argv: &[&str], stdin: &[u8]) -> Result<String> {
-        proc::run_stdin(&self.exec_argv(argv), stdin, DEFAULT_TIMEOUT)
+        proc::run_stdin(&self.exec_argv(argv)?, stdin, DEFAULT_TIMEOUT)
     }
 
     /// `sh -c script` inside the namespace; returns stdout.
@@ -388,9 +355,12 @@ impl Netns {
 
     /// `ip -n {name} argv...` (iproute2 switches namespace itself; quicker than `ip netns exec ip`).
     pub fn ip(&self, argv: &[&str]) -> Result<String> {
-        let mut v = vec!["ip", "-n", self.name.as_str()];
-        v.extend_from_slice(argv);
-        proc::run(&v, DEFAULT_TIMEOUT)
+        netns::ip(&self.name, argv)
+    }
+
+    /// `ip -n {name} -batch -` with one command per line.
+    pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
+        netns::ip_batch(&self.name, lines)
     }
 
     /// Set one sysctl inside the namespace, e.g. `("net.ipv4.ip_forward", "1")`.
@@ -400,10 +370,7 @@ impl Netns {
 
     /// Set several sysctls inside the namespace with one process.
     pub fn sysctls(&self, kv: &[(&str, &str)]) -> Result<()> {
-        let pairs: Vec<String> = kv.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut argv = vec!["sysctl", "-q", "-w"];
-        argv.extend(pairs.iter().map(String::as_str));
-        self.run(&argv).map(drop)
+        netns::sysctls(&self.name, kv)
     }
 
     /// Read a sysctl inside the namespace.
@@ -452,7 +419,7 @@ impl Netns {
 
     /// [`Netns::spawn`] appending to the given log file (e.g. to keep one log across restarts).
     pub fn spawn_log(&self, argv: &[&str], log: &Path) -> Result<Proc> {
-        Proc::spawn(&self.exec_argv(argv), log, self.shared.keep_flag())
+        Proc::spawn(&self.exec_argv(argv)?, log, self.shared.keep_flag())
     }
 
     /// A fresh path `{lab dir}/{short}-{stem}.{n}.{ext}` for a config, socket or log of this namespace.
@@ -573,14 +540,7 @@ impl Segment {
 
 /// Names of the namespaces currently present whose names begin with `prefix`.
 pub fn list_netns(prefix: &str) -> Vec<String> {
-    std::fs::read_dir(NETNS_DIR)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
+    netns::list(prefix)
 }
 
 /// Handles are shared with threads that run inside the namespaces.
@@ -594,18 +554,6 @@ fn assert_send_sync() {
 
 #[cfg(test)]
 mod tests {
-    use super::owner_pid;
-
-    #[test]
-    fn owner_pid_parses_the_scheme_only() {
-        assert_eq!(owner_pid("crs1234-bgp-n1"), Some(1234));
-        assert_eq!(owner_pid("crs1-x"), Some(1));
-        assert_eq!(owner_pid("crs-bgp-n1"), None);
-        assert_eq!(owner_pid("crsx12-a"), None);
-        assert_eq!(owner_pid("cni-1234"), None);
-        assert_eq!(owner_pid("crs1234"), None);
-    }
-
     #[test]
     fn lab_prefix_of_names() {
         assert_eq!(super::lab_prefix("crs1234-bgp-n1"), "crs1234-bgp");

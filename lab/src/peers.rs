@@ -1,5 +1,7 @@
 //! Real BGP peers for the lab: BIRD 2 ([`Bird`]), GoBGP ([`Gobgp`]) and FRR's bgpd ([`Frr`]), each
-//! started from a config string inside a lab namespace and killed with it.
+//! started from a config string inside a lab namespace and killed with it. The lab command's
+//! top-of-rack router ([`crate::cmd::tor`]) is started and queried through the same modules
+//! ([`bird`], [`gobgp`]), detached instead of owned.
 //!
 //! Files live in the lab's temp dir, named after the namespace (`{ns}-bird.{n}.conf|ctl|log`,
 //! `{ns}-gobgp.{n}.toml|sock|log`, `{ns}-frr.{n}.conf|pid|log` and the vty socket directory
@@ -113,9 +115,9 @@
 //! 100k routes were at a GoBGP peer and at a BIRD peer ~6.5 s after BIRD started, session set-up
 //! included (self-tests `bulk_inject_100k` and `bulk_static_bird`, `--ignored --nocapture`).
 
-mod bird;
-mod frr;
-mod gobgp;
+pub mod bird;
+pub mod frr;
+pub mod gobgp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -1,46 +1,32 @@
 //! Plumbing of the lab's namespaces: the bridged segment, the ToR, the nodes and the pods. Every
-//! change goes through `ip -n PREFIX*` / `ip netns exec PREFIX*` ([`super::sys`]).
+//! change goes through `ip -n PREFIX*` / `ip netns exec PREFIX*` ([`crate::netns`]).
 //!
-//! Pods are plumbed as Calico's CNI plugin does it, minus what the daemon's felix does itself when
-//! it sees the interface (proxy ARP, sysctls, the /32 and /128 routes): a veth with the host side
-//! `cali…` in the node namespace and `eth0` in the pod namespace with the pod's /32 and /128, a
-//! link-scope route to 169.254.1.1 and default routes via 169.254.1.1 and
-//! `fe80::ecee:eeff:feee:eeee`. The host side gets its MAC `ee:ee:ee:ee:ee:ee` when it is created,
-//! before it comes up, as the CNI plugin does: the kernel derives the IPv6 link-local address (the
-//! pods' IPv6 gateway) from the MAC only when the link comes up, so a MAC changed later by felix
-//! would leave the host side without `fe80::ecee:eeff:feee:eeee`.
+//! Pods are plumbed as Calico's CNI plugin does it ([`crate::pods`]), minus what the daemon's
+//! felix does itself when it sees the interface (proxy ARP, sysctls, the /32 and /128 routes).
+//! The host side gets its MAC `ee:ee:ee:ee:ee:ee` when it is created, before it comes up, as the
+//! CNI plugin does: the kernel derives the IPv6 link-local address (the pods' IPv6 gateway) from
+//! the MAC only when the link comes up, so a MAC changed later by felix would leave the host side
+//! without `fe80::ecee:eeff:feee:eeee`.
 
 use anyhow::{Context, Result};
 
-use super::datastore::PodIps;
-use super::plan::*;
-use super::sys;
-
-/// Link-local gateway of a pod (the host side's address once felix sets its MAC).
-const POD_GW_V6: &str = "fe80::ecee:eeff:feee:eeee";
-/// Calico's host-side veth MAC (`felix::veth::HOST_SIDE_MAC`).
-const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
-/// IPv4 gateway of a pod, answered by proxy ARP on the host side.
-const POD_GW_V4: &str = "169.254.1.1";
-
-/// No duplicate address detection: addresses are usable at once (the lab plans them unique).
-const NO_DAD: [(&str, &str); 2] = [
-    ("net.ipv6.conf.all.accept_dad", "0"),
-    ("net.ipv6.conf.default.accept_dad", "0"),
-];
+use crate::datastore::PodIps;
+use crate::netns;
+use crate::plan::*;
+use crate::pods;
 
 /// Makes namespace `ns` and records it first, so a failure half-way still leaves it recorded.
 fn add_ns(ns: &str, made: &mut Vec<String>) -> Result<()> {
     made.push(ns.to_string());
-    sys::netns_add(ns)?;
-    sys::sysctls(ns, &NO_DAD)
+    netns::add(ns)?;
+    netns::sysctls(ns, &netns::NO_DAD)
 }
 
 /// `PREFIXlan` with bridge `br0`.
 pub fn segment(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
     let lan = plan.lan_ns();
     add_ns(&lan, made)?;
-    sys::ip_batch(
+    netns::ip_batch(
         &lan,
         &[
             format!("link add {BRIDGE} type bridge mcast_snooping 0"),
@@ -51,7 +37,7 @@ pub fn segment(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
 
 /// A veth from the bridge (port `port`) to `eth0` of `ns`, with the segment addresses.
 fn attach(plan: &Plan, ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
-    sys::ip_batch(
+    netns::ip_batch(
         &plan.lan_ns(),
         &[
             format!("link add {port} type veth peer name {ETH} netns {ns}"),
@@ -59,7 +45,7 @@ fn attach(plan: &Plan, ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
             format!("link set {port} up"),
         ],
     )?;
-    sys::ip_batch(
+    netns::ip_batch(
         ns,
         &[
             format!("addr add {v4}/{LAN_PREFIX_V4} dev {ETH}"),
@@ -73,7 +59,7 @@ fn attach(plan: &Plan, ns: &str, port: &str, v4: &str, v6: &str) -> Result<()> {
 pub fn tor(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
     let tor = plan.tor_ns();
     add_ns(&tor, made)?;
-    sys::sysctls(
+    netns::sysctls(
         &tor,
         &[
             ("net.ipv4.ip_forward", "1"),
@@ -94,7 +80,7 @@ pub fn tor(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
 /// route toward 169.254.1.1 to answer proxy ARP) and forwarding on.
 pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
     add_ns(&n.netns, made)?;
-    sys::sysctls(
+    netns::sysctls(
         &n.netns,
         &[
             ("net.ipv4.ip_forward", "1"),
@@ -108,7 +94,7 @@ pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
         &n.v4.to_string(),
         &n.v6.to_string(),
     )?;
-    sys::ip_batch(
+    netns::ip_batch(
         &n.netns,
         &[
             format!("route add 0.0.0.0/0 via {TOR_V4} dev {ETH}"),
@@ -121,40 +107,16 @@ pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
 /// A pod namespace and its veth to the node.
 pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) -> Result<()> {
     add_ns(&p.netns, made)?;
-    sys::ip_batch(
+    netns::ip_batch(
         &node.netns,
         &[
-            format!(
-                "link add {} address {HOST_MAC} type veth peer name {ETH} netns {}",
-                p.host_iface, p.netns
-            ),
+            pods::veth_line(&p.host_iface, &p.netns, Some(&pods::host_mac())),
             format!("link set {} up", p.host_iface),
         ],
     )?;
-    sys::ip_batch(
+    netns::ip_batch(
         &p.netns,
-        &[
-            format!("addr add {}/32 dev {ETH}", ip.v4),
-            format!("addr add {}/128 dev {ETH} nodad", ip.v6),
-            format!("link set {ETH} up"),
-            format!("route add {POD_GW_V4}/32 dev {ETH} scope link"),
-            format!("route add 0.0.0.0/0 via {POD_GW_V4} dev {ETH}"),
-            format!("route add ::/0 via {POD_GW_V6} dev {ETH}"),
-        ],
+        &pods::pod_side_lines(&ip.v4.to_string(), &ip.v6.to_string()),
     )
     .with_context(|| format!("setting up pod {}", p.name))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn gateways_match_felix() {
-        let mac: Vec<String> = felix::veth::HOST_SIDE_MAC
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(super::HOST_MAC, mac.join(":"));
-        assert_eq!(super::POD_GW_V6, felix::veth::IPV6_GATEWAY.to_string());
-        assert_eq!(super::POD_GW_V4, felix::veth::IPV4_GATEWAY.to_string());
-    }
 }

@@ -1,18 +1,19 @@
-//! `calico-node-rs lab up|down|status`: a small Calico cluster on one machine, made of network
-//! namespaces, for trying the node out and for demos.
+//! `calico-lab-rs up|down|status`: a small Calico cluster on one machine, made of network
+//! namespaces, for trying the node out and for demos. Unlike the tests' labs, it outlives the
+//! command: its namespaces and processes are recorded in `DIR/lab.json` and removed by `down`.
 //!
 //! ```text
 //!  up:  plan (pure) -> namespaces + segment + ToR netns -> datastore YAML + IPAM pod addresses
 //!       -> pods (veths) -> ToR router (BIRD | GoBGP) -> one daemon per node (detached)
-//!       -> wait until converged (check::missing is empty) -> print peers + reachability matrix
+//!       -> wait until converged (converge::missing is empty) -> print peers + reachability matrix
 //!  status: lab.json -> observe once -> print the same
 //!  down: SIGTERM (5 s) / SIGKILL every lab process -> delete every PREFIX* namespace -> remove DIR
 //! ```
 //!
-//! Layout and addresses: [`plan`]. Datastore: [`datastore`]. What is recorded: [`record`]
-//! (`DIR/lab.json`). Everything lives in network namespaces named `PREFIX*` (`crslab-*` unless
-//! `--netns-prefix` picks another `crs…-`); nothing here changes the root namespace's links,
-//! routes, sysctls or nftables (see [`sys`]). The prefix is reserved for the lab: `down` removes
+//! Layout and addresses: [`crate::plan`]. Datastore: [`crate::datastore`]. What is recorded:
+//! [`record`] (`DIR/lab.json`). Everything lives in network namespaces named `PREFIX*` (`crslab-*`
+//! unless `--netns-prefix` picks another `crs…-`); nothing here changes the root namespace's
+//! links, routes, sysctls or nftables (see [`crate::netns`]). The prefix is reserved for the lab: `down` removes
 //! every namespace carrying it, recorded or not, so a crashed `up` is always cleaned up. A second
 //! lab with another prefix and directory runs beside the first (the tests use that).
 //!
@@ -20,14 +21,10 @@
 //! --grpc unix:DIR/run/nodeK.sock` inside `PREFIXnodeK`, in sessions of their own, logging to
 //! `DIR/logs/nodeK.log`, so they outlive `up`.
 
-pub mod check;
-pub mod datastore;
-pub mod matrix;
+pub mod converge;
 pub mod net;
-pub mod plan;
 pub mod record;
 pub mod report;
-pub mod sys;
 pub mod tor;
 
 use std::path::{Path, PathBuf};
@@ -36,7 +33,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use plan::Plan;
+use crate::plan::{self, Plan};
+use crate::{bins, datastore, netns, proc};
 use record::{Paths, Record};
 
 /// Env var: when set (to anything but `0` or empty), `up` does not wait for convergence (for
@@ -44,8 +42,6 @@ use record::{Paths, Record};
 pub const ENV_SKIP_WAIT: &str = "CALICO_LAB_SKIP_WAIT";
 /// Default lab directory.
 pub const DEFAULT_DIR: &str = "/tmp/calico-rs-lab";
-/// Name of the CLI binary looked for next to the node binary.
-pub const CTL_BIN_NAME: &str = "calicoctl-rs";
 /// How long `down` lets processes exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -94,7 +90,7 @@ pub struct LabCfg {
     pub tor: Tor,
     /// Lab directory (default [`DEFAULT_DIR`]): datastore, sockets, logs, `lab.json`.
     pub dir: PathBuf,
-    /// The daemon binary (default: the running executable).
+    /// The daemon binary (default: `calico-node-rs` next to the running executable).
     pub node_bin: PathBuf,
     /// `calicoctl-rs`, used for per-node peer tables (default: next to `node_bin` if present).
     pub ctl_bin: Option<PathBuf>,
@@ -109,25 +105,19 @@ pub struct LabCfg {
 
 impl Default for LabCfg {
     fn default() -> LabCfg {
-        let node_bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("calico-node-rs"));
+        let node_bin = bins::beside_exe(bins::NODE).unwrap_or_else(|| PathBuf::from(bins::NODE));
         LabCfg {
             nodes: 3,
             pods_per_node: 2,
             tor: Tor::Bird,
             dir: PathBuf::from(DEFAULT_DIR),
-            ctl_bin: ctl_next_to(&node_bin),
+            ctl_bin: bins::ctl_next_to(&node_bin),
             node_bin,
             force: false,
             timeout: Duration::from_secs(60),
             netns_prefix: plan::DEFAULT_PREFIX.to_string(),
         }
     }
-}
-
-/// `calicoctl-rs` in the directory of `node_bin`, if it exists.
-pub fn ctl_next_to(node_bin: &Path) -> Option<PathBuf> {
-    let p = node_bin.parent()?.join(CTL_BIN_NAME);
-    p.is_file().then_some(p)
 }
 
 fn check_tools(cfg: &LabCfg) -> Result<()> {
@@ -137,7 +127,7 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
         Tor::Gobgp => need.extend(["gobgpd", "gobgp"]),
         Tor::None => {}
     }
-    let lacking: Vec<&str> = need.into_iter().filter(|t| !sys::have(t)).collect();
+    let lacking: Vec<&str> = need.into_iter().filter(|t| !proc::have(t)).collect();
     if !lacking.is_empty() {
         bail!(
             "lab: missing tools: {} (Debian: apt-get install iproute2 iputils-ping util-linux \
@@ -145,9 +135,10 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
             lacking.join(", ")
         );
     }
-    if !sys::have(&cfg.node_bin.to_string_lossy()) {
+    if !proc::have(&cfg.node_bin.to_string_lossy()) {
         bail!(
-            "lab: node binary {} is not executable",
+            "lab: node binary {} is not executable (build it with `cargo build --release -p \
+             calico-node --bins`, or pass --node-bin)",
             cfg.node_bin.display()
         );
     }
@@ -165,7 +156,7 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
     let plan = Plan::new(cfg.nodes, cfg.pods_per_node, &cfg.netns_prefix)?;
     check_tools(cfg)?;
     let paths = Paths::new(&cfg.dir);
-    let leftover = sys::lab_namespaces(&plan.prefix);
+    let leftover = netns::lab_namespaces(&plan.prefix);
     if paths.record.exists() || !leftover.is_empty() {
         if !cfg.force {
             let what = if paths.record.exists() {
@@ -181,7 +172,8 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
                 down_args += &format!(" --netns-prefix {}", plan.prefix);
             }
             bail!(
-                "lab: {what}; run `calico-node-rs lab down{down_args}` first, or `lab up --force`"
+                "lab: {what}; run `{}{down_args}` first, or `up --force`",
+                cmd("down")
             );
         }
         println!("Removing the existing lab first (--force).");
@@ -221,11 +213,11 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
     let skip = std::env::var(ENV_SKIP_WAIT).is_ok_and(|v| !v.is_empty() && v != "0");
     let (observed, missing) = if skip {
         println!("Not waiting for convergence ({ENV_SKIP_WAIT} is set).");
-        let o = check::observe(&plan, &rec, &paths);
-        let m = check::missing(&plan, &o);
+        let o = converge::observe(&plan, &rec, &paths);
+        let m = converge::missing(&plan, &o);
         (o, m)
     } else {
-        check::wait(&plan, &rec, &paths, cfg.timeout)
+        converge::wait(&plan, &rec, &paths, cfg.timeout)
     };
     print_missing(&missing, &paths);
     if let Some(line) = report::tor_summary(&plan, rec.tor, &observed) {
@@ -233,12 +225,13 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
     }
     report::print_nodes(&plan, &rec, &paths, &observed);
     let grids = report::print_matrix(&plan, &rec);
-    let unreachable: usize = grids.iter().map(|g| g.count().1 - g.count().0).sum();
+    let unreachable: usize = grids.iter().map(|(_, m)| m.count().1 - m.count().0).sum();
     println!();
     println!(
-        "Lab directory {}; `calico-node-rs lab status` shows this again, `calico-node-rs lab down` \
-         removes it.",
-        cfg.dir.display()
+        "Lab directory {}; `{}` shows this again, `{}` removes it.",
+        cfg.dir.display(),
+        cmd("status"),
+        cmd("down")
     );
     if !missing.is_empty() && !skip {
         bail!(
@@ -252,6 +245,11 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
         bail!("lab: {unreachable} pod pairs cannot reach each other");
     }
     Ok(())
+}
+
+/// `calico-lab-rs SUB`, as the user would type it.
+fn cmd(sub: &str) -> String {
+    format!("{} {sub}", bins::LAB)
 }
 
 fn print_missing(missing: &[String], paths: &Paths) {
@@ -273,7 +271,7 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
         net::node(plan, n, &mut rec.namespaces)?;
     }
     rec.save(paths)?;
-    rec.pods = datastore::write_all(&paths.datastore, plan, rec.tor)?;
+    rec.pods = datastore::write_all(&paths.datastore, plan, rec.tor != Tor::None)?;
     rec.save(paths)?;
     for n in &plan.nodes {
         for p in &n.pods {
@@ -302,7 +300,7 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
             "--grpc",
             &grpc,
         ];
-        let proc = sys::spawn_detached(&n.netns, &argv, &paths.log(&n.name))?;
+        let proc = netns::spawn_detached(&n.netns, &argv, &paths.log(&n.name))?;
         rec.daemons.insert(n.name.clone(), proc);
         rec.save(paths)?;
     }
@@ -314,15 +312,15 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
 pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
     let paths = Paths::new(dir);
     let Some(rec) = Record::load(&paths)? else {
-        let stray = sys::lab_namespaces(netns_prefix);
+        let stray = netns::lab_namespaces(netns_prefix);
         if stray.is_empty() {
             bail!("lab: no lab in {}", dir.display());
         }
         bail!(
-            "lab: no lab record in {}, but lab namespaces exist ({}); `calico-node-rs lab down` \
-             removes them",
+            "lab: no lab record in {}, but lab namespaces exist ({}); `{}` removes them",
             dir.display(),
-            stray.join(", ")
+            stray.join(", "),
+            cmd("down")
         );
     };
     let plan = Plan::new(rec.nodes, rec.pods_per_node, &rec.netns_prefix)?;
@@ -340,8 +338,8 @@ pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
         },
         plan.nodes.len()
     );
-    let o = check::observe(&plan, &rec, &paths);
-    let missing = check::missing(&plan, &o);
+    let o = converge::observe(&plan, &rec, &paths);
+    let missing = converge::missing(&plan, &o);
     if missing.is_empty() {
         println!("Converged: every session is up and every block is routed.");
     }
@@ -372,22 +370,22 @@ pub fn down(dir: &Path, netns_prefix: &str) -> Result<()> {
         .as_ref()
         .map_or(netns_prefix, |r| r.netns_prefix.as_str())
         .to_string();
-    let mut namespaces = sys::lab_namespaces(&prefix);
+    let mut namespaces = netns::lab_namespaces(&prefix);
     for ns in rec.iter().flat_map(|r| &r.namespaces) {
-        if !namespaces.contains(ns) && std::path::Path::new("/run/netns").join(ns).exists() {
+        if !namespaces.contains(ns) && Path::new(netns::NETNS_DIR).join(ns).exists() {
             namespaces.push(ns.clone());
         }
     }
     let mut procs = rec.as_ref().map(Record::procs).unwrap_or_default();
     for ns in &namespaces {
-        procs.extend(sys::netns_pids(ns).into_iter().filter_map(sys::ProcId::of));
+        procs.extend(netns::pids(ns).into_iter().filter_map(proc::ProcId::of));
     }
     procs.sort_by_key(|p| p.pid);
     procs.dedup();
-    let stopped = sys::stop_all(&procs, STOP_GRACE);
+    let stopped = proc::stop_all(&procs, STOP_GRACE);
     let mut failed = Vec::new();
     for ns in &namespaces {
-        if let Err(e) = sys::netns_del(ns) {
+        if let Err(e) = netns::del(ns) {
             failed.push(format!("{e:#}"));
         }
     }
@@ -416,7 +414,7 @@ pub fn down(dir: &Path, netns_prefix: &str) -> Result<()> {
             String::new()
         }
     );
-    let left = sys::lab_namespaces(&prefix);
+    let left = netns::lab_namespaces(&prefix);
     if !left.is_empty() {
         failed.push(format!("namespaces still present: {}", left.join(", ")));
     }
@@ -474,14 +472,14 @@ mod tests {
         assert!(rec.daemons.values().all(|p| p.alive()));
         assert_eq!(rec.namespaces.len(), 2 + 2 + 2);
         assert!(rec.namespaces.iter().all(|n| n.starts_with(prefix)));
-        assert_eq!(sys::lab_namespaces(prefix), {
+        assert_eq!(netns::lab_namespaces(prefix), {
             let mut v = rec.namespaces.clone();
             v.sort();
             v
         });
         assert!(up(&cfg).is_err(), "a second up must refuse");
         down(&cfg.dir, plan::DEFAULT_PREFIX).unwrap();
-        assert!(sys::lab_namespaces(prefix).is_empty());
+        assert!(netns::lab_namespaces(prefix).is_empty());
         assert!(rec.procs().iter().all(|p| !p.alive()));
         assert!(!cfg.dir.exists());
     }
@@ -492,6 +490,6 @@ mod tests {
         assert_eq!((c.nodes, c.pods_per_node, c.tor), (3, 2, Tor::Bird));
         assert_eq!(c.dir, PathBuf::from("/tmp/calico-rs-lab"));
         assert_eq!(c.timeout, Duration::from_secs(60));
-        assert!(ctl_next_to(Path::new("/nonexistent/calico-node-rs")).is_none());
+        assert!(bins::ctl_next_to(Path::new("/nonexistent/calico-node-rs")).is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! `DIR/lab.json`: what `lab up` made, so `lab status` and `lab down` (another process, later)
+//! `DIR/lab.json`: what `up` made, so `status` and `down` (another process, later)
 //! find it. Written after every step of `up` (temp + rename), so a crash leaves a record of
 //! everything made so far; `down` also sweeps every namespace with the lab's prefix, record or not.
 
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::datastore::PodIps;
-use super::sys::ProcId;
 use super::Tor;
+use crate::datastore::PodIps;
+use crate::proc::ProcId;
 
 /// Format version of `lab.json`.
 const VERSION: u32 = 1;
@@ -81,7 +81,7 @@ pub struct Record {
 }
 
 fn default_prefix() -> String {
-    super::plan::DEFAULT_PREFIX.to_string()
+    crate::plan::DEFAULT_PREFIX.to_string()
 }
 
 impl Record {

@@ -7,31 +7,17 @@
 //! for every block owned by another node.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use calico_node::datastore::IpFamily;
+use calico_node::ipam::Ipam;
 use ipnet::IpNet;
 
-use super::plan::Plan;
 use super::record::{Paths, Record};
 use super::tor::{self, TorFiles, TorView};
-use super::{sys, Tor};
-use crate::datastore::IpFamily;
-use crate::ipam::Ipam;
-
-/// Route protocol the daemon's felix marks its routes with (its default).
-pub const ROUTE_PROTOCOL: u8 = felix::routes::DEFAULT_ROUTE_PROTOCOL;
-
-/// One route of [`ROUTE_PROTOCOL`] in a node namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeRoute {
-    pub dst: IpNet,
-    /// `unicast`, `blackhole`, ...
-    pub kind: String,
-    pub gateway: Option<IpAddr>,
-    pub dev: Option<String>,
-}
+use super::Tor;
+use crate::plan::Plan;
+use crate::routes::{node_routes, NodeRoute};
 
 /// A snapshot of the lab.
 #[derive(Clone, Debug, Default)]
@@ -65,59 +51,6 @@ impl Observed {
             .and_then(|r| r.get(block))
             .is_some_and(|r| r.kind == "unicast")
     }
-}
-
-/// Routes from `ip -j route show proto N` (host routes are printed without a prefix length;
-/// ECMP routes carry `nexthops`).
-pub fn parse_ip_routes(v: &serde_json::Value) -> Vec<NodeRoute> {
-    let mut out = Vec::new();
-    for r in v.as_array().into_iter().flatten() {
-        let Some(dst) = r["dst"].as_str() else {
-            continue;
-        };
-        let dst = if dst == "default" {
-            continue;
-        } else if dst.contains('/') {
-            dst.parse().ok()
-        } else {
-            dst.parse::<IpAddr>().ok().map(IpNet::from)
-        };
-        let Some(dst) = dst else {
-            continue;
-        };
-        let first_hop = &r["nexthops"][0];
-        let gateway = r["gateway"]
-            .as_str()
-            .or_else(|| first_hop["gateway"].as_str())
-            .and_then(|g| g.parse().ok());
-        let dev = r["dev"]
-            .as_str()
-            .or_else(|| first_hop["dev"].as_str())
-            .map(str::to_string);
-        out.push(NodeRoute {
-            dst,
-            kind: r["type"].as_str().unwrap_or("unicast").to_string(),
-            gateway,
-            dev,
-        });
-    }
-    out
-}
-
-/// The daemon's routes (both families) in namespace `ns`.
-pub fn node_routes(ns: &str) -> Result<BTreeMap<IpNet, NodeRoute>> {
-    let proto = ROUTE_PROTOCOL.to_string();
-    let mut out = BTreeMap::new();
-    for family in ["-4", "-6"] {
-        let text = sys::ip(ns, &["-j", family, "route", "show", "proto", &proto])?;
-        let v: serde_json::Value = if text.trim().is_empty() {
-            serde_json::Value::Array(Vec::new())
-        } else {
-            serde_json::from_str(&text).context("`ip -j route`: not JSON")?
-        };
-        out.extend(parse_ip_routes(&v).into_iter().map(|r| (r.dst, r)));
-    }
-    Ok(out)
 }
 
 /// Reads the lab's state now.
@@ -238,7 +171,7 @@ pub fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::tor::Session;
+    use crate::cmd::tor::Session;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -305,13 +238,13 @@ mod tests {
 
     #[test]
     fn ready_when_everything_is_there() {
-        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(2, 1, crate::plan::DEFAULT_PREFIX).unwrap();
         assert_eq!(missing(&plan, &converged(&plan)), Vec::<String>::new());
     }
 
     #[test]
     fn names_what_is_missing() {
-        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(2, 1, crate::plan::DEFAULT_PREFIX).unwrap();
         let mut o = converged(&plan);
         o.daemons.insert("node2".into(), false);
         let t = o.tor.as_mut().unwrap();
@@ -343,7 +276,7 @@ mod tests {
 
     #[test]
     fn without_tor_only_the_mesh_counts() {
-        let plan = Plan::new(2, 1, crate::lab::plan::DEFAULT_PREFIX).unwrap();
+        let plan = Plan::new(2, 1, crate::plan::DEFAULT_PREFIX).unwrap();
         let mut o = converged(&plan);
         o.tor = None;
         o.tor_alive = false;
@@ -353,24 +286,5 @@ mod tests {
             missing(&plan, &o),
             ["node1: no route to node2's block 10.244.0.64/26"]
         );
-    }
-
-    #[test]
-    fn ip_json_routes() {
-        let v = serde_json::json!([
-            {"type": "blackhole", "dst": "10.244.0.0/26", "protocol": "80", "flags": []},
-            {"dst": "10.244.0.64/26", "gateway": "10.200.0.12", "dev": "eth0", "protocol": "80"},
-            {"dst": "10.244.0.3", "dev": "cali1234567890a", "scope": "link"},
-            {"dst": "fd00:244::40/122", "nexthops": [{"gateway": "fd00:200::12", "dev": "eth0"}]},
-            {"dst": "default", "gateway": "10.200.0.1"}
-        ]);
-        let r = parse_ip_routes(&v);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[0].kind, "blackhole");
-        assert_eq!(r[1].gateway, Some("10.200.0.12".parse().unwrap()));
-        assert_eq!(r[2].dst, net("10.244.0.3/32"));
-        assert_eq!(r[2].dev.as_deref(), Some("cali1234567890a"));
-        assert_eq!(r[3].gateway, Some("fd00:200::12".parse().unwrap()));
-        assert_eq!(r[3].kind, "unicast");
     }
 }

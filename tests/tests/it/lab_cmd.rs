@@ -1,7 +1,7 @@
-//! The README's main command end to end (issue 5, "The main job"): `calico-node-rs lab up` builds a
+//! The README's main command end to end (issue 5, "The main job"): `calico-lab-rs up` builds a
 //! lab of real daemons and a BIRD top-of-rack router, prints every node's `calicoctl-rs node
-//! status` and a full pod matrix; `lab status` prints it again; `lab down` leaves no namespace,
-//! process or file behind. The lab gets a namespace prefix and directory of its own, so a lab the
+//! status` and a full pod matrix; `status` prints it again; `down` leaves no namespace, process or
+//! file behind. The lab gets a namespace prefix and directory of its own, so a lab the
 //! user has running is left alone.
 
 use std::path::{Path, PathBuf};
@@ -9,17 +9,16 @@ use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
 
-use calico_tests::cluster;
+use calico_lab::bins;
 
 /// Namespace prefix of this test's lab (`lab up --netns-prefix`): not the user's `crslab-`.
 const PREFIX: &str = "crsitl-";
 
-fn lab(node_bin: &Path, args: &[&str]) -> Result<Output> {
-    Command::new(node_bin)
-        .arg("lab")
+fn lab(lab_bin: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(lab_bin)
         .args(args)
         .output()
-        .with_context(|| format!("running {} lab {}", node_bin.display(), args.join(" ")))
+        .with_context(|| format!("running {} {}", lab_bin.display(), args.join(" ")))
 }
 
 fn text(o: &Output) -> String {
@@ -102,7 +101,7 @@ fn check_report(what: &str, out: &str) -> Result<()> {
 
 #[test]
 fn lab_up_status_down() -> Result<()> {
-    let bin = cluster::daemon_bin()?;
+    let bin = bins::lab_bin()?;
     let dir: PathBuf = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
     let d = dir.to_string_lossy().into_owned();
     let _down = Down {
@@ -174,7 +173,7 @@ fn lab_up_status_down() -> Result<()> {
     let (reader, writer) = std::io::pipe()?;
     drop(reader);
     let cut = Command::new(&bin)
-        .args(["lab", "status", "--dir", &d])
+        .args(["status", "--dir", &d])
         .stdout(writer)
         .output()?;
     ensure!(
