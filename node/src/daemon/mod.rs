@@ -222,7 +222,13 @@ pub async fn run(
     let (mut d, ds) = Daemon::start(cfg, status).await?;
     let mut snaps = ds.watch();
     snaps.borrow_and_update();
-    d.recompute().await;
+    // The first pass: a node without peers is synced at once.
+    d.settle(Wake {
+        recompute: true,
+        routes_dirty: true,
+        check_sync: true,
+    })
+    .await;
     let mut policy_rx = d.policy.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let wedge = live::test_wedge();
