@@ -156,13 +156,27 @@ fn from_bgp_peer(
         Some(BgpPassword::Plain(s)) => Some(s.clone()),
         Some(BgpPassword::SecretKeyRef { name, key }) => {
             // Fail closed: never peer without the password that was asked for.
-            errors.push(CalcError::new(
-                "BGPPeer",
-                pname.as_str(),
-                Some("spec.password.secretKeyRef"),
-                format!("({name}/{key}): secrets need the Kubernetes datastore; peer skipped"),
-            ));
-            return vec![];
+            let secrets = state.bgp_secrets.as_ref();
+            let resolved = match secrets.map(|s| s.get(&(name.clone(), key.clone()))) {
+                Some(Some(Ok(password))) => Ok(password.clone()),
+                Some(Some(Err(why))) => Err(format!("Secret {name} key {key}: {why}; peer down")),
+                Some(None) => Err(format!("Secret {name} key {key}: not read yet; peer down")),
+                None => Err(format!(
+                    "({name}/{key}): secrets need the Kubernetes datastore; peer skipped"
+                )),
+            };
+            match resolved {
+                Ok(password) => Some(password),
+                Err(why) => {
+                    errors.push(CalcError::new(
+                        "BGPPeer",
+                        pname.as_str(),
+                        Some("spec.password.secretKeyRef"),
+                        why,
+                    ));
+                    return vec![];
+                }
+            }
         }
     };
     let mut targets: Vec<(IpAddr, PeerCfg, PeerType, String)> = Vec::new();

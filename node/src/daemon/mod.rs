@@ -27,6 +27,7 @@
 
 mod gate;
 pub mod health;
+mod ipam;
 pub mod live;
 pub mod plan;
 pub mod release;
@@ -49,18 +50,19 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::calc::{self, Desired};
+use crate::datastore::kubernetes::{self, KubeCfg, KubeDatastore};
 use crate::datastore::{ClusterState, Datastore, FileDatastore, ResourceError, Snapshot};
-use crate::ipam::watch::{IpamView, IpamWatch};
-use crate::ipam::Ipam;
+use crate::ipam::watch::IpamView;
 use crate::status::{BlockView, NodeSnapshot, RouteView};
+use ipam::NodeIpam;
 use speaker::{Speaker, SpeakerFailure, SpeakerRx};
 use view::RoutesViewKey;
 
 /// Why the daemon could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("--datastore kubernetes: the Kubernetes API backend is not built yet; use file:DIR")]
-    KubernetesNotBuilt,
+    #[error("IPAM on the Kubernetes datastore: {0}")]
+    KubeIpam(IpamError),
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
     #[error("IPAM state under {dir}: {source}")]
@@ -156,16 +158,17 @@ pub struct Counters {
 
 struct Daemon {
     cfg: DaemonCfg,
-    ipam: Ipam,
+    ipam: Arc<dyn NodeIpam>,
     state: ClusterState,
     /// The datastore's current errors (rejected documents, resources kept at their last good
     /// version, unsupported kinds).
     resource_errors: Vec<ResourceError>,
+    /// Why the datastore's view may be behind ([`Snapshot::not_in_sync`]).
+    datastore_behind: Option<String>,
     blocks: Vec<IpNet>,
     /// IPAM's blocks as the watch last reported them.
     ipam_rx: watch::Receiver<Arc<IpamView>>,
     ipam_view: Arc<IpamView>,
-    _ipam_watch: IpamWatch,
     /// Every IPAM block with its usage, as of the last refresh (for status).
     block_views: Vec<BlockView>,
     desired: Option<Desired>,
@@ -304,7 +307,7 @@ pub async fn run(
 /// thread still take their messages (see [`live`]).
 async fn watchdog(
     live: Arc<live::Liveness>,
-    ds: Arc<FileDatastore>,
+    ds: Arc<dyn Datastore>,
     routes: felix::routes::RoutesPinger,
     policy: felix::policy::PolicyPinger,
     speaker: watch::Receiver<Option<SpeakerHandle>>,
@@ -357,24 +360,39 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The datastore backend and the IPAM store beside it.
+async fn open_datastore(
+    kind: &DatastoreKind,
+) -> Result<(Arc<dyn Datastore>, Arc<dyn NodeIpam>), DaemonError> {
+    match kind {
+        DatastoreKind::File(dir) => {
+            let ds = Arc::new(FileDatastore::open(dir)?);
+            let ipam = ipam::FileIpam::open(dir).map_err(|source| DaemonError::Ipam {
+                dir: dir.clone(),
+                source,
+            })?;
+            Ok((ds, Arc::new(ipam)))
+        }
+        DatastoreKind::Kubernetes => {
+            let cfg = KubeCfg::from_env();
+            let client = kubernetes::client(&cfg).await?;
+            let ds = Arc::new(KubeDatastore::start_with(client.clone(), cfg).await?);
+            let ipam = ipam::KubeIpam::start(client)
+                .await
+                .map_err(DaemonError::KubeIpam)?;
+            Ok((ds, Arc::new(ipam)))
+        }
+    }
+}
+
 impl Daemon {
     /// Opens the datastore, IPAM, the route and policy managers, health and the watchdog.
     async fn start(
         cfg: DaemonCfg,
         status: watch::Sender<Arc<NodeSnapshot>>,
-    ) -> Result<(Daemon, Arc<FileDatastore>), DaemonError> {
-        let dir = match &cfg.datastore {
-            DatastoreKind::File(d) => d.clone(),
-            DatastoreKind::Kubernetes => return Err(DaemonError::KubernetesNotBuilt),
-        };
-        let ds = Arc::new(FileDatastore::open(&dir)?);
-        let ipam_err = |source| DaemonError::Ipam {
-            dir: dir.clone(),
-            source,
-        };
+    ) -> Result<(Daemon, Arc<dyn Datastore>), DaemonError> {
+        let (ds, ipam) = open_datastore(&cfg.datastore).await?;
         let live = Arc::new(live::Liveness::new(Instant::now()));
-        let ipam = Ipam::new(&dir).map_err(ipam_err)?;
-        let ipam_watch = IpamWatch::start(&dir, Duration::from_secs(10)).map_err(ipam_err)?;
         let routes = RouteManager::start(RoutesCfg {
             protocol: cfg.route_protocol,
             ..RoutesCfg::default()
@@ -402,13 +420,13 @@ impl Daemon {
         let first = ds.watch().borrow().clone();
         let mut d = Daemon {
             cfg,
+            ipam_rx: ipam.subscribe(),
             ipam,
             state: first.state.clone(),
             resource_errors: first.errors.clone(),
+            datastore_behind: first.not_in_sync.clone(),
             blocks: vec![],
-            ipam_rx: ipam_watch.subscribe(),
             ipam_view: Arc::default(),
-            _ipam_watch: ipam_watch,
             block_views: vec![],
             desired: None,
             speaker: None,
@@ -453,6 +471,13 @@ impl Daemon {
             .count();
         self.counters.resource_errors += new as u64;
         self.resource_errors = s.errors.clone();
+        if self.datastore_behind != s.not_in_sync {
+            match &s.not_in_sync {
+                Some(why) => warn!(%why, "datastore not in sync: keeping what is programmed"),
+                None => info!("datastore in sync"),
+            }
+            self.datastore_behind = s.not_in_sync.clone();
+        }
     }
 
     /// After any wake-up: recompute, re-check the sync gate, push routes, publish.

@@ -101,6 +101,9 @@ impl Daemon {
     /// Why the node is not ready (empty when it is).
     fn not_ready(&self, rstat: &RoutesStatus, pstat: &PolicyStatus) -> Vec<String> {
         let mut not_ready = Vec::new();
+        if let Some(why) = &self.datastore_behind {
+            not_ready.push(why.clone());
+        }
         if let Some(f) = &self.speaker_failure {
             not_ready.push(format!(
                 "BGP speaker not running: {} (attempt {}, retrying in {} s)",

@@ -432,6 +432,7 @@ impl Inner {
             state,
             errors,
             revision: cur.revision + 1,
+            not_in_sync: None,
         });
         tracing::debug!(revision = snap.revision, "datastore snapshot published");
         self.tx.send_replace(snap.clone());
@@ -530,11 +531,6 @@ impl FileDatastore {
         })
     }
 
-    /// When the worker thread last made progress (for liveness).
-    pub fn last_progress(&self) -> Instant {
-        *self.inner.beat.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The watched directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -548,6 +544,11 @@ impl Datastore for FileDatastore {
 
     fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.inner.tx.subscribe()
+    }
+
+    /// When the worker thread last made progress (for liveness).
+    fn last_progress(&self) -> Instant {
+        *self.inner.beat.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

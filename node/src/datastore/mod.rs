@@ -19,11 +19,12 @@
 //! depends only on the datastore's content, not the order changes arrived in.
 //!
 //! The [`Datastore`] trait says nothing about files: the file backend ([`file::FileDatastore`])
-//! and a future Kubernetes backend both hand out the same snapshots.
+//! and the Kubernetes backend ([`kubernetes::KubeDatastore`]) hand out the same snapshots.
 
 mod calico;
 pub mod fields;
 pub mod file;
+pub mod kubernetes;
 pub mod parse;
 pub mod resources;
 pub mod schema;
@@ -117,6 +118,9 @@ pub struct Snapshot {
     pub errors: Vec<ResourceError>,
     /// Increases by one with every published snapshot (0 before the first read completes).
     pub revision: u64,
+    /// Why the backend's view may be behind the datastore (the API server unreachable, a watch
+    /// failing): what it holds is kept, and the daemon reports itself not ready. `None`: in sync.
+    pub not_in_sync: Option<String>,
 }
 
 /// Failures of the datastore itself (not of one resource).
@@ -130,6 +134,8 @@ pub enum DatastoreError {
     },
     #[error("datastore directory {0}: not a directory")]
     NotADirectory(PathBuf),
+    #[error("Kubernetes datastore: {0}")]
+    Kube(String),
     #[error("datastore directory {path}: cannot watch for changes: {source}")]
     Watch {
         path: PathBuf,
@@ -147,4 +153,7 @@ pub trait Datastore: Send + Sync {
 
     /// The latest snapshot and every later one. The first value is already a full read.
     fn watch(&self) -> watch::Receiver<Arc<Snapshot>>;
+
+    /// When the backend's worker last made progress (for liveness).
+    fn last_progress(&self) -> std::time::Instant;
 }

@@ -245,8 +245,14 @@ pub const POLICY_KINDS: &[&str] = &[
     "BaselineAdminNetworkPolicy",
 ];
 
-/// Decodes one document (a map with `apiVersion`, `kind`, `metadata`).
+/// Decodes one document (a map with `apiVersion`, `kind`, `metadata`) written by a user.
 pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
+    decode_as(doc, schema::Fields::Strict)
+}
+
+/// Decodes one document; `fields` says whether unknown fields are errors (see
+/// [`schema::Fields`]).
+pub fn decode_as(doc: &Value, fields: schema::Fields) -> Result<Decoded, ObjectError> {
     let plain = |e: FieldError| ObjectError {
         kind: None,
         name: None,
@@ -306,7 +312,7 @@ pub fn decode(doc: &Value) -> Result<Decoded, ObjectError> {
         ("BGPPeer", _) => &schema::BGP_PEER,
         _ => &schema::IP_POOL,
     };
-    schema::check(doc, schema).map_err(|e| fail(Some(name.clone()), e))?;
+    schema::check(doc, schema, fields).map_err(|e| fail(Some(name.clone()), e))?;
     let spec_holder = root.obj("spec").map_err(|e| fail(Some(name.clone()), e))?;
     let empty = serde_yaml_ng::Mapping::new();
     let empty_value = Value::Mapping(empty);
@@ -418,6 +424,9 @@ fn pod(metadata: ObjectMeta, root: &Obj<'_>, spec: &Obj<'_>) -> Result<Pod, Fiel
             }
         }
     }
+    if pod_ips.is_empty() {
+        pod_ips = annotated_pod_ips(&metadata)?;
+    }
     Ok(Pod {
         metadata,
         node_name: spec
@@ -430,6 +439,37 @@ fn pod(metadata: ObjectMeta, root: &Obj<'_>, spec: &Obj<'_>) -> Result<Pod, Fiel
         pod_ips,
     })
 }
+
+/// The CNI plugin's annotations, as Calico's writes them: `cni.projectcalico.org/podIPs`
+/// (`10.244.0.5/32,fd00::5/128`), else `cni.projectcalico.org/podIP`. They say where a pod is
+/// while the kubelet has not filled `status.podIPs` in yet.
+fn annotated_pod_ips(metadata: &ObjectMeta) -> Result<Vec<IpAddr>, FieldError> {
+    let (key, text) = match (
+        metadata.annotations.get(ANNOTATION_POD_IPS),
+        metadata.annotations.get(ANNOTATION_POD_IP),
+    ) {
+        (Some(t), _) => (ANNOTATION_POD_IPS, t),
+        (None, Some(t)) => (ANNOTATION_POD_IP, t),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ip = parse_if_addr(part)
+            .map_err(|message| FieldError {
+                field: format!("metadata.annotations.{key}"),
+                message,
+            })?
+            .addr();
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
+}
+
+/// Annotations Calico's CNI plugin writes on a Pod.
+pub const ANNOTATION_POD_IP: &str = "cni.projectcalico.org/podIP";
+pub const ANNOTATION_POD_IPS: &str = "cni.projectcalico.org/podIPs";
 
 /// `ADDR/PREFIXLEN` (a bare address is taken as a host prefix).
 fn parse_if_addr(text: &str) -> Result<IpNet, String> {

@@ -29,9 +29,20 @@ pub enum S {
     Unsupported(&'static str),
 }
 
+/// Where a document comes from, which decides what an unknown field means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fields {
+    /// Written by a user (the file datastore): an unknown field is an error.
+    Strict,
+    /// Served by the Kubernetes API server, which has validated it against its schema already and
+    /// may add fields of a newer API version: unknown fields are ignored, but a real field that
+    /// calico-rs does not act on is still refused.
+    Served,
+}
+
 /// Checks `value` against `schema`; the first unknown or unsupported field is the error.
-pub fn check(value: &Value, schema: &S) -> Result<(), FieldError> {
-    walk(value, schema, "")
+pub fn check(value: &Value, schema: &S, fields: Fields) -> Result<(), FieldError> {
+    walk(value, schema, "", fields)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -42,7 +53,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn walk(value: &Value, schema: &S, path: &str) -> Result<(), FieldError> {
+fn walk(value: &Value, schema: &S, path: &str, fields_mode: Fields) -> Result<(), FieldError> {
     match (schema, value) {
         (_, Value::Null) | (S::Any, _) => Ok(()),
         (S::Unsupported(why), _) => Err(FieldError {
@@ -58,7 +69,8 @@ fn walk(value: &Value, schema: &S, path: &str) -> Result<(), FieldError> {
                     });
                 };
                 match fields.iter().find(|(name, _)| *name == k) {
-                    Some((_, s)) => walk(v, s, &join(path, k))?,
+                    Some((_, s)) => walk(v, s, &join(path, k), fields_mode)?,
+                    None if fields_mode == Fields::Served => {}
                     None => {
                         let mut message = format!("unknown field {k:?}");
                         if let Some(close) = closest(k, fields) {
@@ -75,7 +87,7 @@ fn walk(value: &Value, schema: &S, path: &str) -> Result<(), FieldError> {
         }
         (S::List(item), Value::Sequence(items)) => {
             for (i, v) in items.iter().enumerate() {
-                walk(v, item, &format!("{path}[{i}]"))?;
+                walk(v, item, &format!("{path}[{i}]"), fields_mode)?;
             }
             Ok(())
         }
@@ -294,7 +306,11 @@ mod tests {
     use super::*;
 
     fn run(yaml: &str, schema: &S) -> Result<(), FieldError> {
-        check(&serde_yaml_ng::from_str(yaml).unwrap(), schema)
+        check(
+            &serde_yaml_ng::from_str(yaml).unwrap(),
+            schema,
+            Fields::Strict,
+        )
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Resources {
     pub bgp_configurations: BTreeMap<String, BgpConfiguration>,
     pub bgp_peers: BTreeMap<String, BgpPeer>,
     pub ip_pools: BTreeMap<String, IpPool>,
+    /// BGP passwords from Secrets, by (Secret name, key): the password, or why it cannot be had.
+    /// `None` when the backend cannot read Secrets (the file datastore).
+    pub bgp_secrets: Option<BTreeMap<(String, String), Result<String, String>>>,
 }
 
 /// An immutable snapshot of the cluster; clones share one allocation. Derefs to [`Resources`].
@@ -227,6 +230,11 @@ impl StateBuilder {
             },
         }
         Ok(())
+    }
+
+    /// The BGP passwords the backend read from Secrets (see [`Resources::bgp_secrets`]).
+    pub fn bgp_secrets(&mut self, secrets: BTreeMap<(String, String), Result<String, String>>) {
+        self.res.bgp_secrets = Some(secrets);
     }
 
     pub fn build(self) -> ClusterState {

@@ -36,6 +36,29 @@ fn bird_sessions(c: &Cluster) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
+/// What the daemons and BIRD logged about BGP, for a failure message.
+fn bgp_story(c: &Cluster) -> String {
+    let mut out = String::new();
+    for n in &c.nodes {
+        out += &format!("--- {} daemon (BGP lines):\n", n.name);
+        for l in n.daemon.log().lines().filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("peer")
+                || l.contains("speaker")
+                || l.contains("bgp")
+                || l.contains("session")
+        }) {
+            out += l;
+            out.push('\n');
+        }
+    }
+    if let Some(tor) = &c.tor {
+        out += "--- BIRD log:\n";
+        out += &tor.log();
+    }
+    out
+}
+
 fn tor_prefixes(c: &Cluster) -> Result<Vec<String>> {
     let tor = c.tor.as_ref().context("tor")?;
     let mut v: Vec<String> = tor.prefixes("")?.iter().map(|p| p.to_string()).collect();
@@ -160,9 +183,11 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
                 c.block_files()? == blocks,
                 "{file}: an IPAM block file changed"
             );
+            let now = bird_sessions(&c)?;
             ensure!(
-                bird_sessions(&c)? == sessions,
-                "{file}: a BGP session with the ToR flapped"
+                now == sessions,
+                "{file}: a BGP session with the ToR flapped: {sessions:?} became {now:?}\n{}",
+                bgp_story(&c)
             );
             ensure!(
                 tor_prefixes(&c)? == prefixes,

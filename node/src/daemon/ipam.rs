@@ -1,0 +1,87 @@
+//! IPAM as the daemon uses it, whichever backend stores it: a watch of every block with its use
+//! (to originate and blackhole this node's blocks and show them in the status), and releasing
+//! the blocks of a node that was deleted (see [`super::release`]). Allocation is the CNI
+//! plugin's and the lab's business, not the daemon loop's.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::watch;
+
+use crate::ipam::watch::{IpamView, IpamWatch};
+use crate::ipam::{Ipam, IpamError};
+
+/// What the daemon needs from IPAM.
+pub trait NodeIpam: Send + Sync {
+    /// Every block with its use, now and after every change.
+    fn subscribe(&self) -> watch::Receiver<Arc<IpamView>>;
+
+    /// Releases the blocks affine to `node` except those holding an address for which
+    /// `in_use(address, handle)` is true; returns the released blocks.
+    fn release_node(
+        &self,
+        node: &str,
+        in_use: &dyn Fn(IpAddr, &str) -> bool,
+    ) -> Result<Vec<IpNet>, IpamError>;
+}
+
+/// IPAM in the file datastore's directory (`DIR/ipam/`).
+pub struct FileIpam {
+    ipam: Ipam,
+    watch: IpamWatch,
+}
+
+impl FileIpam {
+    pub fn open(dir: &Path) -> Result<FileIpam, IpamError> {
+        Ok(FileIpam {
+            ipam: Ipam::new(dir)?,
+            watch: IpamWatch::start(dir, Duration::from_secs(10))?,
+        })
+    }
+}
+
+impl NodeIpam for FileIpam {
+    fn subscribe(&self) -> watch::Receiver<Arc<IpamView>> {
+        self.watch.subscribe()
+    }
+
+    fn release_node(
+        &self,
+        node: &str,
+        in_use: &dyn Fn(IpAddr, &str) -> bool,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        self.ipam.release_node(node, in_use)
+    }
+}
+
+/// IPAM in Calico's Kubernetes objects (`IPAMBlock`, `BlockAffinity`, `IPAMHandle`).
+pub struct KubeIpam {
+    _client: kube::Client,
+}
+
+impl KubeIpam {
+    pub async fn start(client: kube::Client) -> Result<KubeIpam, IpamError> {
+        let _ = client;
+        Err(IpamError::Io {
+            path: "crd.projectcalico.org/v1 ipamblocks".into(),
+            source: std::io::Error::other("IPAM on the Kubernetes datastore is not wired in yet"),
+        })
+    }
+}
+
+impl NodeIpam for KubeIpam {
+    fn subscribe(&self) -> watch::Receiver<Arc<IpamView>> {
+        watch::channel(Arc::default()).1
+    }
+
+    fn release_node(
+        &self,
+        _node: &str,
+        _in_use: &dyn Fn(IpAddr, &str) -> bool,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        Ok(Vec::new())
+    }
+}
