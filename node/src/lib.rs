@@ -1,5 +1,6 @@
 //! calico-rs node daemon library.
 
+pub mod bootstrap;
 pub mod calc;
 pub mod cli;
 pub mod daemon;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use calico_node::bootstrap::{self, BootstrapCfg};
 use calico_node::daemon::{self, DaemonCfg, DatastoreKind};
 use calico_node::status::NodeSnapshot;
 use clap::{Parser, Subcommand};
@@ -31,7 +32,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node daemon in the current network namespace.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Print the addresses bootstrap would give this node, from `IP`, `IP6` and their
+    /// `*_AUTODETECTION_METHOD`s (as on Kubernetes: unset means autodetect for IPv4), and exit.
+    Autodetect,
 }
 
 #[derive(clap::Args)]
@@ -151,6 +155,23 @@ fn run(a: RunArgs) -> Result<()> {
             std::process::exit(2);
         }
     };
+    let boot = match BootstrapCfg::from_env(&|k| std::env::var(k).ok()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("calico-node-rs: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let DatastoreKind::File(dir) = &ds {
+        match bootstrap::file_startup(&boot, &a.nodename, dir) {
+            Ok(done) => done.iter().for_each(|d| tracing::info!(%d, "bootstrap")),
+            Err(e) => {
+                eprintln!("calico-node-rs: bootstrap: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let kube_boot = matches!(ds, DatastoreKind::Kubernetes).then_some(boot);
     let mut cfg = DaemonCfg::new(&a.nodename, ds);
     cfg.health_addr = std::net::SocketAddr::new(a.health_host, a.health_port);
     cfg.metrics_addr = std::net::SocketAddr::new(a.metrics_host, a.metrics_port);
@@ -197,6 +218,17 @@ fn run(a: RunArgs) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
+        if let Some(boot) = kube_boot {
+            let kc = calico_node::datastore::kubernetes::KubeCfg::from_env();
+            let client = calico_node::datastore::kubernetes::client(&kc).await?;
+            match bootstrap::kube_startup(&boot, &cfg.nodename, client).await {
+                Ok(done) => done.iter().for_each(|d| tracing::info!(%d, "bootstrap")),
+                Err(e) => {
+                    eprintln!("calico-node-rs: bootstrap: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         let r = daemon::run(cfg, status_tx, shutdown)
             .await
             .map_err(anyhow::Error::from);
@@ -208,12 +240,30 @@ fn run(a: RunArgs) -> Result<()> {
     })
 }
 
+fn autodetect() -> Result<()> {
+    let boot = BootstrapCfg::from_env(&|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+    let ifaces = bootstrap::autodetect::interfaces();
+    let id = bootstrap::identity(
+        &boot,
+        (None, None),
+        true,
+        &ifaces,
+        &[],
+        &bootstrap::autodetect::source_for,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let show = |a: Option<ipnet::IpNet>| a.map_or("none".to_string(), |a| a.to_string());
+    println!("IPv4: {}\nIPv6: {}", show(id.ipv4), show(id.ipv6));
+    Ok(())
+}
+
 fn main() {
     calico_node::cli::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logs("info");
     let r = match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
+        Cmd::Autodetect => autodetect(),
     };
     if let Err(e) = r {
         eprintln!("calico-node-rs: {e:#}");

@@ -1,6 +1,7 @@
 //! The node daemon end to end: real `calico-node-rs` processes in node namespaces sharing one file
 //! datastore, pods plumbed as a CNI plugin would, a BIRD top-of-rack router, real packets.
 
+mod bootstrap;
 mod failsafe;
 mod status;
 
