@@ -5,11 +5,13 @@
 //! [`crate::datastore`]'s flow-style ones; its daemons and BIRD are owned [`Proc`]s, gone when the
 //! cluster drops.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::datastore;
+use crate::kubeapi::KubeApi;
 use crate::lab::{Lab, Netns, Segment};
 use crate::peers::Bird;
 use crate::plan::{node_v4, node_v6, LAN_PREFIX_V4, LAN_PREFIX_V6, TOR_AS, TOR_V4, TOR_V6};
@@ -52,13 +54,30 @@ pub struct Cluster {
     pub daemon_env: Vec<String>,
     dir: PathBuf,
     lan: Segment,
+    /// With the Kubernetes datastore: the API server the daemons watch, and the text of each
+    /// "file" as last applied to it (the lab still writes every document to `dir` too, as a record,
+    /// but no daemon reads it).
+    kube: Option<KubeApi>,
+    applied: Mutex<BTreeMap<String, String>>,
     // Last: everything above lives in its namespaces.
     lab: Lab,
 }
 
 impl Cluster {
     pub fn new(tag: &str, nodes: usize, pods_per_node: usize, tor: bool) -> Result<Cluster> {
-        Cluster::build(tag, nodes, pods_per_node, tor.then_some(0))
+        Cluster::build(tag, nodes, pods_per_node, tor.then_some(0), false)
+    }
+
+    /// The same cluster on the Kubernetes datastore: the lab's API server ([`KubeApi`]) with the
+    /// CRDs of `manifests/`, every document applied to it with `kubectl`, and the daemons started
+    /// with `--datastore kubernetes`.
+    pub fn new_kube(tag: &str, nodes: usize, pods_per_node: usize, tor: bool) -> Result<Cluster> {
+        Cluster::build(tag, nodes, pods_per_node, tor.then_some(0), true)
+    }
+
+    /// The API server, on the Kubernetes datastore.
+    pub fn kube(&self) -> Option<&KubeApi> {
+        self.kube.as_ref()
     }
 
     /// A cluster with a BIRD ToR that announces `routes` /26 prefixes (from 100.64.0.0) to every
@@ -69,7 +88,7 @@ impl Cluster {
         pods_per_node: usize,
         routes: usize,
     ) -> Result<Cluster> {
-        Cluster::build(tag, nodes, pods_per_node, Some(routes))
+        Cluster::build(tag, nodes, pods_per_node, Some(routes), false)
     }
 
     fn build(
@@ -77,20 +96,32 @@ impl Cluster {
         nodes: usize,
         pods_per_node: usize,
         tor_routes: Option<usize>,
+        kube: bool,
     ) -> Result<Cluster> {
         let lab = Lab::new(tag)?;
         let lan = lab.segment("lan")?;
         let dir = lab.dir().join("datastore");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("base.yaml"), datastore::cluster_base())?;
+        let kube = if kube {
+            let api = KubeApi::start(&lab, &lan)?;
+            api.install_crds()?;
+            // The daemons read BGP password Secrets in their own namespace.
+            api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n")?;
+            Some(api)
+        } else {
+            None
+        };
         let mut c = Cluster {
             nodes: vec![],
             tor: None,
             daemon_env: vec![],
+            kube,
+            applied: Mutex::new(BTreeMap::new()),
             dir,
             lan,
             lab,
         };
+        c.write("base.yaml", &datastore::cluster_base())?;
         if let Some(routes) = tor_routes {
             let ns = c.lab.netns("tor")?;
             let (a4, a6) = (
@@ -174,7 +205,19 @@ protocol device {{ }}
 
     pub fn write(&self, file: &str, text: &str) -> Result<()> {
         // Write-then-rename, as an editor or kubectl-style tool would: never a half file.
-        datastore::write_atomic(&self.dir, file, text)
+        datastore::write_atomic(&self.dir, file, text)?;
+        let Some(api) = &self.kube else {
+            return Ok(());
+        };
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = gone_objects(applied.get(file).map(String::as_str), Some(text));
+        api.apply(text)
+            .with_context(|| format!("kubectl apply of {file}"))?;
+        if !gone.is_empty() {
+            api.delete(&gone)?;
+        }
+        applied.insert(file.to_string(), text.to_string());
+        Ok(())
     }
 
     /// The shared file datastore directory.
@@ -225,7 +268,15 @@ protocol device {{ }}
     }
 
     pub fn remove(&self, file: &str) -> Result<()> {
-        std::fs::remove_file(self.dir.join(file)).with_context(|| format!("removing {file}"))
+        std::fs::remove_file(self.dir.join(file)).with_context(|| format!("removing {file}"))?;
+        if let Some(api) = &self.kube {
+            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = gone_objects(applied.remove(file).as_deref(), None);
+            if !gone.is_empty() {
+                api.delete(&gone)?;
+            }
+        }
+        Ok(())
     }
 
     fn state(&self) -> Result<ClusterState> {
@@ -334,10 +385,11 @@ protocol device {{ }}
     }
 
     fn write_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
-        self.write(
-            &format!("pod-{}.yaml", p.name),
-            &datastore::cluster_pod(&p.name, &p.node, labels, &p.v4, &p.v6),
-        )
+        let text = match &self.kube {
+            None => datastore::cluster_pod(&p.name, &p.node, labels, &p.v4, &p.v6),
+            Some(_) => datastore::cluster_pod_kube(&p.name, &p.node, labels, &p.v4, &p.v6),
+        };
+        self.write(&format!("pod-{}.yaml", p.name), &text)
     }
 
     pub fn label_pod(&self, p: &PodRef, labels: &[(&str, &str)]) -> Result<()> {
@@ -346,10 +398,18 @@ protocol device {{ }}
 
     fn spawn_daemon(&self, ns: &Netns, name: &str) -> Result<Proc> {
         let bin = daemon_bin()?;
-        let ds = format!("file:{}", self.dir.display());
+        let ds = match &self.kube {
+            None => format!("file:{}", self.dir.display()),
+            Some(_) => "kubernetes".to_string(),
+        };
         let sock = format!("unix:{}", self.grpc_socket(name).display());
         let log = self.lab.dir().join(format!("{name}-daemon.log"));
         let mut argv: Vec<String> = vec!["env".into(), "CALICO_RS_LOG=info".into()];
+        if let Some(api) = &self.kube {
+            let kc = api.kubeconfig_path(crate::kubeapi::DAEMON_TOKEN);
+            argv.push(format!("KUBECONFIG={}", kc.display()));
+            argv.push("POD_NAMESPACE=kube-system".into());
+        }
         argv.extend(self.daemon_env.iter().cloned());
         let bin = bin.to_string_lossy().into_owned();
         argv.push(bin);
@@ -558,4 +618,38 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// The objects of `before` that `after` no longer has, as minimal documents for
+/// `kubectl delete -f -`.
+fn gone_objects(before: Option<&str>, after: Option<&str>) -> String {
+    let ids = |text: Option<&str>| -> BTreeSet<(String, String, String)> {
+        let Some(text) = text else {
+            return BTreeSet::new();
+        };
+        calico_node::datastore::parse::parse_yaml("lab", text)
+            .resources
+            .iter()
+            .map(|(_, r)| {
+                let api_version = match r {
+                    calico_node::datastore::Resource::NetworkPolicy(_) => "networking.k8s.io/v1",
+                    calico_node::datastore::Resource::BgpConfiguration(_)
+                    | calico_node::datastore::Resource::BgpPeer(_)
+                    | calico_node::datastore::Resource::IpPool(_) => "projectcalico.org/v3",
+                    _ => "v1",
+                };
+                let m = r.metadata();
+                let meta = match &m.namespace {
+                    Some(ns) => format!("{{name: {}, namespace: {ns}}}", m.name),
+                    None => format!("{{name: {}}}", m.name),
+                };
+                (api_version.to_string(), r.kind().to_string(), meta)
+            })
+            .collect()
+    };
+    let after = ids(after);
+    ids(before)
+        .difference(&after)
+        .map(|(v, k, m)| format!("apiVersion: {v}\nkind: {k}\nmetadata: {m}\n---\n"))
+        .collect()
 }

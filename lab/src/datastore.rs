@@ -231,6 +231,25 @@ pub fn cluster_pod(name: &str, node: &str, labels: &[(&str, &str)], v4: &str, v6
     )
 }
 
+/// The same Pod as the Kubernetes API holds it before the kubelet reports its status: the
+/// addresses in the CNI plugin's `cni.projectcalico.org/podIPs` annotation (the status is the
+/// kubelet's to write, through the status subresource).
+pub fn cluster_pod_kube(
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+    v4: &str,
+    v6: &str,
+) -> String {
+    let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {POD_NAMESPACE}, labels: \
+         {{{}}}, annotations: {{cni.projectcalico.org/podIPs: \"{v4}/32,{v6}/128\"}}}}\nspec: \
+         {{nodeName: {node}, containers: [{{name: c, image: busybox}}]}}\n",
+        labels.trim_end_matches(", "),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

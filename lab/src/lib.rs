@@ -27,6 +27,7 @@ pub mod check;
 pub mod cluster;
 pub mod cmd;
 pub mod datastore;
+pub mod kubeapi;
 pub mod lab;
 pub mod mrt;
 pub mod netns;

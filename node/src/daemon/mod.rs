@@ -26,6 +26,7 @@
 //! kernel routes and the nftables table stay as they are.
 
 mod gate;
+pub mod gc;
 pub mod health;
 mod ipam;
 pub mod live;
