@@ -21,8 +21,8 @@ pub struct FileBackend {
     ds: FileDatastore,
 }
 
-impl FileBackend {
-    pub fn new() -> FileBackend {
+impl Default for FileBackend {
+    fn default() -> FileBackend {
         let dir = tempfile::tempdir().unwrap();
         let ds = FileDatastore::open(dir.path()).unwrap();
         FileBackend { dir, ds }

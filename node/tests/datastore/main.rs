@@ -119,7 +119,7 @@ pub fn contract(b: &mut dyn Backend) {
 
 #[test]
 fn file_backend_keeps_the_contract() {
-    let mut b = FileBackend::new();
+    let mut b = FileBackend::default();
     contract(&mut b);
 }
 
