@@ -21,9 +21,6 @@ struct Args {
     /// Nodes in the lab (3 to 20).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Also restart daemons while a document is broken (a known gap: see `calico_tests::soak`).
-    #[arg(long)]
-    restart_while_broken: bool,
     /// Do not print each action as it starts.
     #[arg(long)]
     quiet: bool,
@@ -44,7 +41,6 @@ fn main() -> Result<()> {
     }
     cfg.nodes = a.nodes;
     cfg.verbose = !a.quiet;
-    cfg.restart_while_broken = a.restart_while_broken;
     eprintln!("soak: seed {}", cfg.seed);
     let report = soak::run(&cfg)?;
     println!("{report}");

@@ -118,7 +118,11 @@ impl Soak {
         ensure!(!versions.is_empty(), "no broken version of {file}");
         let (how, broken) = self.rng.pick(&versions).clone();
         let hold = self.rng.millis(2000, 5000);
-        let victim = self.rng.below(self.c.nodes.len());
+        let victim = if file == "isolate.yaml" && self.rng.chance(50) {
+            0
+        } else {
+            self.rng.below(self.c.nodes.len())
+        };
         let blocks = self.c.block_files()?;
         if restart {
             self.begin(format!(
@@ -135,22 +139,24 @@ impl Soak {
         let reporter = self.rng.below(self.c.nodes.len());
         let reporter = self.node_name(reporter);
         let down = self.rng.millis(0, 1000);
-        let broken_phase = (|| -> Result<()> {
+        let reports = |s: &Self, node: &str| {
             eventually(Duration::from_secs(5), || {
                 ensure!(
-                    self.errors_of(&reporter)?
-                        .iter()
-                        .any(|o| o.starts_with(&file)),
-                    "{reporter} does not report the broken {file}"
+                    s.errors_of(node)?.iter().any(|o| o.starts_with(&file)),
+                    "{node} does not report the broken {file}"
                 );
                 Ok(())
-            })?;
+            })
+        };
+        let broken_phase = (|| -> Result<()> {
+            reports(self, &reporter)?;
             if restart {
                 self.c.kill_daemon(victim)?;
                 std::thread::sleep(down);
                 self.c.start_daemon(victim)?;
                 self.report.restarts += 1;
                 self.c.wait_ready(CONVERGE)?;
+                reports(self, &self.node_name(victim))?;
             }
             std::thread::sleep(hold);
             ensure!(

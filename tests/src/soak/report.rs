@@ -21,8 +21,6 @@ pub struct SoakReport {
     pub nodes: usize,
     /// As asked for (`--minutes`).
     pub minutes: f64,
-    /// Whether daemons were also restarted while a document was broken.
-    pub restart_while_broken: bool,
     /// Time spent in the action loop.
     pub ran: Duration,
     pub steps: u64,
@@ -80,15 +78,8 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "  replay: cargo run --release -p calico-tests --bin soak -- --seed {} --nodes {} --minutes {}{}",
-            self.seed,
-            self.nodes,
-            self.minutes,
-            if self.restart_while_broken {
-                " --restart-while-broken"
-            } else {
-                ""
-            }
+            "  replay: cargo run --release -p calico-tests --bin soak -- --seed {} --nodes {} --minutes {}",
+            self.seed, self.nodes, self.minutes
         )?;
         let actions: Vec<String> = self
             .actions
