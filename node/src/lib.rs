@@ -3,6 +3,7 @@
 pub mod bootstrap;
 pub mod calc;
 pub mod cli;
+pub mod cni;
 pub mod daemon;
 pub mod datastore;
 pub mod grpc;
