@@ -508,10 +508,11 @@ def rust_fixtures(r):
 
 
 def markdown_fixtures():
-    out = []
-    for p in sorted(ROOT.glob("**/*.md")):
-        if "target" in p.parts or ".git" in p.parts:
-            continue
+    out, paths = [], []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in ("target", ".git", "node_modules")]
+        paths += [pathlib.Path(top, f) for f in files if f.endswith(".md")]
+    for p in sorted(paths):
         text = p.read_text()
         for m in re.finditer(r"^```ya?ml\n(.*?)^```", text, re.S | re.M):
             if "apiVersion:" in m.group(1) and "projectcalico.org" in m.group(1):
