@@ -5,6 +5,7 @@ mod bgp;
 mod check_selftest;
 mod lab_cmd;
 mod lab_selftest;
+mod manifests;
 mod node;
 mod peers_selftest;
 mod policy;
