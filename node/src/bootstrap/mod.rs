@@ -35,9 +35,36 @@ pub mod env {
     pub const AS: &str = "AS";
     pub const CALICO_ROUTER_ID: &str = "CALICO_ROUTER_ID";
     pub const NO_DEFAULT_POOLS: &str = "NO_DEFAULT_POOLS";
-    /// Followed by `CIDR`, `BLOCK_SIZE`, `IPIP`, `VXLAN`, `NAT_OUTGOING`, `NODE_SELECTOR`.
-    pub const IPV4POOL: &str = "CALICO_IPV4POOL_";
-    pub const IPV6POOL: &str = "CALICO_IPV6POOL_";
+    pub const CALICO_IPV4POOL_CIDR: &str = "CALICO_IPV4POOL_CIDR";
+    pub const CALICO_IPV4POOL_BLOCK_SIZE: &str = "CALICO_IPV4POOL_BLOCK_SIZE";
+    pub const CALICO_IPV4POOL_IPIP: &str = "CALICO_IPV4POOL_IPIP";
+    pub const CALICO_IPV4POOL_VXLAN: &str = "CALICO_IPV4POOL_VXLAN";
+    pub const CALICO_IPV4POOL_NAT_OUTGOING: &str = "CALICO_IPV4POOL_NAT_OUTGOING";
+    pub const CALICO_IPV4POOL_NODE_SELECTOR: &str = "CALICO_IPV4POOL_NODE_SELECTOR";
+    pub const CALICO_IPV6POOL_CIDR: &str = "CALICO_IPV6POOL_CIDR";
+    pub const CALICO_IPV6POOL_BLOCK_SIZE: &str = "CALICO_IPV6POOL_BLOCK_SIZE";
+    pub const CALICO_IPV6POOL_IPIP: &str = "CALICO_IPV6POOL_IPIP";
+    pub const CALICO_IPV6POOL_VXLAN: &str = "CALICO_IPV6POOL_VXLAN";
+    pub const CALICO_IPV6POOL_NAT_OUTGOING: &str = "CALICO_IPV6POOL_NAT_OUTGOING";
+    pub const CALICO_IPV6POOL_NODE_SELECTOR: &str = "CALICO_IPV6POOL_NODE_SELECTOR";
+
+    /// A pool's variables: CIDR, block size, IPIP, VXLAN, NAT outgoing, node selector.
+    pub const IPV4POOL: [&str; 6] = [
+        CALICO_IPV4POOL_CIDR,
+        CALICO_IPV4POOL_BLOCK_SIZE,
+        CALICO_IPV4POOL_IPIP,
+        CALICO_IPV4POOL_VXLAN,
+        CALICO_IPV4POOL_NAT_OUTGOING,
+        CALICO_IPV4POOL_NODE_SELECTOR,
+    ];
+    pub const IPV6POOL: [&str; 6] = [
+        CALICO_IPV6POOL_CIDR,
+        CALICO_IPV6POOL_BLOCK_SIZE,
+        CALICO_IPV6POOL_IPIP,
+        CALICO_IPV6POOL_VXLAN,
+        CALICO_IPV6POOL_NAT_OUTGOING,
+        CALICO_IPV6POOL_NODE_SELECTOR,
+    ];
 }
 
 /// `IP` / `IP6`.
@@ -100,11 +127,24 @@ fn addr_setting(var: &str, v: Option<String>, family: Family) -> Result<AddrSett
 
 fn pool(
     get: &dyn Fn(&str) -> Option<String>,
-    prefix: &str,
+    vars: &[&str; 6],
     name: &'static str,
     v6: bool,
 ) -> Result<Option<PoolSpec>, String> {
-    let var = |s: &str| format!("{prefix}{s}");
+    let var = |s: &str| {
+        let i = [
+            "CIDR",
+            "BLOCK_SIZE",
+            "IPIP",
+            "VXLAN",
+            "NAT_OUTGOING",
+            "NODE_SELECTOR",
+        ]
+        .iter()
+        .position(|x| *x == s)
+        .expect("a pool variable");
+        vars[i].to_string()
+    };
     let val = |s: &str| {
         get(&var(s))
             .map(|v| v.trim().to_string())
@@ -196,8 +236,8 @@ impl BootstrapCfg {
         };
         let mut pools = Vec::new();
         if !no_default {
-            pools.extend(pool(get, env::IPV4POOL, "default-ipv4-ippool", false)?);
-            pools.extend(pool(get, env::IPV6POOL, "default-ipv6-ippool", true)?);
+            pools.extend(pool(get, &env::IPV4POOL, "default-ipv4-ippool", false)?);
+            pools.extend(pool(get, &env::IPV6POOL, "default-ipv6-ippool", true)?);
         }
         Ok(BootstrapCfg {
             ip: addr_setting(env::IP, get(env::IP), Family::V4)?,

@@ -277,6 +277,7 @@ pub static BGP_PEER: S = map![
         "peerSelector" => Any, "keepOriginalNextHop" => Any, "password" => Any,
         "sourceAddress" => Any, "ttlSecurity" => Any,
         "maxRestartTime" => Unsupported("the graceful restart time is fixed at 120 s"),
+        "keepaliveTime" => Unsupported("keepalives follow the hold time (a third of it)"),
         "failureDetectionMode" => Unsupported("BFD is not implemented"),
         "restartMode" => Unsupported("graceful restart is always on"),
         "birdGatewayMode" => Unsupported("next hops are always recursive"),
