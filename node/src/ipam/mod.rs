@@ -27,6 +27,7 @@
 
 pub mod block;
 pub mod core;
+pub mod kdd;
 pub mod store;
 pub mod watch;
 
