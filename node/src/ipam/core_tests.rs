@@ -96,7 +96,7 @@ fn every_other_commit_conflicting_gives_the_conflict_free_result() {
     let busy = core();
     let n = AtomicU64::new(0);
     busy.store().set_hook(move |_, _| {
-        if n.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if n.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             Hook::Conflict
         } else {
             Hook::Check
@@ -175,7 +175,7 @@ fn threads_racing_on_one_store_with_random_conflicts_never_share() {
     ipam.store().set_hook(move |_, _| {
         // Roughly one commit in three conflicts, on top of the real races.
         let k = n.fetch_add(1, Ordering::Relaxed);
-        if (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 3 == 0 {
+        if (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40).is_multiple_of(3) {
             Hook::Conflict
         } else {
             Hook::Check

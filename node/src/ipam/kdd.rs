@@ -23,11 +23,12 @@
 //! they are kept for Calico's tools, and a handle write that fails is logged, not an error.
 //!
 //! Threads: the trait is sync and kube is async. The store holds a [`tokio::runtime::Handle`]
-//! to the runtime its [`kube::Client`] was made on and `block_on`s each request through it, so
-//! it must be called from a thread that is not a runtime worker: a plain thread, or
-//! `tokio::task::spawn_blocking` from async code (a worker thread would panic in `block_on`).
-//! A dedicated runtime was not used because the client's connection pool and buffer live on
-//! the runtime that made it.
+//! to the runtime its [`kube::Client`] was made on (the client's buffer and connection pool
+//! live there, so a runtime of our own would not do) and runs each request with
+//! `block_in_place(|| handle.block_on(..))`. So it may be called from a plain thread, from
+//! `tokio::task::spawn_blocking` (preferred from async code), or directly on a worker of a
+//! multi-thread runtime, which then stalls that worker's task for the request (tolerable for
+//! the daemon's rare `release_node`). On a current-thread runtime it panics (tokio's rule).
 //!
 //! Not done: Calico's two-step deletes (`deleted: true`, then delete) — we delete with a
 //! precondition instead, and treat blocks others marked `deleted` as taken; cleaning up
@@ -35,6 +36,11 @@
 
 pub mod model;
 pub mod watch;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -156,19 +162,21 @@ impl KddStore {
         }
     }
 
-    /// Runs one request on the client's runtime, with a timeout.
+    /// Runs one request on the client's runtime, with a timeout (see the module's threads).
     fn run<T>(
         &self,
         what: &str,
         f: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, kube::Error> {
-        self.rt
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, f).await })
-            .unwrap_or_else(|_| {
-                Err(kube::Error::Service(
-                    format!("{what}: no answer within {REQUEST_TIMEOUT:?}").into(),
-                ))
-            })
+        tokio::task::block_in_place(|| {
+            self.rt
+                .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, f).await })
+        })
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("{what}: no answer within {REQUEST_TIMEOUT:?}").into(),
+            ))
+        })
     }
 
     fn load(&self) -> Result<Loaded<KddVersion>, IpamError> {
