@@ -355,3 +355,140 @@ fn callable_from_spawn_blocking_and_from_a_runtime_worker() {
     });
     assert_eq!((a.unwrap(), b.unwrap()), (ip("10.0.0.0"), ip("10.0.0.1")));
 }
+
+/// Environment variable naming a Kubernetes API (e.g. the team's `kube-test-server`) for
+/// [`against_a_real_api_server`].
+const KUBE_URL_ENV: &str = "CALICO_RS_TEST_KUBE_URL";
+
+fn crd(plural: &str, kind: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.crd.projectcalico.org")},
+        "spec": {
+            "group": "crd.projectcalico.org",
+            "scope": "Cluster",
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind,
+                      "listKind": format!("{kind}List")},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    })
+}
+
+/// The same rules against a real API server, with its watch. Not run by default:
+/// `kube-test-server --listen 127.0.0.1:18080 &` (tests/kubeapi on branch `kapi`), then
+/// `CALICO_RS_TEST_KUBE_URL=http://127.0.0.1:18080 cargo test -p calico-node --lib
+/// ipam::kdd::tests::against_a_real_api_server -- --ignored`. It creates the three CRDs if
+/// missing and uses nodes and a pool of its own (`kdd-test-*`, 10.99.0.0/24).
+#[test]
+#[ignore = "needs a Kubernetes API: set CALICO_RS_TEST_KUBE_URL"]
+fn against_a_real_api_server() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::discovery::ApiResource;
+
+    let url = std::env::var(KUBE_URL_ENV).expect("CALICO_RS_TEST_KUBE_URL");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let cfg = kube::Config::new(url.parse().unwrap());
+        let client = kube::Client::try_from(cfg).unwrap();
+        let crds: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource {
+                group: "apiextensions.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "apiextensions.k8s.io/v1".into(),
+                kind: "CustomResourceDefinition".into(),
+                plural: "customresourcedefinitions".into(),
+            },
+        );
+        for (plural, kind) in [
+            ("ipamblocks", "IPAMBlock"),
+            ("blockaffinities", "BlockAffinity"),
+            ("ipamhandles", "IPAMHandle"),
+        ] {
+            let obj: DynamicObject = serde_json::from_value(crd(plural, kind)).unwrap();
+            match crds.create(&PostParams::default(), &obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("creating CRD {plural}: {e}"),
+            }
+        }
+        client
+    });
+    let watch = {
+        let _g = rt.enter();
+        super::watch::KddIpamWatch::start(client.clone())
+    };
+    let pools = Arc::new([pool("kdd-test", "10.99.0.0/24", 28)]);
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let ipam = KddIpam::kubernetes(client.clone(), rt.handle().clone());
+            let pools = pools.clone();
+            std::thread::spawn(move || {
+                let node = format!("kdd-test-{t}");
+                let _ = ipam.release_node(&node, &|_, _| false);
+                (0..20)
+                    .map(|i| {
+                        let h = format!("kdd-test/{node}-{i}");
+                        (
+                            node.clone(),
+                            ipam.allocate(&node, &h, IpFamily::V4, &*pools).unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let ipam = KddIpam::kubernetes(client, rt.handle().clone());
+    let aff = ipam.affinities().unwrap();
+    let mut seen = HashSet::new();
+    for (node, a) in &all {
+        assert!(seen.insert(*a), "{a} handed out twice");
+        let (_, owner) = aff.iter().find(|(b, _)| b.contains(a)).unwrap();
+        assert_eq!(owner.as_deref(), Some(node.as_str()));
+    }
+    // The watch sees the same blocks.
+    let mut rx = watch.subscribe();
+    let want: BTreeMap<IpNet, u64> = ipam
+        .usage()
+        .unwrap()
+        .blocks
+        .iter()
+        .filter(|b| pools[0].cidr.contains(&b.cidr))
+        .map(|b| (b.cidr, b.used))
+        .collect();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let got: BTreeMap<IpNet, u64> = rx
+                    .borrow_and_update()
+                    .blocks
+                    .iter()
+                    .filter(|b| pools[0].cidr.contains(&b.cidr))
+                    .map(|b| (b.cidr, b.used))
+                    .collect();
+                if got == want {
+                    return;
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the watch did not catch up within 10 s")
+    });
+    for t in 0..3 {
+        let node = format!("kdd-test-{t}");
+        assert!(!ipam.release_node(&node, &|_, _| false).unwrap().is_empty());
+        assert!(ipam.blocks_for(&node).unwrap().is_empty());
+    }
+}
