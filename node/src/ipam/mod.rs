@@ -2,7 +2,11 @@
 //! /26 by default) from the IPPools that select it, and hands pod addresses out of its own blocks.
 //! The daemon announces the blocks (not single pod routes) over BGP.
 //!
-//! State lives under `DIR/ipam/` and is shared by every node process on the machine:
+//! Layout: the rules are written once in [`core`] ([`IpamCore`]), over a [`BlockStore`] that
+//! loads every block with a version and commits one change to one block at a time; a conflict
+//! (another writer got there first) re-runs the operation from a fresh load. Two stores:
+//! - [`store`] ([`FileStore`], [`Ipam`]): the file datastore's `DIR/ipam/`, shared by every node
+//!   process on the machine, serialised by a file lock (so it never conflicts):
 //! ```text
 //! DIR/ipam/.lock                      flock: exclusive to change, shared to read
 //! DIR/ipam/blocks/10-244-0-64-26.yaml one file per claimed block (Calico's IPAMBlock name):
@@ -13,17 +17,25 @@
 //!     allocations:                    address -> handle (e.g. "namespace/pod")
 //!       10.244.0.64: default/web-0
 //! ```
-//! A block file exists exactly while a node owns the block: claiming creates it, releasing the
-//! node deletes it (with its allocations). Every operation is lock, read all blocks, decide
-//! (pure: [`block`]), write changed files by temp + fsync + rename, unlock — so two nodes never
-//! own one block and claims survive restarts. See [`store`] for corrupt files.
+//! - [`kdd`] ([`kdd::KddStore`], [`kdd::KddIpam`]): Calico's `IPAMBlock`, `BlockAffinity` and
+//!   `IPAMHandle` objects on the Kubernetes API, with `resourceVersion` as the version.
+//!
+//! The daemon reads blocks as an [`watch::IpamView`] from either [`watch::IpamWatch`] (inotify)
+//! or [`kdd::watch::KddIpamWatch`] (a kube watcher).
+//!
+//! Invariants: a block exists exactly while a node owns it: claiming creates it, releasing the
+//! node deletes it (with its allocations); a create of an existing block and a write at a stale
+//! version are refused, so two nodes never own one block and an address is never handed out
+//! twice; claims survive restarts. A stored block that cannot be read is skipped with an error
+//! naming it and its CIDR stays taken.
 //!
 //! Allocation: a handle that already has an address of the family gets it again (idempotent);
 //! otherwise the lowest free address of the node's lowest affine block that lies in one of the
-//! given pools; otherwise a new block is claimed from the first of those pools with room.
-//! Every address of a block is handed out, `.0` included, as Calico does. Not done (Calico does
-//! them): borrowing addresses from other nodes' blocks when the pools are full (Calico's
-//! `strictAffinity: false`), releasing empty blocks, and handle reservations for static IPs.
+//! given pools; otherwise a new block is claimed (with the address in it) from the first of
+//! those pools with room. Every address of a block is handed out, `.0` included, as Calico
+//! does. Not done (Calico does them): borrowing addresses from other nodes' blocks when the
+//! pools are full (Calico's `strictAffinity: false`), releasing empty blocks, handle
+//! reservations for static IPs, IPAMConfig.
 
 pub mod block;
 pub mod core;
