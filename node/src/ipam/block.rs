@@ -16,7 +16,7 @@ use crate::datastore::IpFamily;
 pub const MAX_BLOCK_BITS: u8 = 16;
 
 /// Affinity prefix, as in Calico's `IPAMBlock.spec.affinity`.
-const HOST_PREFIX: &str = "host:";
+pub(crate) const HOST_PREFIX: &str = "host:";
 
 /// A block of addresses owned by one node (its affinity) and the handles allocated in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,27 +110,65 @@ impl Block {
         self.affinity.as_deref() == Some(node)
     }
 
-    /// The file name of a block: the CIDR with `.`, `:` and `/` as `-`
-    /// (`10-244-0-64-26.yaml`, `fd00-10---40-122.yaml`), like Calico's IPAMBlock names.
-    pub fn file_name(cidr: &IpNet) -> String {
-        let s: String = cidr
-            .to_string()
+    /// The object name of a block: the CIDR with `.`, `:` and `/` as `-` (`10-244-0-64-26`,
+    /// `fd00-10--40-122`), Calico's IPAMBlock name (`names.CIDRToName`).
+    pub fn object_name(cidr: &IpNet) -> String {
+        cidr.to_string()
             .chars()
             .map(|c| if matches!(c, '.' | ':' | '/') { '-' } else { c })
-            .collect();
-        format!("{s}.yaml")
+            .collect()
     }
 
-    /// The CIDR a block file name stands for (host bits are kept, to be checked by the caller).
-    pub fn parse_file_name(name: &str) -> Option<IpNet> {
-        let stem = name.strip_suffix(".yaml")?;
-        let (addr, prefix) = stem.rsplit_once('-')?;
+    /// The CIDR an object name stands for (host bits are kept, to be checked by the caller).
+    pub fn parse_object_name(name: &str) -> Option<IpNet> {
+        let (addr, prefix) = name.rsplit_once('-')?;
         let prefix: u8 = prefix.parse().ok()?;
         if let Ok(a) = addr.replace('-', ".").parse::<Ipv4Addr>() {
             return Ipv4Net::new(a, prefix).ok().map(IpNet::V4);
         }
         let a = addr.replace('-', ":").parse::<Ipv6Addr>().ok()?;
         Ipv6Net::new(a, prefix).ok().map(IpNet::V6)
+    }
+
+    /// The file name of a block: its object name plus `.yaml` (`10-244-0-64-26.yaml`).
+    pub fn file_name(cidr: &IpNet) -> String {
+        format!("{}.yaml", Block::object_name(cidr))
+    }
+
+    /// The CIDR a block file name stands for (host bits are kept, to be checked by the caller).
+    pub fn parse_file_name(name: &str) -> Option<IpNet> {
+        Block::parse_object_name(name.strip_suffix(".yaml")?)
+    }
+
+    /// Ordinal of `ip` in the block (0 for the network address), if it is inside.
+    pub fn ordinal(&self, ip: &IpAddr) -> Option<u64> {
+        if !self.cidr.contains(ip) {
+            return None;
+        }
+        u64::try_from(to_u128(*ip) - to_u128(self.cidr.network())).ok()
+    }
+
+    /// The address at `ordinal`, if it is inside the block.
+    pub fn address(&self, ordinal: u64) -> Option<IpAddr> {
+        (ordinal < self.size()).then(|| {
+            from_u128(
+                self.family(),
+                to_u128(self.cidr.network()) + u128::from(ordinal),
+            )
+        })
+    }
+
+    /// Checks a CIDR for use as a block: no host bits, at most 2^[`MAX_BLOCK_BITS`] addresses.
+    pub fn check_cidr(cidr: &IpNet) -> Result<(), String> {
+        if cidr.trunc() != *cidr {
+            return Err(format!("cidr: {cidr} has host bits set"));
+        }
+        if host_bits(cidr) > MAX_BLOCK_BITS {
+            return Err(format!(
+                "cidr: {cidr} is larger than the largest block (2^{MAX_BLOCK_BITS} addresses)"
+            ));
+        }
+        Ok(())
     }
 
     pub fn to_yaml(&self) -> String {
@@ -165,14 +203,7 @@ impl Block {
                 "cidr: {cidr} does not match the file name ({expected})"
             ));
         }
-        if cidr.trunc() != cidr {
-            return Err(format!("cidr: {cidr} has host bits set"));
-        }
-        if host_bits(&cidr) > MAX_BLOCK_BITS {
-            return Err(format!(
-                "cidr: {cidr} is larger than the largest block (2^{MAX_BLOCK_BITS} addresses)"
-            ));
-        }
+        Block::check_cidr(&cidr)?;
         let affinity = match doc.affinity {
             None => None,
             Some(a) => match a.strip_prefix(HOST_PREFIX) {

@@ -1,16 +1,18 @@
-//! IPAM state on disk under `DIR/ipam/`, shared by every node process on the machine.
+//! The file [`BlockStore`]: IPAM state on disk under `DIR/ipam/`, shared by every node process
+//! on the machine.
 //!
-//! Every operation runs under `flock(DIR/ipam/.lock)` (exclusive to change, shared to read),
-//! reads all of `DIR/ipam/blocks/`, and replaces each changed block file by write-temp + fsync +
-//! rename + fsync(dir). A reader therefore always sees whole files, a crash leaves either the old
-//! or the new file, and two claimers can never both see a block as free.
+//! A transaction holds `flock(DIR/ipam/.lock)` from its load to its last commit (exclusive to
+//! change, shared to read), reads all of `DIR/ipam/blocks/`, and replaces each changed block file
+//! by write-temp + fsync + rename + fsync(dir). A reader therefore always sees whole files, a
+//! crash leaves either the old or the new file, and two claimers can never both see a block as
+//! free: the lock makes every transaction serial, so a commit never conflicts and the version
+//! of a block is `()`.
 //!
 //! A block file that cannot be used is *corrupt*: it is skipped with an error naming it, never
 //! rewritten, and the CIDR its file name stands for stays taken, so its addresses are never
 //! handed out a second time. A file whose name is not a CIDR cannot collide with a block we
 //! would create, and is only reported.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,57 +20,22 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::block::Block;
+use super::core::{BlockStore, BlockTxn, Change, Commit, Corrupt, Loaded, Origin, Versioned};
 use super::IpamError;
 
 const LOCK_FILE: &str = ".lock";
 const BLOCKS_DIR: &str = "blocks";
 
-/// A block file that was skipped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Corrupt {
-    pub path: PathBuf,
-    /// The CIDR from the file name, kept as taken; `None` if the name is not a block name.
-    pub cidr: Option<IpNet>,
-    pub message: String,
-}
-
-impl Corrupt {
-    pub fn to_error(&self) -> IpamError {
-        IpamError::CorruptBlock {
-            path: self.path.clone(),
-            message: self.message.clone(),
-        }
-    }
-}
-
-/// All blocks read under one lock.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub blocks: BTreeMap<IpNet, Block>,
-    pub corrupt: Vec<Corrupt>,
-}
-
-impl Loaded {
-    /// Every CIDR no one may claim: valid blocks and the names of corrupt ones.
-    pub fn taken(&self) -> Vec<IpNet> {
-        self.blocks
-            .keys()
-            .copied()
-            .chain(self.corrupt.iter().filter_map(|c| c.cidr))
-            .collect()
-    }
-}
-
 /// Paths of one IPAM directory.
 #[derive(Debug)]
-pub struct Store {
+pub struct FileStore {
     root: PathBuf,
     blocks: PathBuf,
 }
 
 /// The lock, held until dropped (closing the file releases the flock).
 pub struct Locked<'a> {
-    store: &'a Store,
+    store: &'a FileStore,
     _file: File,
 }
 
@@ -79,13 +46,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
     }
 }
 
-impl Store {
+impl FileStore {
     /// Creates `DIR/ipam/blocks/` if needed.
-    pub fn open(datastore_dir: &Path) -> Result<Store, IpamError> {
+    pub fn open(datastore_dir: &Path) -> Result<FileStore, IpamError> {
         let root = datastore_dir.join(crate::datastore::file::IPAM_SUBDIR);
         let blocks = root.join(BLOCKS_DIR);
         std::fs::create_dir_all(&blocks).map_err(io_err(&blocks))?;
-        Ok(Store { root, blocks })
+        Ok(FileStore { root, blocks })
     }
 
     pub fn root(&self) -> &Path {
@@ -124,7 +91,7 @@ impl Locked<'_> {
     }
 
     /// Reads every block; only I/O failures of the directory itself are errors.
-    pub fn load(&self) -> Result<Loaded, IpamError> {
+    pub fn load(&self) -> Result<Loaded<()>, IpamError> {
         let dir = &self.store.blocks;
         let mut out = Loaded::default();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -138,7 +105,7 @@ impl Locked<'_> {
             }
             let mut corrupt = |cidr: Option<IpNet>, message: String| {
                 out.corrupt.push(Corrupt {
-                    path: path.clone(),
+                    origin: Origin::File(path.clone()),
                     cidr,
                     message,
                 })
@@ -167,13 +134,14 @@ impl Locked<'_> {
                 }
             };
             match Block::from_yaml(&text, &named) {
-                Ok(b) => {
-                    out.blocks.insert(b.cidr, b);
+                Ok(block) => {
+                    out.blocks
+                        .insert(block.cidr, Versioned { block, version: () });
                 }
                 Err(m) => corrupt(Some(taken), m),
             }
         }
-        out.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
+        out.corrupt.sort_by(|a, b| a.origin.cmp(&b.origin));
         Ok(out)
     }
 
@@ -207,5 +175,30 @@ impl Locked<'_> {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir))
+    }
+}
+
+impl BlockStore for FileStore {
+    type Version = ();
+    type Txn<'a> = Locked<'a>;
+
+    fn begin(&self, write: bool) -> Result<Locked<'_>, IpamError> {
+        self.lock(write)
+    }
+}
+
+impl BlockTxn for Locked<'_> {
+    type Version = ();
+
+    fn load(&mut self) -> Result<Loaded<()>, IpamError> {
+        Locked::load(self)
+    }
+
+    fn commit(&mut self, change: Change<()>) -> Result<(), Commit> {
+        match change {
+            Change::Create(b) | Change::Update(b, ()) => self.write(&b)?,
+            Change::Delete(cidr, ()) => self.remove(&cidr)?,
+        }
+        Ok(())
     }
 }

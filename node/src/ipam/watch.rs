@@ -53,7 +53,7 @@ impl IpamWatch {
     /// Reads the IPAM state of datastore `dir` once, then follows it.
     pub fn start(dir: &Path, resync: Duration) -> Result<IpamWatch, IpamError> {
         let ipam = Ipam::new(dir)?;
-        let blocks = ipam.store.blocks_dir().to_path_buf();
+        let blocks = ipam.store().blocks_dir().to_path_buf();
         let (ev_tx, ev_rx) = mpsc::channel::<()>();
         let watch_err = |e: notify::Error| IpamError::Io {
             path: blocks.clone(),
