@@ -228,6 +228,20 @@ protocol device {{ }}
     /// Every IPAM block file (name -> content): what must not change while documents are broken.
     pub fn block_files(&self) -> Result<std::collections::BTreeMap<String, String>> {
         let mut out = std::collections::BTreeMap::new();
+        if let Some(api) = &self.kube {
+            let list: serde_json::Value =
+                serde_json::from_str(&api.kubectl(&["get", "ipamblocks", "-o", "json"], None)?)?;
+            for b in list["items"].as_array().into_iter().flatten() {
+                out.insert(
+                    b["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    format!("{} {}", b["metadata"]["resourceVersion"], b["spec"]),
+                );
+            }
+            return Ok(out);
+        }
         for e in std::fs::read_dir(self.dir.join("ipam/blocks"))? {
             let e = e?;
             out.insert(
@@ -312,7 +326,7 @@ protocol device {{ }}
         for j in 1..=pods {
             let short = format!("p{j}");
             let pod_name = format!("{name}-{short}");
-            let ip = datastore::allocate(&self.dir, &state, name, &format!("default/{pod_name}"))?;
+            let ip = self.allocate(&state, name, &format!("default/{pod_name}"))?;
             let (v4, v6) = (ip.v4.to_string(), ip.v6.to_string());
             let p = pods::add_pod(&self.lab, &ns, &short, &v4, &v6)?;
             let r = PodRef {
@@ -356,7 +370,7 @@ protocol device {{ }}
             .find(|n| n.name == node)
             .context("no such node")?;
         let pod_name = format!("{node}-{short}");
-        let ip = datastore::allocate(&self.dir, &state, node, &format!("default/{pod_name}"))?;
+        let ip = self.allocate(&state, node, &format!("default/{pod_name}"))?;
         Ok(PodRef {
             ns: self.lab.netns(&format!("{}.{short}", n.ns.short()))?,
             name: pod_name,
@@ -485,14 +499,38 @@ protocol device {{ }}
         let p = self.nodes[i].pods.remove(j);
         let iface = felix::workload_iface_name("default", &p.name);
         self.nodes[i].ns.ip(&["link", "del", &iface])?;
-        Ipam::new(&self.dir)?.release(&format!("default/{}", p.name))?;
+        let handle = format!("default/{}", p.name);
+        match &self.kube {
+            None => {
+                Ipam::new(&self.dir)?.release(&handle)?;
+            }
+            Some(api) => {
+                api.with_ipam(|i| i.release(&handle))??;
+            }
+        }
         self.remove(&format!("pod-{}.yaml", p.name))?;
         self.lab.remove_netns(&p.ns);
         Ok(())
     }
 
     pub fn blocks_of(&self, node: &str) -> Result<Vec<IpNet>> {
-        Ok(Ipam::new(&self.dir)?.blocks_for(node)?)
+        match &self.kube {
+            None => Ok(Ipam::new(&self.dir)?.blocks_for(node)?),
+            Some(api) => Ok(api.with_ipam(|i| i.blocks_for(node))??),
+        }
+    }
+
+    /// A pod's addresses from IPAM (the file store in `dir`, or the API's IPAMBlocks).
+    fn allocate(
+        &self,
+        state: &ClusterState,
+        node: &str,
+        handle: &str,
+    ) -> Result<datastore::PodIps> {
+        match &self.kube {
+            None => datastore::allocate(&self.dir, state, node, handle),
+            Some(api) => api.with_ipam(|i| datastore::allocate_with(i, state, node, handle))?,
+        }
     }
 
     /// Routes carrying our protocol in node `n`'s namespace.

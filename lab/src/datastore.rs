@@ -23,6 +23,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use calico_node::datastore::{ClusterState, IpFamily};
+use calico_node::ipam::core::{BlockStore, IpamCore};
 use calico_node::ipam::Ipam;
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +128,16 @@ pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<()> {
 /// A pod's addresses from IPAM in datastore directory `dir`, one per family, from the pools
 /// `state` gives `node`; the same `handle` (`namespace/name`) gets the same addresses again.
 pub fn allocate(dir: &Path, state: &ClusterState, node: &str, handle: &str) -> Result<PodIps> {
-    let ipam = Ipam::new(dir)?;
+    allocate_with(&Ipam::new(dir)?, state, node, handle)
+}
+
+/// [`allocate`] with any IPAM store (the lab on Kubernetes uses the API's IPAMBlocks).
+pub fn allocate_with<S: BlockStore>(
+    ipam: &IpamCore<S>,
+    state: &ClusterState,
+    node: &str,
+    handle: &str,
+) -> Result<PodIps> {
     let v4 = ipam.allocate(
         node,
         handle,

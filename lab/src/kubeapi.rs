@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use calico_node::ipam::kdd::KddIpam;
+
 use crate::lab::{Lab, Netns, Segment};
 use crate::proc::Proc;
 
@@ -36,6 +38,9 @@ pub struct KubeApi {
     ns: Netns,
     server: Proc,
     dir: PathBuf,
+    /// The lab's own IPAM client (pods' addresses, as a CNI plugin would take them), on a runtime
+    /// whose threads live in the API's namespace.
+    ipam: Option<(tokio::runtime::Runtime, KddIpam)>,
 }
 
 /// A kubeconfig for `server` with a bearer token.
@@ -87,7 +92,12 @@ impl KubeApi {
             ],
             &log,
         )?;
-        let api = KubeApi { ns, server, dir };
+        let mut api = KubeApi {
+            ns,
+            server,
+            dir,
+            ipam: None,
+        };
         std::fs::write(
             api.kubeconfig_path(DAEMON_TOKEN),
             kubeconfig(&api.url(), DAEMON_TOKEN),
@@ -105,7 +115,34 @@ impl KubeApi {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        api.ipam = Some(api.ipam_client()?);
         Ok(api)
+    }
+
+    /// A multi-thread runtime started from inside the API's namespace (its threads stay there,
+    /// so their sockets reach the server) and IPAM on a client made on it.
+    fn ipam_client(&self) -> Result<(tokio::runtime::Runtime, KddIpam)> {
+        let kc = self.kubeconfig_path(ADMIN_TOKEN);
+        self.ns
+            .in_ns(move || -> Result<(tokio::runtime::Runtime, KddIpam)> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                let client = rt.block_on(async {
+                    let kc = kube::config::Kubeconfig::read_from(&kc)?;
+                    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                    anyhow::Ok(kube::Client::try_from(cfg)?)
+                })?;
+                let ipam = KddIpam::kubernetes(client, rt.handle().clone());
+                Ok((rt, ipam))
+            })?
+    }
+
+    /// Runs `f` with the lab's IPAM, on a thread inside the API's namespace.
+    pub fn with_ipam<T: Send>(&self, f: impl FnOnce(&KddIpam) -> T + Send) -> Result<T> {
+        let (_, ipam) = self.ipam.as_ref().context("no IPAM client")?;
+        self.ns.in_ns(|| f(ipam))
     }
 
     /// `http://10.200.0.250:6443`.

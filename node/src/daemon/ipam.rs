@@ -11,6 +11,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::watch;
 
+use crate::ipam::kdd::watch::KddIpamWatch;
+use crate::ipam::kdd::KddIpam;
 use crate::ipam::watch::{IpamView, IpamWatch};
 use crate::ipam::{Ipam, IpamError};
 
@@ -57,31 +59,34 @@ impl NodeIpam for FileIpam {
     }
 }
 
-/// IPAM in Calico's Kubernetes objects (`IPAMBlock`, `BlockAffinity`, `IPAMHandle`).
+/// IPAM in Calico's Kubernetes objects (`IPAMBlock`, `BlockAffinity`, `IPAMHandle`), with
+/// optimistic concurrency only (see [`crate::ipam::kdd`]).
 pub struct KubeIpam {
-    _client: kube::Client,
+    ipam: KddIpam,
+    watch: KddIpamWatch,
 }
 
 impl KubeIpam {
-    pub async fn start(client: kube::Client) -> Result<KubeIpam, IpamError> {
-        let _ = client;
-        Err(IpamError::Io {
-            path: "crd.projectcalico.org/v1 ipamblocks".into(),
-            source: std::io::Error::other("IPAM on the Kubernetes datastore is not wired in yet"),
-        })
+    /// Starts the IPAMBlock watch on `client` (made on the daemon's runtime).
+    pub fn start(client: kube::Client) -> KubeIpam {
+        KubeIpam {
+            ipam: KddIpam::kubernetes(client.clone(), tokio::runtime::Handle::current()),
+            watch: KddIpamWatch::start(client),
+        }
     }
 }
 
 impl NodeIpam for KubeIpam {
     fn subscribe(&self) -> watch::Receiver<Arc<IpamView>> {
-        watch::channel(Arc::default()).1
+        self.watch.subscribe()
     }
 
     fn release_node(
         &self,
-        _node: &str,
-        _in_use: &dyn Fn(IpAddr, &str) -> bool,
+        node: &str,
+        in_use: &dyn Fn(IpAddr, &str) -> bool,
     ) -> Result<Vec<IpNet>, IpamError> {
-        Ok(Vec::new())
+        // block_in_place inside: the loop's task waits for the API, other tasks go on.
+        self.ipam.release_node(node, in_use)
     }
 }

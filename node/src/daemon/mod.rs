@@ -62,8 +62,6 @@ use view::RoutesViewKey;
 /// Why the daemon could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("IPAM on the Kubernetes datastore: {0}")]
-    KubeIpam(IpamError),
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
     #[error("IPAM state under {dir}: {source}")]
@@ -378,9 +376,7 @@ async fn open_datastore(
             let cfg = KubeCfg::from_env();
             let client = kubernetes::client(&cfg).await?;
             let ds = Arc::new(KubeDatastore::start_with(client.clone(), cfg).await?);
-            let ipam = ipam::KubeIpam::start(client)
-                .await
-                .map_err(DaemonError::KubeIpam)?;
+            let ipam = ipam::KubeIpam::start(client);
             Ok((ds, Arc::new(ipam)))
         }
     }
