@@ -441,18 +441,19 @@ pub fn crd_resource(crd: &Value) -> Result<ResourceType, ApiError> {
             &format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
         ));
     }
-    let namespaced =
-        match str_at(spec, &["scope"]) {
-            "Namespaced" => true,
-            "Cluster" => false,
-            other => return Err(crd_invalid(
+    let namespaced = match str_at(spec, &["scope"]) {
+        "Namespaced" => true,
+        "Cluster" => false,
+        other => {
+            return Err(crd_invalid(
                 name,
                 "spec.scope",
                 &format!(
                     "Unsupported value: \"{other}\": supported values: \"Cluster\", \"Namespaced\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let versions = spec
         .get("versions")
         .and_then(Value::as_array)
