@@ -98,6 +98,23 @@ impl Daemon {
         routes
     }
 
+    /// The datastore's errors, then the calculation's (a BGPPeer whose Secret is missing, a
+    /// peer without an AS number, ...): what the status API reports under resource errors.
+    fn all_errors(&self) -> Vec<ResourceError> {
+        let mut out = self.resource_errors.clone();
+        if let Some(d) = &self.desired {
+            out.extend(d.errors.iter().map(|e| ResourceError {
+                origin: "configuration".into(),
+                kind: Some(e.kind.to_string()),
+                name: Some(e.name.clone()),
+                field: e.field.clone(),
+                message: e.message.clone(),
+                severity: crate::datastore::Severity::Error,
+            }));
+        }
+        out
+    }
+
     /// Why the node is not ready (empty when it is).
     fn not_ready(&self, rstat: &RoutesStatus, pstat: &PolicyStatus) -> Vec<String> {
         let mut not_ready = Vec::new();
@@ -228,7 +245,7 @@ impl Daemon {
             peers,
             routes: self.routes_view.1.clone(),
             blocks: self.block_views.clone(),
-            resource_errors: self.resource_errors.clone(),
+            resource_errors: self.all_errors(),
             policy: self.policy_view(&pstat),
         }
     }

@@ -11,8 +11,9 @@
 //!  /version probe ──────┘  (reachability)   '── debounce: one snapshot per burst
 //! ```
 //!
-//! - Watchers are kube-runtime's (list, then watch with bookmarks; on `410 Gone` or a lost
-//!   connection they relist with backoff). A relist is diffed against what is held
+//! - Watchers are kube-runtime's (list, then watch with bookmarks). Any error (`410 Gone`, a
+//!   lost connection) starts a fresh list after a backoff (see [`watch_kind`]), and the view is
+//!   in sync again only once that list completes. A relist is diffed against what is held
 //!   ([`held::Held::apply`]): only real changes produce a new snapshot.
 //! - Losing the API server changes nothing that is held: the dataplane and BGP stay as they are,
 //!   and only [`Snapshot::not_in_sync`] says so (the daemon reports itself not ready).
@@ -38,7 +39,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -51,8 +51,8 @@ use kinds::{Kind, WATCHED};
 pub const SECRET_REFRESH: Duration = Duration::from_secs(10);
 /// How often the API server's reachability is checked.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// A watcher error this recent means the view may be behind.
-const ERROR_HOLD: Duration = Duration::from_secs(3);
+/// Longest wait between a failed watch and the next list.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Quiet time after an event before a snapshot is built (bursts coalesce).
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -133,32 +133,47 @@ pub async fn client(cfg: &KubeCfg) -> Result<Client, DatastoreError> {
     Client::try_from(config).map_err(|e| err(format!("Kubernetes client: {e}")))
 }
 
+/// Follows one kind. Any error ends the stream and a fresh watcher lists again after a backoff
+/// (1 s doubling to [`MAX_BACKOFF`], reset by a complete list), so the kind counts as in sync
+/// again only once a list has gone through: a watch that merely stopped failing proves nothing
+/// (kube-runtime's own backoff would resume the watch silently, or sleep through the API's
+/// return). The relist is diffed by [`Held`], so it changes nothing that did not change.
 fn watch_kind(client: Client, i: usize, kind: Kind, tx: mpsc::UnboundedSender<Msg>) {
     let api: Api<DynamicObject> = Api::all_with(client, &kind.api_resource());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
     tokio::spawn(async move {
-        while let Some(ev) = stream.next().await {
-            let msg = match ev {
-                Ok(ev) => {
-                    let json = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
-                    Msg::Event(
-                        i,
-                        match ev {
-                            watcher::Event::Init => Ev::Init,
-                            watcher::Event::InitApply(o) => Ev::InitApply(json(o)),
-                            watcher::Event::InitDone => Ev::InitDone,
-                            watcher::Event::Apply(o) => Ev::Apply(json(o)),
-                            watcher::Event::Delete(o) => Ev::Delete(json(o)),
-                        },
-                    )
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+            while let Some(ev) = stream.next().await {
+                let msg = match ev {
+                    Ok(ev) => {
+                        let json = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
+                        Msg::Event(
+                            i,
+                            match ev {
+                                watcher::Event::Init => Ev::Init,
+                                watcher::Event::InitApply(o) => Ev::InitApply(json(o)),
+                                watcher::Event::InitDone => {
+                                    backoff = Duration::from_secs(1);
+                                    Ev::InitDone
+                                }
+                                watcher::Event::Apply(o) => Ev::Apply(json(o)),
+                                watcher::Event::Delete(o) => Ev::Delete(json(o)),
+                            },
+                        )
+                    }
+                    Err(e) => Msg::WatchError(i, e.to_string()),
+                };
+                let failed = matches!(msg, Msg::WatchError(..));
+                if tx.send(msg).is_err() {
+                    return;
                 }
-                Err(e) => Msg::WatchError(i, e.to_string()),
-            };
-            if tx.send(msg).is_err() {
-                return;
+                if failed {
+                    break;
+                }
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     });
 }
@@ -224,8 +239,8 @@ async fn probe(client: Client, tx: mpsc::UnboundedSender<Msg>) {
 struct Owner {
     held: Held,
     secrets: BTreeMap<(String, String), Result<String, String>>,
-    /// Last watcher error per kind, with when it happened.
-    errors: BTreeMap<usize, (Instant, String)>,
+    /// Kinds whose watch failed and that have not been listed completely since, with the error.
+    errors: BTreeMap<usize, String>,
     probe: Result<(), String>,
     revision: u64,
     published: Option<Arc<Snapshot>>,
@@ -233,7 +248,7 @@ struct Owner {
 }
 
 impl Owner {
-    fn not_in_sync(&self, now: Instant) -> Option<String> {
+    fn not_in_sync(&self) -> Option<String> {
         if !self.held.synced() {
             return Some(format!(
                 "Kubernetes datastore: not listed yet: {}",
@@ -243,16 +258,16 @@ impl Owner {
         if let Err(e) = &self.probe {
             return Some(format!("Kubernetes API server unreachable: {e}"));
         }
-        let recent: Vec<String> = self
+        let failing: Vec<String> = self
             .errors
             .iter()
-            .filter(|(_, (at, _))| now.duration_since(*at) < ERROR_HOLD)
-            .map(|(i, (_, e))| format!("{}: {e}", WATCHED[*i].kind))
+            .map(|(i, e)| format!("{}: {e}", WATCHED[*i].kind))
             .collect();
-        (!recent.is_empty()).then(|| format!("Kubernetes watch failing: {}", recent.join("; ")))
+        (!failing.is_empty())
+            .then(|| format!("Kubernetes watch failed, relisting: {}", failing.join("; ")))
     }
 
-    fn snapshot(&mut self, now: Instant) -> Option<Arc<Snapshot>> {
+    fn snapshot(&mut self) -> Option<Arc<Snapshot>> {
         if !self.held.synced() && self.published.is_none() {
             return None;
         }
@@ -266,7 +281,7 @@ impl Owner {
         let errs: std::collections::HashSet<String> =
             scan.errors.iter().map(ResourceError::to_string).collect();
         self.logged.retain(|t| errs.contains(t));
-        let not_in_sync = self.not_in_sync(now);
+        let not_in_sync = self.not_in_sync();
         if let Some(p) = &self.published {
             if p.state == scan.state && p.errors == scan.errors && p.not_in_sync == not_in_sync {
                 return None;
@@ -338,13 +353,13 @@ impl KubeDatastore {
                 {
                     continue;
                 }
-                if let Some(s) = owner.snapshot(Instant::now()) {
+                if let Some(s) = owner.snapshot() {
                     break s;
                 }
             }
             if waited.elapsed() >= Duration::from_secs(10) {
                 waited = Instant::now();
-                let why = owner.not_in_sync(Instant::now()).unwrap_or_default();
+                let why = owner.not_in_sync().unwrap_or_default();
                 info!(%why, "waiting for the Kubernetes datastore");
             }
         };
@@ -371,7 +386,7 @@ impl KubeDatastore {
                     _ = tick.tick() => {}
                 }
                 *beat.beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                if let Some(s) = owner.snapshot(Instant::now()) {
+                if let Some(s) = owner.snapshot() {
                     out.send_replace(s);
                 }
             }
@@ -392,6 +407,9 @@ impl Owner {
     fn take(&mut self, m: Msg, shared: &Shared) {
         match m {
             Msg::Event(i, ev) => {
+                if matches!(ev, Ev::InitDone) {
+                    self.errors.remove(&i);
+                }
                 if self.held.apply(i, ev) {
                     let refs = self.held.secret_refs();
                     shared.refs.send_if_modified(|r| {
@@ -400,13 +418,12 @@ impl Owner {
                         changed
                     });
                 }
-                self.errors.remove(&i);
             }
             Msg::WatchError(i, e) => {
-                if self.errors.get(&i).map(|(_, old)| old) != Some(&e) {
-                    warn!(kind = WATCHED[i].kind, error = %e, "Kubernetes watch");
+                if self.errors.get(&i) != Some(&e) {
+                    warn!(kind = WATCHED[i].kind, error = %e, "Kubernetes watch failed; relisting");
                 }
-                self.errors.insert(i, (Instant::now(), e));
+                self.errors.insert(i, e);
             }
             Msg::Secrets(s) => self.secrets = s,
             Msg::Probe(r) => {

@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod failsafe;
+mod kube;
 mod status;
 
 use std::collections::BTreeSet;
