@@ -261,3 +261,260 @@ fn bgp_passwords_come_from_secrets_and_a_missing_secret_keeps_the_peer_down() ->
     })?;
     Ok(())
 }
+
+fn kube(c: &Cluster) -> Result<&calico_lab::kubeapi::KubeApi> {
+    c.kube().context("not a Kubernetes cluster")
+}
+
+/// One RBAC rule, for one namespace (a Role's) or cluster-wide.
+struct Rule {
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    names: Vec<String>,
+}
+
+fn strings(v: &serde_yaml_ng::Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules of every ClusterRole and Role in `manifests/`.
+fn manifest_rules() -> Result<Vec<Rule>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(calico_lab::kubeapi::manifests_dir())? {
+        let path = e?.path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)?;
+        for doc in text.split("\n---") {
+            let Ok(v) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(doc) else {
+                continue;
+            };
+            let kind = v["kind"].as_str().unwrap_or_default();
+            if kind != "ClusterRole" && kind != "Role" {
+                continue;
+            }
+            let namespace = (kind == "Role").then(|| {
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string()
+            });
+            for r in v["rules"].as_sequence().into_iter().flatten() {
+                out.push(Rule {
+                    namespace: namespace.clone(),
+                    groups: strings(&r["apiGroups"]),
+                    resources: strings(&r["resources"]),
+                    verbs: strings(&r["verbs"]),
+                    names: strings(&r["resourceNames"]),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the authorizer sees of one request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Request {
+    verb: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn allows(r: &Rule, q: &Request) -> bool {
+    let any = |v: &[String], x: &str| v.iter().any(|s| s == "*" || s == x);
+    (r.namespace.is_none() || r.namespace == q.namespace)
+        && any(&r.groups, &q.group)
+        && any(&r.resources, &q.resource)
+        && any(&r.verbs, &q.verb)
+        && (r.names.is_empty() || q.name.as_ref().is_some_and(|n| r.names.contains(n)))
+}
+
+#[test]
+fn the_daemons_requests_are_exactly_what_the_manifests_rbac_allows() -> Result<()> {
+    let mut c = Cluster::new_kube("kuberbac", 3, 1, false)?;
+    // Every request path the daemon has: the watches, bootstrap (Node annotations: AS is not in
+    // the lab's Nodes yet), a BGP password Secret, releasing a deleted node's blocks, and the
+    // default pool when none exists.
+    c.daemon_env = vec!["AS=64512".into()];
+    for i in 0..c.nodes.len() {
+        c.restart_daemon(i)?;
+    }
+    c.wait_converged(CONVERGE)?;
+    kube(&c)?.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: calico-rs-bgp-passwords, namespace: \
+         kube-system}\ndata: {tor: czNjcmV0}\n",
+    )?;
+    c.write(
+        "peer.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: \
+         10.200.0.1, asNumber: 65000, password: {secretKeyRef: {name: calico-rs-bgp-passwords, \
+         key: tor}}}\n",
+    )?;
+    eventually(Duration::from_secs(10), || {
+        let n = kube(&c)?.kubectl(
+            &[
+                "get",
+                "node",
+                "n1",
+                "-o",
+                "jsonpath={.metadata.annotations}",
+            ],
+            None,
+        )?;
+        ensure!(n.contains("projectcalico.org/ASNumber"), "{n}");
+        Ok(())
+    })?;
+    c.remove_node("n3")?;
+    eventually(Duration::from_secs(20), || {
+        ensure!(
+            c.blocks_of("n3")?.is_empty(),
+            "n3's blocks are not released"
+        );
+        Ok(())
+    })?;
+    // No pool left: a starting daemon creates the default one.
+    kube(&c)?.kubectl(&["delete", "ippools.crd.projectcalico.org", "--all"], None)?;
+    c.daemon_env
+        .push("CALICO_IPV4POOL_CIDR=10.250.0.0/16".into());
+    c.add_node("n4", 0)?;
+    eventually(Duration::from_secs(20), || {
+        let p = kube(&c)?.kubectl(
+            &["get", "ippools.crd.projectcalico.org", "-o", "name"],
+            None,
+        )?;
+        ensure!(p.contains("default-ipv4-ippool"), "{p}");
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    let log = std::fs::read_to_string(kube(&c)?.request_log())?;
+    let mut requests = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["user"] != calico_lab::kubeapi::DAEMON_TOKEN || v["resource"].is_null() {
+            // Discovery and /version are open to every authenticated user
+            // (system:discovery, system:public-info-viewer).
+            continue;
+        }
+        let mut resource = v["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = v["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        requests.insert(Request {
+            verb: v["verb"].as_str().unwrap_or_default().into(),
+            group: v["apiGroup"].as_str().unwrap_or_default().into(),
+            resource,
+            namespace: v["namespace"].as_str().map(str::to_string),
+            name: v["name"].as_str().map(str::to_string),
+        });
+    }
+    ensure!(!requests.is_empty(), "no request of the daemons was logged");
+    let rules = manifest_rules()?;
+    ensure!(!rules.is_empty(), "no RBAC rules in manifests/");
+    let denied: Vec<&Request> = requests
+        .iter()
+        .filter(|q| !rules.iter().any(|r| allows(r, q)))
+        .collect();
+    ensure!(
+        denied.is_empty(),
+        "requests the manifests' RBAC denies: {denied:#?}"
+    );
+    let mut unused = Vec::new();
+    for r in &rules {
+        for g in &r.groups {
+            for res in &r.resources {
+                for verb in &r.verbs {
+                    let used = requests.iter().any(|q| {
+                        &q.group == g
+                            && &q.resource == res
+                            && &q.verb == verb
+                            && (r.namespace.is_none() || r.namespace == q.namespace)
+                    });
+                    if !used {
+                        unused.push(format!("{g}/{res} {verb}"));
+                    }
+                }
+            }
+        }
+    }
+    ensure!(
+        unused.is_empty(),
+        "RBAC rules no daemon request used: {unused:?}\nrequests: {requests:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kubectl_applies_the_manifests_and_the_samples() -> Result<()> {
+    let c = Cluster::new_kube("kubeapply", 0, 0, false)?;
+    let api = kube(&c)?;
+    let dir = calico_lab::kubeapi::manifests_dir();
+    let out = api.kubectl(
+        &["apply", "--validate=false", "-f", &dir.to_string_lossy()],
+        None,
+    )?;
+    for what in [
+        "customresourcedefinition.apiextensions.k8s.io/ippools.crd.projectcalico.org",
+        "serviceaccount/calico-node-rs",
+        "clusterrole.rbac.authorization.k8s.io/calico-node-rs",
+        "role.rbac.authorization.k8s.io/calico-node-rs",
+        "configmap/calico-rs-config",
+        "daemonset.apps/calico-node-rs",
+    ] {
+        ensure!(
+            out.contains(what),
+            "kubectl apply did not make {what}:\n{out}"
+        );
+    }
+    let samples = dir.join("samples");
+    let out = api.kubectl(
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &samples.to_string_lossy(),
+        ],
+        None,
+    )?;
+    ensure!(out.contains("ippool.crd.projectcalico.org/"), "{out}");
+    ensure!(out.contains("bgppeer.crd.projectcalico.org/"), "{out}");
+    let ds: serde_json::Value = serde_json::from_str(&api.kubectl(
+        &[
+            "get",
+            "-n",
+            "kube-system",
+            "daemonset",
+            "calico-node-rs",
+            "-o",
+            "json",
+        ],
+        None,
+    )?)?;
+    ensure!(
+        ds["spec"]["template"]["spec"]["hostNetwork"] == true,
+        "{}",
+        ds["spec"]["template"]["spec"]
+    );
+    // Applying again changes nothing.
+    let again = api.kubectl(
+        &["apply", "--validate=false", "-f", &dir.to_string_lossy()],
+        None,
+    )?;
+    ensure!(
+        again.lines().all(|l| l.ends_with("unchanged")),
+        "a second apply changed something:\n{again}"
+    );
+    Ok(())
+}
