@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use calico_node::datastore::Snapshot;
 
-pub use backends::{Backend, FileBackend};
+pub use backends::{Backend, FileBackend, KubeBackend};
 
 /// How long a change may take to show.
 pub const WITHIN: Duration = Duration::from_secs(5);
@@ -120,6 +120,12 @@ pub fn contract(b: &mut dyn Backend) {
 #[test]
 fn file_backend_keeps_the_contract() {
     let mut b = FileBackend::default();
+    contract(&mut b);
+}
+
+#[test]
+fn kubernetes_backend_keeps_the_contract() {
+    let mut b = KubeBackend::start();
     contract(&mut b);
 }
 
