@@ -6,5 +6,7 @@
 mod kubectl;
 #[path = "clients/protocol.rs"]
 mod protocol;
+#[path = "clients/python.rs"]
+mod python;
 #[path = "clients/support.rs"]
 mod support;
