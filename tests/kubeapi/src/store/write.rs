@@ -5,8 +5,8 @@
 //!   free (409 AlreadyExists), `resourceVersion` must be unset (400). The server sets `uid`,
 //!   `creationTimestamp`, `generation: 1` and `resourceVersion`. Custom resources with a status
 //!   subresource lose `status` on create; pods start with `status: {phase: Pending}`; namespaces get
-//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; CRDs get their Established and
-//!   NamesAccepted conditions and start being served.
+//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; secrets default to `type: Opaque`;
+//!   CRDs get their Established and NamesAccepted conditions and start being served.
 //! - Update (and every patch, once applied): a set `metadata.resourceVersion` that is not the stored
 //!   one is a 409 Conflict; unset means unconditional. Server-managed metadata is kept. With a status
 //!   subresource, writes to the object keep the stored status and writes to `/status` change only
@@ -207,6 +207,15 @@ impl Store {
                 body.as_object_mut().expect("checked").remove("status");
             }
             ("", "pods") => body["status"] = json!({"phase": "Pending"}),
+            ("", "secrets")
+                if body
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty() =>
+            {
+                body["type"] = "Opaque".into()
+            }
             ("", "namespaces") => {
                 body["spec"] = json!({"finalizers": ["kubernetes"]});
                 body["status"] = json!({"phase": "Active"});
