@@ -359,6 +359,31 @@ fn deletes_check_preconditions_and_cascade() {
 }
 
 #[test]
+fn secrets_fold_string_data_into_data() {
+    let mut s = Store::new(100);
+    let secrets = rt(&s, "", "secrets");
+    let o = s.create(&secrets, Some("default"), json!({"metadata": {"name": "pw"}, "data": {"a": "YQ=="}, "stringData": {"password": "s3cret"}}), false).unwrap();
+    assert_eq!(
+        o.value["data"],
+        json!({"a": "YQ==", "password": "czNjcmV0"})
+    );
+    assert!(o.value.get("stringData").is_none());
+    assert_eq!(o.value["type"], "Opaque");
+    let p = s
+        .patch(
+            &secrets,
+            Some("default"),
+            "pw",
+            PatchType::Strategic,
+            &json!({"stringData": {"password": "new"}}),
+            W,
+        )
+        .unwrap();
+    assert_eq!(p.value["data"]["password"], "bmV3");
+    assert!(p.value.get("stringData").is_none());
+}
+
+#[test]
 fn finalizers_hold_deletion() {
     let mut s = Store::new(100);
     let cms = rt(&s, "", "configmaps");

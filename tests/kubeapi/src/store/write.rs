@@ -5,7 +5,8 @@
 //!   free (409 AlreadyExists), `resourceVersion` must be unset (400). The server sets `uid`,
 //!   `creationTimestamp`, `generation: 1` and `resourceVersion`. Custom resources with a status
 //!   subresource lose `status` on create; pods start with `status: {phase: Pending}`; namespaces get
-//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; secrets default to `type: Opaque`;
+//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; secrets default to `type: Opaque`
+//!   and their `stringData` is folded into `data` (on updates too);
 //!   CRDs get their Established and NamesAccepted conditions and start being served.
 //! - Update (and every patch, once applied): a set `metadata.resourceVersion` that is not the stored
 //!   one is a 409 Conflict; unset means unconditional. Server-managed metadata is kept. With a status
@@ -102,6 +103,23 @@ fn same_content(a: &Value, b: &Value) -> bool {
             .unwrap_or_default()
     };
     strip(a) == strip(b)
+}
+
+/// A Secret's write-only `stringData` goes into `data` (base64), as the API server's Secret strategy
+/// does on every create and update.
+fn fold_string_data(rt: &ResourceType, v: &mut Value) {
+    if rt.gr != Gr::new("", "secrets") {
+        return;
+    }
+    let Some(Value::Object(sd)) = v.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    if !v.get("data").is_some_and(Value::is_object) {
+        v["data"] = json!({});
+    }
+    for (k, s) in sd {
+        v["data"][k] = util::b64_encode(s.as_str().unwrap_or("").as_bytes()).into();
+    }
 }
 
 fn has_finalizers(v: &Value) -> bool {
@@ -201,6 +219,7 @@ impl Store {
         ] {
             meta.remove(server_only);
         }
+        fold_string_data(rt, &mut body);
         let mut new_rt = None;
         match (rt.gr.group.as_str(), rt.gr.resource.as_str()) {
             _ if rt.custom && rt.status => {
@@ -408,6 +427,7 @@ impl Store {
                     }
                 }
             }
+            fold_string_data(rt, &mut new);
             if !same_content(&cur.value, &new) {
                 let g = cur
                     .value
