@@ -345,6 +345,22 @@ fn deletes_check_preconditions_and_cascade() {
             .code,
         404
     );
+    let t = s.get(&nss, None, "t").unwrap();
+    assert_eq!(
+        t.value["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "t"})
+    );
+    let relabeled = s
+        .patch(
+            &nss,
+            None,
+            "t",
+            PatchType::Merge,
+            &json!({"metadata": {"labels": null}}),
+            W,
+        )
+        .unwrap();
+    assert_eq!(relabeled.rv, t.rv, "the name label cannot be removed");
     s.delete(&nss, None, "t", &json!({}), false).unwrap();
     assert!(
         s.get(&pods, Some("t"), "b").is_err(),

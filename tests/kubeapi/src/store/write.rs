@@ -5,7 +5,8 @@
 //!   free (409 AlreadyExists), `resourceVersion` must be unset (400). The server sets `uid`,
 //!   `creationTimestamp`, `generation: 1` and `resourceVersion`. Custom resources with a status
 //!   subresource lose `status` on create; pods start with `status: {phase: Pending}`; namespaces get
-//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; secrets default to `type: Opaque`
+//!   `spec.finalizers: [kubernetes]`, `status.phase: Active` and the label
+//!   `kubernetes.io/metadata.name` (kept on updates); secrets default to `type: Opaque`
 //!   and their `stringData` is folded into `data` (on updates too);
 //!   CRDs get their Established and NamesAccepted conditions and start being served.
 //! - Update (and every patch, once applied): a set `metadata.resourceVersion` that is not the stored
@@ -122,6 +123,19 @@ fn fold_string_data(rt: &ResourceType, v: &mut Value) {
     }
 }
 
+/// Every Namespace carries `kubernetes.io/metadata.name: NAME` (the API server sets it on create and
+/// update, so policies can select namespaces by name).
+fn namespace_name_label(rt: &ResourceType, v: &mut Value) {
+    if rt.gr != Gr::new("", "namespaces") {
+        return;
+    }
+    let name = meta_str(v, "name").to_string();
+    if !v["metadata"].get("labels").is_some_and(Value::is_object) {
+        v["metadata"]["labels"] = json!({});
+    }
+    v["metadata"]["labels"]["kubernetes.io/metadata.name"] = name.into();
+}
+
 fn has_finalizers(v: &Value) -> bool {
     v.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -220,6 +234,7 @@ impl Store {
             meta.remove(server_only);
         }
         fold_string_data(rt, &mut body);
+        namespace_name_label(rt, &mut body);
         let mut new_rt = None;
         match (rt.gr.group.as_str(), rt.gr.resource.as_str()) {
             _ if rt.custom && rt.status => {
@@ -428,6 +443,7 @@ impl Store {
                 }
             }
             fold_string_data(rt, &mut new);
+            namespace_name_label(rt, &mut new);
             if !same_content(&cur.value, &new) {
                 let g = cur
                     .value
