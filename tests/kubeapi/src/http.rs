@@ -4,7 +4,8 @@
 //! Paths: `/api/v1/[namespaces/NS/]PLURAL[/NAME[/status]]` and `/apis/G/V/...` the same; a namespaced
 //! resource without `namespaces/NS` lists (or watches) across all namespaces. The answer is always
 //! JSON (`Content-Type: application/json`); protobuf and Table are not offered, so clients use their
-//! JSON decoding and client-side printing. Request bodies must be JSON (YAML and protobuf are a 415).
+//! JSON decoding and client-side printing. Request bodies must be JSON (YAML is a 415), except
+//! creates of the few kinds [`crate::proto`] decodes for kubectl's generators.
 //! Everything under `/_test/` goes to the server's test controls. Every API request is logged (see
 //! [`crate::reqlog`]).
 
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::body::{full, RespBody};
 use crate::discovery;
 use crate::patch::{PatchType, ACCEPTED};
+use crate::proto;
 use crate::reqlog::{user_of, Entry};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -406,8 +408,17 @@ async fn resource(
             Ok(r)
         }
         "create" => {
-            check_json_content(&ct)?;
-            let body = parse_json(&read_body(req).await?)?;
+            let body = if ct.starts_with(proto::MEDIA_TYPE) {
+                proto::decode(&read_body(req).await?).map_err(|e| match e {
+                    proto::ProtoError::Malformed(_) => ApiError::bad_request(e.to_string()),
+                    proto::ProtoError::Unsupported(_) => {
+                        ApiError::unsupported_media(&format!("{ct}: {e}"), "application/json")
+                    }
+                })?
+            } else {
+                check_json_content(&ct)?;
+                parse_json(&read_body(req).await?)?
+            };
             let o = shared
                 .store
                 .lock()

@@ -14,7 +14,8 @@
 //! [`resources`], [`discovery`], [`status`] (errors), [`journal`] (`--state`), [`watch`] and [`http`]
 //! (the async edges), [`server`] (listener, outages, controls), [`reqlog`].
 //!
-//! Not done: server-side apply, Table and protobuf output, OpenAPI (`/openapi/v2`, `/openapi/v3` are
+//! Not done: server-side apply, Table and protobuf output, protobuf request bodies (except creates of
+//! Namespaces, ConfigMaps, Secrets and ServiceAccounts, which kubectl's generators send), OpenAPI (`/openapi/v2`, `/openapi/v3` are
 //! 404: use `kubectl --validate=false`), aggregated discovery (clients fall back), admission and
 //! per-type validation or defaulting beyond what [`store`] lists, graceful pod deletion, garbage
 //! collection of owner references, CRD schema validation and pruning.
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod http;
 pub mod journal;
 pub mod patch;
+pub mod proto;
 pub mod reqlog;
 pub mod resources;
 pub mod selector;

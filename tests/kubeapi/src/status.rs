@@ -202,13 +202,6 @@ impl ApiError {
     }
 }
 
-/// A `status: Success` Status (what some deletes return).
-pub fn success(gr: &Gr, name: &str, uid: &str) -> Value {
-    let mut d = details(gr, name);
-    d["uid"] = uid.into();
-    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

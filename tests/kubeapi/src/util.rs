@@ -107,6 +107,26 @@ pub fn b64url_encode(data: &[u8]) -> String {
     out
 }
 
+/// Standard base64 with padding, as JSON carries `[]byte` (Secret `data`).
+pub fn b64_encode(data: &[u8]) -> String {
+    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                STD[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// Decodes base64url, with or without padding; `None` on any other character.
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim_end_matches('=');
@@ -239,6 +259,12 @@ mod tests {
         }
         assert_eq!(b64url_encode(b"any carnal pleas"), "YW55IGNhcm5hbCBwbGVhcw");
         assert!(b64url_decode("a b").is_none());
+        assert_eq!(b64_encode(b"ab"), "YWI=");
+        assert_eq!(b64_encode(b"s3cret"), "czNjcmV0");
+        assert_eq!(
+            b64url_decode(&b64_encode(b"\xff\xfe?")).unwrap(),
+            b"\xff\xfe?"
+        );
     }
 
     #[test]

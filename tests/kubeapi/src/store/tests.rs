@@ -345,6 +345,22 @@ fn deletes_check_preconditions_and_cascade() {
             .code,
         404
     );
+    let t = s.get(&nss, None, "t").unwrap();
+    assert_eq!(
+        t.value["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "t"})
+    );
+    let relabeled = s
+        .patch(
+            &nss,
+            None,
+            "t",
+            PatchType::Merge,
+            &json!({"metadata": {"labels": null}}),
+            W,
+        )
+        .unwrap();
+    assert_eq!(relabeled.rv, t.rv, "the name label cannot be removed");
     s.delete(&nss, None, "t", &json!({}), false).unwrap();
     assert!(
         s.get(&pods, Some("t"), "b").is_err(),
@@ -356,6 +372,31 @@ fn deletes_check_preconditions_and_cascade() {
             .code,
         404
     );
+}
+
+#[test]
+fn secrets_fold_string_data_into_data() {
+    let mut s = Store::new(100);
+    let secrets = rt(&s, "", "secrets");
+    let o = s.create(&secrets, Some("default"), json!({"metadata": {"name": "pw"}, "data": {"a": "YQ=="}, "stringData": {"password": "s3cret"}}), false).unwrap();
+    assert_eq!(
+        o.value["data"],
+        json!({"a": "YQ==", "password": "czNjcmV0"})
+    );
+    assert!(o.value.get("stringData").is_none());
+    assert_eq!(o.value["type"], "Opaque");
+    let p = s
+        .patch(
+            &secrets,
+            Some("default"),
+            "pw",
+            PatchType::Strategic,
+            &json!({"stringData": {"password": "new"}}),
+            W,
+        )
+        .unwrap();
+    assert_eq!(p.value["data"]["password"], "bmV3");
+    assert!(p.value.get("stringData").is_none());
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //!   free (409 AlreadyExists), `resourceVersion` must be unset (400). The server sets `uid`,
 //!   `creationTimestamp`, `generation: 1` and `resourceVersion`. Custom resources with a status
 //!   subresource lose `status` on create; pods start with `status: {phase: Pending}`; namespaces get
-//!   `spec.finalizers: [kubernetes]` and `status.phase: Active`; CRDs get their Established and
-//!   NamesAccepted conditions and start being served.
+//!   `spec.finalizers: [kubernetes]`, `status.phase: Active` and the label
+//!   `kubernetes.io/metadata.name` (kept on updates); secrets default to `type: Opaque`
+//!   and their `stringData` is folded into `data` (on updates too);
+//!   CRDs get their Established and NamesAccepted conditions and start being served.
 //! - Update (and every patch, once applied): a set `metadata.resourceVersion` that is not the stored
 //!   one is a 409 Conflict; unset means unconditional. Server-managed metadata is kept. With a status
 //!   subresource, writes to the object keep the stored status and writes to `/status` change only
@@ -102,6 +104,36 @@ fn same_content(a: &Value, b: &Value) -> bool {
             .unwrap_or_default()
     };
     strip(a) == strip(b)
+}
+
+/// A Secret's write-only `stringData` goes into `data` (base64), as the API server's Secret strategy
+/// does on every create and update.
+fn fold_string_data(rt: &ResourceType, v: &mut Value) {
+    if rt.gr != Gr::new("", "secrets") {
+        return;
+    }
+    let Some(Value::Object(sd)) = v.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    if !v.get("data").is_some_and(Value::is_object) {
+        v["data"] = json!({});
+    }
+    for (k, s) in sd {
+        v["data"][k] = util::b64_encode(s.as_str().unwrap_or("").as_bytes()).into();
+    }
+}
+
+/// Every Namespace carries `kubernetes.io/metadata.name: NAME` (the API server sets it on create and
+/// update, so policies can select namespaces by name).
+fn namespace_name_label(rt: &ResourceType, v: &mut Value) {
+    if rt.gr != Gr::new("", "namespaces") {
+        return;
+    }
+    let name = meta_str(v, "name").to_string();
+    if !v["metadata"].get("labels").is_some_and(Value::is_object) {
+        v["metadata"]["labels"] = json!({});
+    }
+    v["metadata"]["labels"]["kubernetes.io/metadata.name"] = name.into();
 }
 
 fn has_finalizers(v: &Value) -> bool {
@@ -201,12 +233,23 @@ impl Store {
         ] {
             meta.remove(server_only);
         }
+        fold_string_data(rt, &mut body);
+        namespace_name_label(rt, &mut body);
         let mut new_rt = None;
         match (rt.gr.group.as_str(), rt.gr.resource.as_str()) {
             _ if rt.custom && rt.status => {
                 body.as_object_mut().expect("checked").remove("status");
             }
             ("", "pods") => body["status"] = json!({"phase": "Pending"}),
+            ("", "secrets")
+                if body
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty() =>
+            {
+                body["type"] = "Opaque".into()
+            }
             ("", "namespaces") => {
                 body["spec"] = json!({"finalizers": ["kubernetes"]});
                 body["status"] = json!({"phase": "Active"});
@@ -399,6 +442,8 @@ impl Store {
                     }
                 }
             }
+            fold_string_data(rt, &mut new);
+            namespace_name_label(rt, &mut new);
             if !same_content(&cur.value, &new) {
                 let g = cur
                     .value

@@ -6,6 +6,8 @@
 //! kubectl 1.32 is run by its versioned path (`/usr/bin/kubectl` is a dispatcher that picks the
 //! kubectl matching the server's version, 1.33 here), and the dispatcher is smoke-tested too.
 //! client-go sends no credentials over plain http, so kubectl's requests are logged as `anonymous`.
+//! `kubectl create namespace|configmap|secret` send protobuf, which the server decodes for those
+//! kinds only (see the crate's `proto` module).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -181,6 +183,51 @@ async fn kubectl_132_drives_the_server() {
 
     let out = k.ok(&["create", "--validate=false", "-f", &ns]).await;
     assert_eq!(out.trim(), "namespace/demo created");
+    // The generators send protobuf for these kinds; a kind we cannot decode is refused, not mangled.
+    assert_eq!(
+        k.ok(&["create", "namespace", "gen"]).await.trim(),
+        "namespace/gen created"
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "configmap",
+        "cm",
+        "--from-literal=a=b",
+        "--from-literal=c=d",
+    ])
+    .await;
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ])
+    .await;
+    assert_eq!(
+        get_json(&k, &["-n", "gen", "configmap", "cm"]).await["data"],
+        json!({"a": "b", "c": "d"})
+    );
+    let secret = get_json(&k, &["-n", "gen", "secret", "pw"]).await;
+    assert_eq!(
+        (secret["type"].as_str(), secret["data"]["password"].as_str()),
+        (Some("Opaque"), Some("czNjcmV0"))
+    );
+    let dep = k
+        .run(&["-n", "gen", "create", "deployment", "d", "--image=nginx"])
+        .await;
+    assert!(
+        !dep.ok
+            && dep
+                .stderr
+                .contains("protobuf bodies of apps/v1 Deployment are not supported"),
+        "{}",
+        dep.stderr
+    );
     let out = k
         .ok(&[
             "apply",
