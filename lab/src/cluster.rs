@@ -520,6 +520,15 @@ protocol device {{ }}
         }
     }
 
+    /// Whether IPAM holds no address for `handle` any more.
+    pub fn leaked_handle_gone(&self, handle: &str) -> Result<bool> {
+        let ips = match &self.kube {
+            None => Ipam::new(&self.dir)?.addresses_of(handle)?,
+            Some(api) => api.with_ipam(|i| i.addresses_of(handle))??,
+        };
+        Ok(ips.is_empty())
+    }
+
     /// A pod's addresses from IPAM (the file store in `dir`, or the API's IPAMBlocks).
     fn allocate(
         &self,

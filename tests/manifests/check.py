@@ -91,7 +91,7 @@ EXPECTED_RBAC = {
     (None, CRD_GROUP, "bgppeers"): {"list", "watch"},
     (None, CRD_GROUP, "ippools"): {"list", "watch", "create"},
     (None, CRD_GROUP, "blockaffinities"): {"delete"},
-    (None, CRD_GROUP, "ipamblocks"): {"list", "watch", "delete"},
+    (None, CRD_GROUP, "ipamblocks"): {"list", "watch", "update", "delete"},
     (None, CRD_GROUP, "ipamhandles"): {"get", "update", "delete"},
     ("kube-system", "", "secrets"): {"get"},
 }

@@ -63,6 +63,10 @@ struct RunArgs {
     /// Seconds another node's Node must stay deleted before its IPAM blocks are released.
     #[arg(long, default_value_t = 60)]
     node_release_grace: u64,
+    /// Seconds an allocation in this node's blocks must have had no Pod before it is released
+    /// (a CNI ADD that died, a Pod deleted behind the plugin's back).
+    #[arg(long, env = "CALICO_RS_IPAM_GC_GRACE", default_value_t = 60)]
+    ipam_gc_grace: u64,
     /// Route protocol number that marks our kernel routes.
     #[arg(long, default_value_t = felix::routes::DEFAULT_ROUTE_PROTOCOL)]
     route_protocol: u8,
@@ -176,6 +180,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.health_addr = std::net::SocketAddr::new(a.health_host, a.health_port);
     cfg.metrics_addr = std::net::SocketAddr::new(a.metrics_host, a.metrics_port);
     cfg.node_release_grace = std::time::Duration::from_secs(a.node_release_grace);
+    cfg.ipam_gc_grace = std::time::Duration::from_secs(a.ipam_gc_grace);
     cfg.route_protocol = a.route_protocol;
     cfg.nft_table = a.nft_table.clone();
     cfg.endpoint_to_host = a.default_endpoint_to_host_action;

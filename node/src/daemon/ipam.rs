@@ -28,6 +28,9 @@ pub trait NodeIpam: Send + Sync {
         node: &str,
         in_use: &dyn Fn(IpAddr, &str) -> bool,
     ) -> Result<Vec<IpNet>, IpamError>;
+
+    /// Releases every address of `handle` (a leaked allocation, see [`super::gc`]).
+    fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError>;
 }
 
 /// IPAM in the file datastore's directory (`DIR/ipam/`).
@@ -56,6 +59,10 @@ impl NodeIpam for FileIpam {
         in_use: &dyn Fn(IpAddr, &str) -> bool,
     ) -> Result<Vec<IpNet>, IpamError> {
         self.ipam.release_node(node, in_use)
+    }
+
+    fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.ipam.release(handle)
     }
 }
 
@@ -88,5 +95,9 @@ impl NodeIpam for KubeIpam {
     ) -> Result<Vec<IpNet>, IpamError> {
         // block_in_place inside: the loop's task waits for the API, other tasks go on.
         self.ipam.release_node(node, in_use)
+    }
+
+    fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.ipam.release(handle)
     }
 }

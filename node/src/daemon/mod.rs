@@ -118,6 +118,9 @@ pub struct DaemonCfg {
     pub metrics_addr: SocketAddr,
     /// How long another node's Node must stay deleted before its IPAM blocks are released.
     pub node_release_grace: Duration,
+    /// How long an allocation in this node's blocks must have no Pod before it is released
+    /// (see [`gc`]).
+    pub ipam_gc_grace: Duration,
     /// Route protocol number marking felix's routes.
     pub route_protocol: u8,
     /// nftables table (family inet) for policy.
@@ -137,6 +140,7 @@ impl DaemonCfg {
             health_addr: SocketAddr::from(([127, 0, 0, 1], 9099)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
             node_release_grace: Duration::from_secs(60),
+            ipam_gc_grace: Duration::from_secs(60),
             route_protocol: felix::routes::DEFAULT_ROUTE_PROTOCOL,
             nft_table: "calico-rs".into(),
             bgp_sync_timeout: Duration::from_secs(10),
@@ -191,6 +195,8 @@ struct Daemon {
     sync_deadline: Option<Instant>,
     /// Which other nodes were deleted, and since when (see [`release`]).
     release: release::ReleaseTracker,
+    /// Allocations of this node's blocks that no Pod has, and since when (see [`gc`]).
+    leaks: gc::LeakTracker,
     started: SystemTime,
     status: watch::Sender<Arc<NodeSnapshot>>,
     /// Progress of every owner loop (see [`live`]).
@@ -272,6 +278,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 w.recompute = d.release_deleted_nodes();
+                d.collect_leaked_addresses();
                 if d.speaker_failure.as_ref().is_some_and(|f| Instant::now() >= f.retry_at) {
                     w.recompute = true;
                 }
@@ -439,6 +446,7 @@ impl Daemon {
             bgp_synced: false,
             sync_deadline: None,
             release: release::ReleaseTracker::default(),
+            leaks: gc::LeakTracker::default(),
             started: SystemTime::now(),
             status,
             live,
@@ -572,6 +580,40 @@ impl Daemon {
             }
         }
         released
+    }
+
+    /// Releases the allocations of this node's blocks that no existing Pod has had for the
+    /// grace period (see [`gc`]); never while the datastore's view may be behind.
+    fn collect_leaked_addresses(&mut self) {
+        let mut allocations: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for b in self
+            .ipam_view
+            .blocks
+            .iter()
+            .filter(|b| b.affinity.as_deref() == Some(self.cfg.nodename.as_str()))
+        {
+            for (ip, h) in &b.allocations {
+                allocations.entry(h.clone()).or_default().push(*ip);
+            }
+        }
+        let pod_ips: BTreeSet<IpAddr> = self
+            .state
+            .pods
+            .values()
+            .flat_map(|p| p.pod_ips.iter().copied())
+            .collect();
+        let now = Instant::now();
+        let in_sync = self.datastore_behind.is_none() && self.ipam_view.errors.is_empty();
+        self.leaks.observe(&allocations, &pod_ips, in_sync, now);
+        for handle in self.leaks.due(self.cfg.ipam_gc_grace, now) {
+            match self.ipam.release(&handle) {
+                Ok(ips) => {
+                    info!(%handle, addresses = ?ips, "released a leaked allocation: no Pod has had its addresses for the grace period");
+                    self.leaks.forget(&handle);
+                }
+                Err(e) => warn!(%handle, error = %e, "releasing a leaked allocation"),
+            }
+        }
     }
 
     async fn recompute(&mut self) {

@@ -548,5 +548,10 @@ pub fn usage_of(b: &Block) -> BlockUsage {
         pool: b.pool.clone(),
         used: b.allocations.len() as u64,
         free: b.free(),
+        allocations: b
+            .allocations
+            .iter()
+            .map(|(ip, h)| (*ip, h.clone()))
+            .collect(),
     }
 }

@@ -116,6 +116,8 @@ pub struct BlockUsage {
     pub pool: Option<String>,
     pub used: u64,
     pub free: u64,
+    /// Every allocated address with its handle.
+    pub allocations: Vec<(std::net::IpAddr, String)>,
 }
 
 /// All blocks and the stored blocks that were skipped.

@@ -347,7 +347,7 @@ fn the_daemons_requests_are_exactly_what_the_manifests_rbac_allows() -> Result<(
     // Every request path the daemon has: the watches, bootstrap (Node annotations: AS is not in
     // the lab's Nodes yet), a BGP password Secret, releasing a deleted node's blocks, and the
     // default pool when none exists.
-    c.daemon_env = vec!["AS=64512".into()];
+    c.daemon_env = vec!["AS=64512".into(), "CALICO_RS_IPAM_GC_GRACE=3".into()];
     for i in 0..c.nodes.len() {
         c.restart_daemon(i)?;
     }
@@ -374,6 +374,16 @@ fn the_daemons_requests_are_exactly_what_the_manifests_rbac_allows() -> Result<(
             None,
         )?;
         ensure!(n.contains("projectcalico.org/ASNumber"), "{n}");
+        Ok(())
+    })?;
+    // An address taken for a pod whose CNI ADD never finished: n1 gives it back.
+    let leak = c.reserve_pod("n1", "leak")?;
+    eventually(Duration::from_secs(15), || {
+        ensure!(
+            c.leaked_handle_gone(&format!("default/{}", leak.name))?,
+            "the leaked address {} is still allocated",
+            leak.v4
+        );
         Ok(())
     })?;
     c.remove_node("n3")?;

@@ -262,3 +262,58 @@ fn a_daemon_restart_loses_no_packet() -> Result<()> {
     );
     Ok(())
 }
+
+/// Leaked addresses come back (issue: the Kubernetes datastore, garbage collection): a CNI ADD
+/// that died between allocating and the Pod (an allocation with no Pod), and a Pod deleted
+/// behind the plugin's back (its allocation stays), with the owning daemon restarted mid-way.
+/// Each is released within the grace period plus 10 s; the addresses of running pods never are.
+#[test]
+fn leaked_addresses_come_back_and_running_pods_keep_theirs() -> Result<()> {
+    let grace = Duration::from_secs(5);
+    let mut c = Cluster::new("nodegc", 2, 2, false)?;
+    c.daemon_env = vec![format!("CALICO_RS_IPAM_GC_GRACE={}", grace.as_secs())];
+    for i in 0..c.nodes.len() {
+        c.restart_daemon(i)?;
+    }
+    c.wait_converged(CONVERGE)?;
+    let died = c.reserve_pod("n1", "died")?;
+    let behind = c.nodes[1].pods[1].clone();
+    // Deleted from the datastore only: no CNI DEL.
+    c.remove(&format!("pod-{}.yaml", behind.name))?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart_daemon(0)?;
+    c.restart_daemon(1)?;
+    let running: Vec<String> = [
+        &c.nodes[0].pods[0],
+        &c.nodes[0].pods[1],
+        &c.nodes[1].pods[0],
+    ]
+    .iter()
+    .map(|p| format!("default/{}", p.name))
+    .collect();
+    eventually(grace + Duration::from_secs(10), || {
+        for h in [
+            format!("default/{}", died.name),
+            format!("default/{}", behind.name),
+        ] {
+            ensure!(
+                c.leaked_handle_gone(&h)?,
+                "{h} is still allocated after {:?}",
+                t0.elapsed()
+            );
+        }
+        Ok(())
+    })?;
+    eprintln!("leaks released {:?} after they leaked", t0.elapsed());
+    // Long past the grace period, running pods still have their addresses.
+    std::thread::sleep(grace + Duration::from_secs(1));
+    for h in &running {
+        ensure!(
+            !c.leaked_handle_gone(h)?,
+            "{h}, a running pod, lost its address"
+        );
+    }
+    cluster::ping(&c.nodes[1].pods[0].ns, &c.nodes[0].pods[0].v4)?;
+    Ok(())
+}
