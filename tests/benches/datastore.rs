@@ -1,0 +1,194 @@
+//! Benchmark (issue: the Kubernetes datastore): the daemon on a cluster-sized datastore, on the
+//! Kubernetes backend (the lab's test API server, objects created with kubectl) and, in the same
+//! run with the same objects, on the file datastore.
+//!
+//! 5,000 pods in 500 namespaces and 1,000 NetworkPolicies, one daemon with 110 local pods (the
+//! lab's, with their veths). Printed per backend: time from the daemon's start to ready (policy
+//! in the kernel, routes programmed, BGP synced), the daemon's peak RSS (VmHWM), and one remote
+//! pod's label change (through the API, or the file) to the kernel (the pod's address in the
+//! nftables table), median of 7. Targets: initial sync under 2 s, RSS under 50 MB, label change
+//! under 50 ms median.
+//!
+//! Run (root): `cargo build --release --workspace --bins && cargo bench -p calico-tests --bench datastore`
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use calico_lab::cluster::Cluster;
+
+const NAMESPACES: usize = 500;
+const PODS_PER_NS: usize = 10;
+const POLICIES_PER_NS: usize = 2;
+const LOCAL_PODS: usize = 110;
+
+fn vm_hwm_kib(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM for {pid}"))
+}
+
+/// Remote pod `i`'s address (outside the lab's pools: only policy sets hold it).
+fn remote_ip(i: usize) -> String {
+    format!("10.128.{}.{}", i / 250, i % 250 + 1)
+}
+
+fn pod_doc(ns: usize, j: usize, kube: bool, probe: bool) -> String {
+    let i = ns * PODS_PER_NS + j;
+    let ip = remote_ip(i);
+    let role = if probe { ", role: probe" } else { "" };
+    if kube {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{j}, namespace: ns{ns}, labels: {{app: a{}{role}}}, \
+             annotations: {{cni.projectcalico.org/podIPs: \"{ip}/32\"}}}}\nspec: {{nodeName: far{}, \
+             containers: [{{name: c, image: busybox}}]}}\n",
+            j % 3,
+            i % 50
+        )
+    } else {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{j}, namespace: ns{ns}, labels: {{app: a{}{role}}}}}\n\
+             spec: {{nodeName: far{}}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n",
+            j % 3,
+            i % 50
+        )
+    }
+}
+
+const ROUNDS: usize = 7;
+
+/// The label-change round whose pod is `ns`/`p{j}`.
+fn probe_of(ns: usize, j: usize) -> Option<usize> {
+    (j == 1 && ns % 10 == 3 && ns / 10 < ROUNDS).then_some(ns / 10)
+}
+
+/// Every namespace, remote pod and policy, as one multi-document text.
+fn objects(kube: bool) -> String {
+    let mut s = String::new();
+    for ns in 0..NAMESPACES {
+        let _ = write!(
+            s,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{team: t{}}}}}\n---\n",
+            ns % 10
+        );
+        for j in 0..PODS_PER_NS {
+            // On files, the pods whose labels change have files of their own.
+            if !kube && probe_of(ns, j).is_some() {
+                continue;
+            }
+            s += &pod_doc(ns, j, kube, false);
+            s += "---\n";
+        }
+        for k in 0..POLICIES_PER_NS {
+            let _ = write!(
+                s,
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{k}, namespace: ns{ns}}}\n\
+                 spec:\n  podSelector: {{matchLabels: {{app: a{k}}}}}\n  ingress:\n  - from:\n    - podSelector: \
+                 {{matchLabels: {{app: a2}}}}\n    ports: [{{port: {}, protocol: TCP}}]\n---\n",
+                8000 + k
+            );
+        }
+    }
+    // The local pods' policy (one of the 1,000 in place of ns0/np1): from probes in team t3.
+    s += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: local, namespace: default}\n\
+          spec:\n  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: t3}}\n      \
+          podSelector: {matchLabels: {role: probe}}\n";
+    s
+}
+
+fn run(kube: bool) -> Result<()> {
+    let name = if kube { "kubernetes" } else { "file" };
+    let mut c = if kube {
+        Cluster::new_kube("dsbk", 1, LOCAL_PODS, false)?
+    } else {
+        Cluster::new("dsbf", 1, LOCAL_PODS, false)?
+    };
+    c.wait_converged(Duration::from_secs(120))?;
+    let text = objects(kube);
+    let t = Instant::now();
+    match c.kube() {
+        Some(api) => {
+            api.kubectl(&["create", "-f", "-"], Some(&text))?;
+        }
+        None => {
+            c.write("bulk.yaml", &text)?;
+            for r in 0..ROUNDS {
+                c.write(
+                    &format!("probe{r}.yaml"),
+                    &pod_doc(3 + 10 * r, 1, false, false),
+                )?;
+            }
+        }
+    }
+    let loaded = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    // Start to ready with everything in place.
+    c.kill_daemon(0)?;
+    c.start_daemon(0)?;
+    let ready = c.wait_ready(Duration::from_secs(120))?[0];
+    c.wait_converged(Duration::from_secs(60))?;
+    let n1 = &c.nodes[0];
+    // Label changes: a pod of ns3 (team t3) becomes a probe, and stops being one.
+    let mut took = Vec::new();
+    for round in 0..ROUNDS {
+        let (ns, j) = (3 + 10 * round, 1);
+        let ip = remote_ip(ns * PODS_PER_NS + j);
+        let t0 = Instant::now();
+        match c.kube() {
+            Some(api) => {
+                api.kubectl(
+                    &[
+                        "label",
+                        "pod",
+                        "-n",
+                        &format!("ns{ns}"),
+                        &format!("p{j}"),
+                        "role=probe",
+                    ],
+                    None,
+                )?;
+            }
+            None => c.write(&format!("probe{round}.yaml"), &pod_doc(ns, j, false, true))?,
+        }
+        loop {
+            let table = n1.ns.run(&["nft", "list", "table", "inet", "calico-rs"])?;
+            if table.contains(&ip) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("{name}: {ip} not in the table 10 s after its label change");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    let kib = vm_hwm_kib(n1.daemon.pid())?;
+    println!(
+        "{name:>10}: {} objects loaded in {:.2} s; daemon start -> ready {:.3} s (target < 2 s); \
+         peak RSS {:.1} MiB (target < 50 MB); label change -> kernel median {:.1} ms, max {:.1} ms (target < 50 ms)",
+        NAMESPACES * (1 + PODS_PER_NS + POLICIES_PER_NS) + 1,
+        loaded.as_secs_f64(),
+        ready.as_secs_f64(),
+        kib as f64 / 1024.0,
+        took[took.len() / 2].as_secs_f64() * 1e3,
+        took[took.len() - 1].as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    println!(
+        "calico-node-rs on {NAMESPACES} namespaces, {} pods, {} policies, {LOCAL_PODS} local pods",
+        NAMESPACES * PODS_PER_NS,
+        NAMESPACES * POLICIES_PER_NS
+    );
+    run(true)?;
+    run(false)?;
+    Ok(())
+}
