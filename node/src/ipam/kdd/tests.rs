@@ -252,11 +252,14 @@ fn threads_racing_through_the_api_with_injected_409s_never_share() {
     });
     let ipams: Vec<Arc<KddIpam>> = (0..4).map(|_| Arc::new(s.ipam())).collect();
     let pools = Arc::new([pool("p", "10.0.0.0/25", 28)]);
+    // Every node allocates before any claims the rest: a node that found the pool taken by the
+    // others' extra claims would (rightly) get PoolsExhausted, with nothing to borrow.
+    let allocated = Arc::new(std::sync::Barrier::new(ipams.len()));
     let threads: Vec<_> = ipams
         .iter()
         .enumerate()
         .map(|(t, ipam)| {
-            let (ipam, pools) = (ipam.clone(), pools.clone());
+            let (ipam, pools, allocated) = (ipam.clone(), pools.clone(), allocated.clone());
             std::thread::spawn(move || {
                 let node = format!("n{t}");
                 let mut got = Vec::new();
@@ -267,6 +270,7 @@ fn threads_racing_through_the_api_with_injected_409s_never_share() {
                         ipam.allocate(&node, &h, IpFamily::V4, &*pools).unwrap(),
                     ));
                 }
+                allocated.wait();
                 loop {
                     match ipam.claim_block(&node, IpFamily::V4, &*pools) {
                         Ok(_) => {}
