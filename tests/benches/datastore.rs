@@ -110,7 +110,7 @@ fn run(kube: bool) -> Result<()> {
     let t = Instant::now();
     match c.kube() {
         Some(api) => {
-            api.kubectl(&["create", "-f", "-"], Some(&text))?;
+            api.kubectl(&["create", "--validate=false", "-f", "-"], Some(&text))?;
         }
         None => {
             c.write("bulk.yaml", &text)?;
