@@ -520,6 +520,24 @@ protocol device {{ }}
         }
     }
 
+    /// The ToR BIRD's `show protocols` line of each node session (name, proto, table, state,
+    /// since), by name: a flap changes it.
+    pub fn tor_sessions(&self) -> Result<BTreeMap<String, String>> {
+        let tor = self.tor.as_ref().context("the cluster has no ToR")?;
+        let out = tor.birdc("show protocols")?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with('n'))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (
+                    w.first().copied().unwrap_or_default().to_string(),
+                    w.iter().take(5).copied().collect::<Vec<_>>().join(" "),
+                )
+            })
+            .collect())
+    }
+
     /// Whether IPAM holds no address for `handle` any more.
     pub fn leaked_handle_gone(&self, handle: &str) -> Result<bool> {
         let ips = match &self.kube {

@@ -6,7 +6,6 @@
 //! file, no BGP session (BIRD's "since" would move on a flap), no route at the ToR, and the
 //! isolated pod stays isolated. The error must show in the status API, the metrics and the log.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -18,23 +17,6 @@ use calico_lab::wait::{consistently, eventually};
 const ISOLATE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
     metadata: {name: isolate, namespace: default}\nspec:\n  podSelector: {}\n  \
     policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: nobody}}\n";
-
-/// BIRD's `show protocols` line of each session (name, state and since): a flap changes it.
-fn bird_sessions(c: &Cluster) -> Result<BTreeMap<String, String>> {
-    let tor = c.tor.as_ref().context("tor")?;
-    let out = tor.birdc("show protocols")?;
-    Ok(out
-        .lines()
-        .filter(|l| l.starts_with('n'))
-        .map(|l| {
-            let name = l.split_whitespace().next().unwrap_or_default().to_string();
-            (
-                name,
-                l.split_whitespace().take(5).collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect())
-}
 
 /// What the daemons and BIRD logged about BGP, for a failure message.
 fn bgp_story(c: &Cluster) -> String {
@@ -104,7 +86,7 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
     })?;
     let blocks = c.block_files()?;
     ensure!(!blocks.is_empty());
-    let sessions = bird_sessions(&c)?;
+    let sessions = c.tor_sessions()?;
     ensure!(sessions.len() == 2, "{sessions:?}");
     let prefixes = tor_prefixes(&c)?;
     let base = std::fs::read_to_string(c.dir().join("base.yaml"))?;
@@ -183,7 +165,7 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
                 c.block_files()? == blocks,
                 "{file}: an IPAM block file changed"
             );
-            let now = bird_sessions(&c)?;
+            let now = c.tor_sessions()?;
             ensure!(
                 now == sessions,
                 "{file}: a BGP session with the ToR flapped: {sessions:?} became {now:?}\n{}",
@@ -234,7 +216,7 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
     eventually(Duration::from_secs(5), || {
         cluster::ping(&other.ns, &victim.v4)
     })?;
-    ensure!(bird_sessions(&c)? == sessions, "a BGP session flapped");
+    ensure!(c.tor_sessions()? == sessions, "a BGP session flapped");
     ensure!(c.block_files()? == blocks, "an IPAM block file changed");
     Ok(())
 }

@@ -14,23 +14,6 @@ use anyhow::{ensure, Context, Result};
 use calico_lab::cluster::{self, Cluster, CONVERGE};
 use calico_lab::wait::{consistently, eventually};
 
-/// BIRD's `show protocols` line of each session (name, state and since): a flap changes it.
-fn bird_sessions(c: &Cluster) -> Result<BTreeMap<String, String>> {
-    let tor = c.tor.as_ref().context("tor")?;
-    let out = tor.birdc("show protocols")?;
-    Ok(out
-        .lines()
-        .filter(|l| l.starts_with('n'))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w.first().copied().unwrap_or_default().to_string(),
-                w.iter().take(5).copied().collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect())
-}
-
 /// Everything the daemons programmed: routes and nft tables per node.
 fn kernel(c: &Cluster) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -137,7 +120,7 @@ fn losing_the_api_server_changes_nothing_and_relists_change_nothing() -> Result<
         );
         Ok(())
     })?;
-    let sessions = bird_sessions(&c)?;
+    let sessions = c.tor_sessions()?;
     ensure!(sessions.len() == 2, "{sessions:?}");
     let before = kernel(&c)?;
     let api = c.kube().context("kube")?;
@@ -164,7 +147,7 @@ fn losing_the_api_server_changes_nothing_and_relists_change_nothing() -> Result<
                 "the kernel changed during the outage"
             );
             ensure!(
-                bird_sessions(&c)? == sessions,
+                c.tor_sessions()? == sessions,
                 "a BGP session flapped during the outage"
             );
             cluster::ping(&a.ns, &b.v4)?;
@@ -191,7 +174,7 @@ fn losing_the_api_server_changes_nothing_and_relists_change_nothing() -> Result<
     })?;
     ensure!(kernel(&c)? == before, "the kernel changed after the outage");
     ensure!(
-        bird_sessions(&c)? == sessions,
+        c.tor_sessions()? == sessions,
         "a BGP session flapped after the outage"
     );
     // Every watch dropped, then history compacted (410 Gone): the daemons relist and change
@@ -201,7 +184,7 @@ fn losing_the_api_server_changes_nothing_and_relists_change_nothing() -> Result<
         consistently(Duration::from_secs(3), || {
             ensure!(kernel(&c)? == before, "{what}: the kernel changed");
             ensure!(
-                bird_sessions(&c)? == sessions,
+                c.tor_sessions()? == sessions,
                 "{what}: a BGP session flapped"
             );
             Ok(())
