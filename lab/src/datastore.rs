@@ -117,6 +117,28 @@ pub fn pods_yaml(plan: &Plan, ips: &BTreeMap<String, PodIps>) -> Result<String> 
     Ok(docs.join("---\n"))
 }
 
+/// `pods.yaml` as the Kubernetes API holds the pods before the kubelet reports their status: the
+/// addresses in the CNI plugin's `cni.projectcalico.org/podIPs` annotation.
+pub fn pods_yaml_kube(plan: &Plan, ips: &BTreeMap<String, PodIps>) -> Result<String> {
+    let mut docs = Vec::new();
+    for p in plan.pods() {
+        let Some(ip) = ips.get(&p.name) else {
+            bail!("lab: pod {} has no addresses", p.name);
+        };
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {POD_NAMESPACE}\n  \
+             labels:\n    app: {name}\n    calico-rs.lab/node: {node}\n  annotations:\n    \
+             cni.projectcalico.org/podIPs: \"{v4}/32,{v6}/128\"\n\
+             spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: lab\n",
+            name = p.name,
+            node = p.node,
+            v4 = ip.v4,
+            v6 = ip.v6,
+        ));
+    }
+    Ok(docs.join("---\n"))
+}
+
 /// Writes `dir/name` atomically (temp file + rename).
 pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -156,26 +178,36 @@ pub fn allocate_with<S: BlockStore>(
     Ok(PodIps { v4, v6 })
 }
 
-/// Writes every file but `pods.yaml`, allocates each pod's addresses from IPAM in `dir` (the
-/// datastore directory), then writes `pods.yaml`. Returns the addresses by pod name.
-pub fn write_all(dir: &Path, plan: &Plan, tor: bool) -> Result<BTreeMap<String, PodIps>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let files = [
+/// The lab's documents but the pods, by file name: `bgp.yaml`, `pools.yaml`, `nodes.yaml`,
+/// `namespaces.yaml`.
+pub fn documents(plan: &Plan, tor: bool) -> [(&'static str, String); 4] {
+    [
         ("bgp.yaml", bgp_yaml(tor)),
         ("pools.yaml", pools_yaml()),
         ("nodes.yaml", nodes_yaml(plan)),
         ("namespaces.yaml", namespaces_yaml()),
-    ];
-    let mut all = String::new();
-    for (name, text) in &files {
-        write_atomic(dir, name, text)?;
-        all += text;
-        all += "---\n";
-    }
+    ]
+}
+
+/// The cluster `docs` describe (the pools IPAM allocates from); an error if any is invalid.
+pub fn state_of(docs: &[(&str, String)]) -> Result<ClusterState> {
+    let all: String = docs.iter().map(|(_, t)| format!("{t}---\n")).collect();
     let (state, errors) = ClusterState::from_yaml("lab", &all);
     if let Some(e) = errors.first() {
         bail!("lab: generated datastore is invalid: {e}");
     }
+    Ok(state)
+}
+
+/// Writes every file but `pods.yaml`, allocates each pod's addresses from IPAM in `dir` (the
+/// datastore directory), then writes `pods.yaml`. Returns the addresses by pod name.
+pub fn write_all(dir: &Path, plan: &Plan, tor: bool) -> Result<BTreeMap<String, PodIps>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = documents(plan, tor);
+    for (name, text) in &files {
+        write_atomic(dir, name, text)?;
+    }
+    let state = state_of(&files)?;
     let mut ips = BTreeMap::new();
     for node in &plan.nodes {
         for pod in &node.pods {

@@ -25,6 +25,8 @@ use crate::proc::Proc;
 
 /// The API server's address on the lab segment.
 pub const API_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 250);
+/// Its IPv6 address on the lab command's segment (the tests' server is IPv4 only).
+pub const API_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x250);
 pub const API_PORT: u16 = 6443;
 /// The token the daemons present (the request log names them by it).
 pub const DAEMON_TOKEN: &str = "calico-node-rs";

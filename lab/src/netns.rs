@@ -161,6 +161,30 @@ pub fn lab_namespaces(prefix: &str) -> Vec<String> {
     list(prefix).into_iter().filter(|n| in_lab_ns(n)).collect()
 }
 
+/// Runs `f` on a fresh OS thread that entered namespace `ns` (a lab or test namespace, see
+/// [`check_ns`]) and returns its result; sockets made on that thread, and threads it spawns,
+/// belong to `ns`. A panic in `f` is resumed here.
+pub fn in_named_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    check_ns(ns)?;
+    let path = Path::new(NETNS_DIR).join(ns);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name(format!("ns-{ns}"))
+            .spawn_scoped(s, move || -> Result<T> {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("setns(CLONE_NEWNET)")?;
+                Ok(f())
+            })
+            .context("spawning namespace thread")?;
+        match h.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+    .with_context(|| format!("in namespace {ns}"))
+}
+
 /// Starts `argv` inside `ns` in a session of its own, so that it outlives the caller (the lab
 /// command's daemons and ToR); stdin from /dev/null, stdout and stderr appended to `log`.
 /// `setsid` and `ip netns exec` both exec in place, so the pid returned is the command's.

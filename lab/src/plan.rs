@@ -170,6 +170,11 @@ impl Plan {
         format!("{}tor", self.prefix)
     }
 
+    /// Namespace of the Kubernetes API server (`lab up --datastore kubernetes` only).
+    pub fn api_ns(&self) -> String {
+        format!("{}api", self.prefix)
+    }
+
     /// Every pod, node by node.
     pub fn pods(&self) -> impl Iterator<Item = &PodPlan> {
         self.nodes.iter().flat_map(|n| &n.pods)

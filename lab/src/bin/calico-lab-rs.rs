@@ -39,6 +39,10 @@ struct UpArgs {
     /// Top-of-rack router: bird, gobgp or none.
     #[arg(long, default_value = "bird")]
     tor: String,
+    /// Where the cluster is held: `file` (YAML in DIR/datastore) or `kubernetes` (a Kubernetes
+    /// API server in the lab, the project's test server, with kubectl).
+    #[arg(long, value_enum, default_value_t = cmd::LabDatastore::File)]
+    datastore: cmd::LabDatastore,
     #[arg(long, default_value = cmd::DEFAULT_DIR)]
     dir: PathBuf,
     /// Prefix of the lab's network namespace names: `crs`, letters or digits, `-`. Another
@@ -84,6 +88,7 @@ fn main() {
                 nodes: a.nodes,
                 pods_per_node: a.pods_per_node,
                 tor,
+                datastore: a.datastore,
                 dir: a.dir,
                 netns_prefix: a.netns_prefix,
                 force: a.force,

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use super::record::{Paths, Record};
 use super::tor::{self, TorFiles, TorView};
-use super::Tor;
+use super::{LabDatastore, Tor};
 use crate::plan::Plan;
 use crate::routes::{node_routes, NodeRoute};
 
@@ -53,10 +53,46 @@ impl Observed {
     }
 }
 
+/// Where the lab's IPAM blocks are read: its file datastore or its API server.
+pub enum Blocks {
+    File(std::path::PathBuf),
+    Kube(Box<super::kube::LabIpam>),
+    /// The API's IPAM client could not be made (the error, reported by every [`observe`]).
+    Broken(String),
+}
+
+impl Blocks {
+    /// The source `rec`'s datastore says.
+    pub fn open(plan: &Plan, rec: &Record, paths: &Paths) -> Blocks {
+        match rec.datastore {
+            LabDatastore::File => Blocks::File(paths.datastore.clone()),
+            LabDatastore::Kubernetes => match super::kube::LabIpam::open(plan, paths) {
+                Ok(i) => Blocks::Kube(Box::new(i)),
+                Err(e) => Blocks::Broken(format!("{e:#}")),
+            },
+        }
+    }
+
+    /// Block -> affine node.
+    pub fn affinities(&self) -> Result<BTreeMap<IpNet, Option<String>>, String> {
+        match self {
+            Blocks::File(dir) => Ipam::new(dir)
+                .and_then(|i| i.affinities())
+                .map_err(|e| e.to_string()),
+            Blocks::Kube(i) => i.affinities().map_err(|e| format!("{e:#}")),
+            Blocks::Broken(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// Reads the lab's state now.
-pub fn observe(plan: &Plan, rec: &Record, paths: &Paths) -> Observed {
+pub fn observe(plan: &Plan, rec: &Record, paths: &Paths, blocks: &Blocks) -> Observed {
     let mut o = Observed::default();
-    match Ipam::new(&paths.datastore).and_then(|i| i.affinities()) {
+    if rec.api_proc.as_ref().is_some_and(|p| !p.alive()) {
+        o.errors
+            .push("the Kubernetes API server is not running".into());
+    }
+    match blocks.affinities() {
         Ok(aff) => {
             o.blocks = aff
                 .into_iter()
@@ -141,6 +177,7 @@ pub fn wait(
     plan: &Plan,
     rec: &Record,
     paths: &Paths,
+    blocks: &Blocks,
     timeout: Duration,
 ) -> (Observed, Vec<String>) {
     use std::io::Write as _;
@@ -151,7 +188,7 @@ pub fn wait(
     );
     let _ = std::io::stdout().flush();
     loop {
-        let o = observe(plan, rec, paths);
+        let o = observe(plan, rec, paths, blocks);
         let m = missing(plan, &o);
         let dead = o.daemons.values().any(|a| !a);
         if m.is_empty() {

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  up:  plan (pure) -> namespaces + segment + ToR netns -> datastore YAML + IPAM pod addresses
-//!       -> pods (veths) -> ToR router (BIRD | GoBGP) -> one daemon per node (detached)
+//!       (or, with `--datastore kubernetes`, the API server in PREFIXapi and the same objects
+//!       applied with kubectl, IPAM in its IPAMBlocks: [`kube`]) -> pods (veths) -> ToR router (BIRD | GoBGP) -> one daemon per node (detached)
 //!       -> wait until converged (converge::missing is empty) -> print peers + reachability matrix
 //!  status: lab.json -> observe once -> print the same
 //!  down: SIGTERM (5 s) / SIGKILL every lab process -> delete every PREFIX* namespace -> remove DIR
@@ -22,6 +23,7 @@
 //! `DIR/logs/nodeK.log`, so they outlive `up`.
 
 pub mod converge;
+pub mod kube;
 pub mod net;
 pub mod record;
 pub mod report;
@@ -80,6 +82,27 @@ impl std::str::FromStr for Tor {
     }
 }
 
+/// Where the lab's cluster is held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabDatastore {
+    /// YAML files in `DIR/datastore` (IPAM in `DIR/datastore/ipam`).
+    #[default]
+    File,
+    /// A Kubernetes API server in `PREFIXapi` (the project's test server), IPAM in Calico's
+    /// IPAMBlock/BlockAffinity/IPAMHandle objects.
+    Kubernetes,
+}
+
+impl std::fmt::Display for LabDatastore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LabDatastore::File => "file",
+            LabDatastore::Kubernetes => "kubernetes",
+        })
+    }
+}
+
 /// What `lab up` builds. Build it with `LabCfg { nodes: 5, ..LabCfg::default() }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabCfg {
@@ -88,6 +111,8 @@ pub struct LabCfg {
     /// Pods per node (default 2, at most [`plan::MAX_PODS_PER_NODE`]).
     pub pods_per_node: usize,
     pub tor: Tor,
+    /// Files (default) or a Kubernetes API server.
+    pub datastore: LabDatastore,
     /// Lab directory (default [`DEFAULT_DIR`]): datastore, sockets, logs, `lab.json`.
     pub dir: PathBuf,
     /// The daemon binary (default: `calico-node-rs` next to the running executable).
@@ -110,6 +135,7 @@ impl Default for LabCfg {
             nodes: 3,
             pods_per_node: 2,
             tor: Tor::Bird,
+            datastore: LabDatastore::File,
             dir: PathBuf::from(DEFAULT_DIR),
             ctl_bin: bins::ctl_next_to(&node_bin),
             node_bin,
@@ -127,11 +153,14 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
         Tor::Gobgp => need.extend(["gobgpd", "gobgp"]),
         Tor::None => {}
     }
+    if cfg.datastore == LabDatastore::Kubernetes {
+        need.push("kubectl");
+    }
     let lacking: Vec<&str> = need.into_iter().filter(|t| !proc::have(t)).collect();
     if !lacking.is_empty() {
         bail!(
             "lab: missing tools: {} (Debian: apt-get install iproute2 iputils-ping util-linux \
-             procps bird2 gobgpd)",
+             procps bird2 gobgpd; kubectl from the Kubernetes packages)",
             lacking.join(", ")
         );
     }
@@ -139,6 +168,14 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
         bail!(
             "lab: node binary {} is not executable (build it with `cargo build --release -p \
              calico-node --bins`, or pass --node-bin)",
+            cfg.node_bin.display()
+        );
+    }
+    if cfg.datastore == LabDatastore::Kubernetes && kube::server_next_to(&cfg.node_bin).is_none() {
+        bail!(
+            "lab: --datastore kubernetes needs {} next to {} (build it with `cargo build \
+             --release --workspace --bins`)",
+            crate::kubeapi::SERVER_BIN,
             cfg.node_bin.display()
         );
     }
@@ -203,25 +240,30 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
         return Err(e);
     }
     println!(
-        "Built {} nodes, {} pods, ToR {} in {:.1} s; daemons started (logs in {}).",
+        "Built {} nodes, {} pods, ToR {}, datastore {} in {:.1} s; daemons started (logs in {}).",
         plan.nodes.len(),
         plan.pods().count(),
         cfg.tor,
+        cfg.datastore,
         started.elapsed().as_secs_f64(),
         paths.logs.display()
     );
     let skip = std::env::var(ENV_SKIP_WAIT).is_ok_and(|v| !v.is_empty() && v != "0");
+    let blocks = converge::Blocks::open(&plan, &rec, &paths);
     let (observed, missing) = if skip {
         println!("Not waiting for convergence ({ENV_SKIP_WAIT} is set).");
-        let o = converge::observe(&plan, &rec, &paths);
+        let o = converge::observe(&plan, &rec, &paths, &blocks);
         let m = converge::missing(&plan, &o);
         (o, m)
     } else {
-        converge::wait(&plan, &rec, &paths, cfg.timeout)
+        converge::wait(&plan, &rec, &paths, &blocks, cfg.timeout)
     };
     print_missing(&missing, &paths);
     if let Some(line) = report::tor_summary(&plan, rec.tor, &observed) {
         println!("{line}");
+    }
+    if rec.datastore == LabDatastore::Kubernetes {
+        println!("{}", kube::hint(&plan, &paths));
     }
     report::print_nodes(&plan, &rec, &paths, &observed);
     let grids = report::print_matrix(&plan, &rec);
@@ -271,7 +313,16 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
         net::node(plan, n, &mut rec.namespaces)?;
     }
     rec.save(paths)?;
-    rec.pods = datastore::write_all(&paths.datastore, plan, rec.tor != Tor::None)?;
+    let tor = rec.tor != Tor::None;
+    rec.pods = match rec.datastore {
+        LabDatastore::File => datastore::write_all(&paths.datastore, plan, tor)?,
+        LabDatastore::Kubernetes => {
+            let server = kube::server_next_to(&rec.node_bin)
+                .context("kube-test-server is not next to the node binary")?;
+            kube::start(plan, paths, rec, &server)?;
+            kube::populate(plan, paths, tor)?
+        }
+    };
     rec.save(paths)?;
     for n in &plan.nodes {
         for p in &n.pods {
@@ -286,11 +337,20 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
     };
     rec.tor_proc = tor::start(rec.tor, plan, &files)?;
     rec.save(paths)?;
-    let datastore = format!("file:{}", paths.datastore.display());
+    let (datastore, env) = match rec.datastore {
+        LabDatastore::File => (format!("file:{}", paths.datastore.display()), vec![]),
+        LabDatastore::Kubernetes => {
+            let mut env = vec!["env".to_string()];
+            env.extend(kube::daemon_env(paths));
+            ("kubernetes".to_string(), env)
+        }
+    };
     let node_bin = rec.node_bin.to_string_lossy().into_owned();
     for n in &plan.nodes {
         let grpc = format!("unix:{}", paths.grpc_socket(&n.name).display());
-        let argv = [
+        // `env` execs in place, so the recorded pid is the daemon's.
+        let mut argv: Vec<&str> = env.iter().map(String::as_str).collect();
+        argv.extend([
             node_bin.as_str(),
             "run",
             "--nodename",
@@ -299,7 +359,7 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
             &datastore,
             "--grpc",
             &grpc,
-        ];
+        ]);
         let proc = netns::spawn_detached(&n.netns, &argv, &paths.log(&n.name))?;
         rec.daemons.insert(n.name.clone(), proc);
         rec.save(paths)?;
@@ -326,10 +386,12 @@ pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
     let plan = Plan::new(rec.nodes, rec.pods_per_node, &rec.netns_prefix)?;
     let alive = rec.daemons.values().filter(|p| p.alive()).count();
     println!(
-        "Lab in {}: {} nodes, {} pods per node, ToR {}{}; {alive}/{} daemons running.",
+        "Lab in {}: {} nodes, {} pods per node, datastore {}, ToR {}{}; {alive}/{} daemons \
+         running.",
         dir.display(),
         rec.nodes,
         rec.pods_per_node,
+        rec.datastore,
         rec.tor,
         match &rec.tor_proc {
             Some(p) if p.alive() => format!(" (pid {} running)", p.pid),
@@ -338,7 +400,8 @@ pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
         },
         plan.nodes.len()
     );
-    let o = converge::observe(&plan, &rec, &paths);
+    let blocks = converge::Blocks::open(&plan, &rec, &paths);
+    let o = converge::observe(&plan, &rec, &paths, &blocks);
     let missing = converge::missing(&plan, &o);
     if missing.is_empty() {
         println!("Converged: every session is up and every block is routed.");
@@ -346,6 +409,9 @@ pub fn status(dir: &Path, netns_prefix: &str) -> Result<()> {
     print_missing(&missing, &paths);
     if let Some(line) = report::tor_summary(&plan, rec.tor, &o) {
         println!("{line}");
+    }
+    if rec.datastore == LabDatastore::Kubernetes {
+        println!("{}", kube::hint(&plan, &paths));
     }
     report::print_nodes(&plan, &rec, &paths, &o);
     report::print_matrix(&plan, &rec);

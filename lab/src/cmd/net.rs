@@ -76,6 +76,23 @@ pub fn tor(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
     .context("connecting the ToR to the segment")
 }
 
+/// `PREFIXapi` on the segment, for the Kubernetes API server (`--datastore kubernetes`).
+pub fn api(plan: &Plan, made: &mut Vec<String>) -> Result<()> {
+    let ns = plan.api_ns();
+    add_ns(&ns, made)?;
+    attach(
+        plan,
+        &ns,
+        API_PORT_NAME,
+        &crate::kubeapi::API_V4.to_string(),
+        &crate::kubeapi::API_V6.to_string(),
+    )
+    .context("connecting the API server to the segment")
+}
+
+/// Bridge port (in [`Plan::lan_ns`]) of the API server's link.
+const API_PORT_NAME: &str = "a0";
+
 /// A node namespace on the segment with default routes via the ToR (felix needs a non-`cali`
 /// route toward 169.254.1.1 to answer proxy ARP) and forwarding on.
 pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::Tor;
+use super::{LabDatastore, Tor};
 use crate::datastore::PodIps;
 use crate::proc::ProcId;
 
@@ -23,7 +23,10 @@ pub struct Paths {
     pub datastore: PathBuf,
     /// `DIR/run`: gRPC sockets, the ToR's config and control socket.
     pub run: PathBuf,
-    /// `DIR/logs`: one log per daemon and one for the ToR.
+    /// `DIR/kubeapi`: the API server's state, request log and kubeconfigs (`--datastore
+    /// kubernetes`).
+    pub kubeapi: PathBuf,
+    /// `DIR/logs`: one log per daemon, one for the ToR and one for the API server.
     pub logs: PathBuf,
     /// `DIR/lab.json`.
     pub record: PathBuf,
@@ -34,6 +37,7 @@ impl Paths {
         Paths {
             dir: dir.to_path_buf(),
             datastore: dir.join("datastore"),
+            kubeapi: dir.join("kubeapi"),
             run: dir.join("run"),
             logs: dir.join("logs"),
             record: dir.join("lab.json"),
@@ -51,8 +55,14 @@ impl Paths {
     }
 
     /// Everything `up` creates inside DIR (and `down` removes).
-    pub fn made(&self) -> [&Path; 4] {
-        [&self.datastore, &self.run, &self.logs, &self.record]
+    pub fn made(&self) -> [&Path; 5] {
+        [
+            &self.datastore,
+            &self.kubeapi,
+            &self.run,
+            &self.logs,
+            &self.record,
+        ]
     }
 }
 
@@ -63,6 +73,10 @@ pub struct Record {
     pub nodes: usize,
     pub pods_per_node: usize,
     pub tor: Tor,
+    /// Where the cluster is held (records of builds before the Kubernetes datastore have none:
+    /// those labs used files).
+    #[serde(default)]
+    pub datastore: LabDatastore,
     pub node_bin: PathBuf,
     pub ctl_bin: Option<PathBuf>,
     /// Prefix of the lab's namespace names (records of builds before it was configurable have
@@ -72,6 +86,9 @@ pub struct Record {
     /// Namespaces made so far, in creation order.
     pub namespaces: Vec<String>,
     pub tor_proc: Option<ProcId>,
+    /// The Kubernetes API server (`--datastore kubernetes`).
+    #[serde(default)]
+    pub api_proc: Option<ProcId>,
     /// Node name -> its daemon.
     pub daemons: BTreeMap<String, ProcId>,
     /// Pod name -> its addresses.
@@ -91,11 +108,13 @@ impl Record {
             nodes: cfg.nodes,
             pods_per_node: cfg.pods_per_node,
             tor: cfg.tor,
+            datastore: cfg.datastore,
             node_bin: cfg.node_bin.clone(),
             ctl_bin: cfg.ctl_bin.clone(),
             netns_prefix: cfg.netns_prefix.clone(),
             namespaces: Vec::new(),
             tor_proc: None,
+            api_proc: None,
             daemons: BTreeMap::new(),
             pods: BTreeMap::new(),
             created: std::time::SystemTime::now()
@@ -109,6 +128,7 @@ impl Record {
         self.daemons
             .values()
             .chain(self.tor_proc.as_ref())
+            .chain(self.api_proc.as_ref())
             .cloned()
             .collect()
     }

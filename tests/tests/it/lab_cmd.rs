@@ -31,13 +31,7 @@ fn text(o: &Output) -> String {
 }
 
 fn namespaces() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(PREFIX))
-        .collect()
+    namespaces_with(PREFIX)
 }
 
 /// Whether process `pid`, started at `start` (clock ticks since boot, field 22 of
@@ -54,21 +48,8 @@ fn running(pid: u64, start: u64) -> bool {
     fields.first() != Some(&"Z") && fields.get(19).and_then(|t| t.parse().ok()) == Some(start)
 }
 
-/// Removes the lab however the test ends.
-struct Down<'a> {
-    bin: &'a Path,
-    dir: &'a Path,
-}
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy();
-        let _ = lab(self.bin, &["down", "--dir", &dir, "--netns-prefix", PREFIX]);
-    }
-}
-
 /// Checks one `lab up` / `lab status` report of a converged 2-node lab with 2 pods per node.
-fn check_report(what: &str, out: &str) -> Result<()> {
+fn check_report(what: &str, out: &str, prefix: &str) -> Result<()> {
     let running = out.matches("Calico process is running.").count();
     ensure!(running == 2, "{what}: {running} node status tables:\n{out}");
     for node in [
@@ -88,7 +69,7 @@ fn check_report(what: &str, out: &str) -> Result<()> {
         "{what}: {established} Established rows:\n{out}"
     );
     ensure!(
-        out.contains("ToR: bird in crsitl-tor"),
+        out.contains(&format!("ToR: bird in {prefix}tor")),
         "{what}: ToR line:\n{out}"
     );
     // 4 pods: 12 ordered pairs per family.
@@ -104,9 +85,10 @@ fn lab_up_status_down() -> Result<()> {
     let bin = bins::lab_bin()?;
     let dir: PathBuf = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
     let d = dir.to_string_lossy().into_owned();
-    let _down = Down {
+    let _down = DownWith {
         bin: &bin,
         dir: &dir,
+        prefix: PREFIX,
     };
     // --force also sweeps namespaces a killed run of this test left behind.
     let up = lab(
@@ -129,7 +111,7 @@ fn lab_up_status_down() -> Result<()> {
         ],
     )?;
     ensure!(up.status.success(), "lab up failed:\n{}", text(&up));
-    check_report("lab up", &String::from_utf8_lossy(&up.stdout))?;
+    check_report("lab up", &String::from_utf8_lossy(&up.stdout), PREFIX)?;
     let mut made = namespaces();
     made.sort();
     ensure!(
@@ -168,7 +150,7 @@ fn lab_up_status_down() -> Result<()> {
         s.contains("2/2 daemons running") && s.contains("Converged"),
         "lab status:\n{s}"
     );
-    check_report("lab status", &s)?;
+    check_report("lab status", &s, PREFIX)?;
     // Its reader gone early (`lab status | head -0`): the exit status of SIGPIPE, no panic.
     let (reader, writer) = std::io::pipe()?;
     drop(reader);
@@ -212,4 +194,200 @@ fn lab_up_status_down() -> Result<()> {
         text(&gone)
     );
     Ok(())
+}
+
+/// Namespace prefix of the Kubernetes lab (beside the file lab's, so both tests run at once).
+const KPREFIX: &str = "crsitk-";
+
+/// `lab up --datastore kubernetes` (issue 11, "The lab on the Kubernetes backend"): the API
+/// server runs in the lab, the objects and the pods' IPAM are in it, the daemons converge on it
+/// with the same report as on files; a NetworkPolicy created with kubectl reaches every node's
+/// kernel (the matrix goes dark, then comes back when it is deleted); `down` stops the API server
+/// too and leaves nothing.
+#[test]
+fn lab_up_on_kubernetes_takes_policy_from_kubectl() -> Result<()> {
+    let bin = bins::lab_bin()?;
+    let dir: PathBuf = std::env::temp_dir().join(format!("{KPREFIX}{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let _down = DownWith {
+        bin: &bin,
+        dir: &dir,
+        prefix: KPREFIX,
+    };
+    let up = lab(
+        &bin,
+        &[
+            "up",
+            "--datastore",
+            "kubernetes",
+            "--nodes",
+            "2",
+            "--pods-per-node",
+            "2",
+            "--dir",
+            &d,
+            "--netns-prefix",
+            KPREFIX,
+            "--force",
+            "--timeout",
+            "60",
+        ],
+    )?;
+    ensure!(up.status.success(), "lab up failed:\n{}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout);
+    check_report("lab up (kubernetes)", &out, KPREFIX)?;
+    ensure!(
+        out.contains("datastore kubernetes") && out.contains("Kubernetes API http://10.200.0.250"),
+        "lab up (kubernetes):\n{out}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json"))?)?;
+    ensure!(record["datastore"] == "kubernetes", "{record}");
+    let api = (
+        record["api_proc"]["pid"].as_u64().context("api_proc")?,
+        record["api_proc"]["start_time"]
+            .as_u64()
+            .context("api_proc")?,
+    );
+    ensure!(running(api.0, api.1), "API server not running");
+
+    // What is in the API, through the real client: the Pods with the CNI plugin's annotation,
+    // and IPAM's blocks, affine to the nodes that announce them.
+    let api_ns = format!("{KPREFIX}api");
+    let kubeconfig = dir.join("kubeapi/kubeconfig-lab-admin");
+    let kubectl = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let mut argv = vec![
+            "netns",
+            "exec",
+            &api_ns,
+            "kubectl",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(args);
+        let mut c = Command::new("ip");
+        c.args(&argv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn()?;
+        if let Some(s) = stdin {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(s.as_bytes())?;
+        }
+        drop(child.stdin.take());
+        let o = child.wait_with_output()?;
+        ensure!(o.status.success(), "kubectl {args:?}:\n{}", text(&o));
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let pods: serde_json::Value = serde_json::from_str(&kubectl(
+        &["get", "pods", "-n", "default", "-o", "json"],
+        None,
+    )?)?;
+    let items = pods["items"].as_array().context("items")?;
+    ensure!(items.len() == 4, "pods: {pods}");
+    for p in items {
+        let ips = p["metadata"]["annotations"]["cni.projectcalico.org/podIPs"]
+            .as_str()
+            .context("podIPs annotation")?;
+        ensure!(
+            ips.starts_with("10.244.") && ips.contains(",fd00:244:"),
+            "{ips}"
+        );
+    }
+    let aff: serde_json::Value =
+        serde_json::from_str(&kubectl(&["get", "blockaffinities", "-o", "json"], None)?)?;
+    let mut owners: Vec<String> = aff["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["spec"]["node"].as_str().unwrap_or("?"),
+                a["spec"]["cidr"].as_str().unwrap_or("?"),
+                a["spec"]["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    owners.sort();
+    ensure!(
+        owners
+            == [
+                "node1 10.244.0.0/26 confirmed",
+                "node1 fd00:244::/122 confirmed",
+                "node2 10.244.0.64/26 confirmed",
+                "node2 fd00:244::40/122 confirmed",
+            ],
+        "block affinities: {owners:?}"
+    );
+
+    // A default-deny ingress policy, applied with kubectl: no pod reaches another.
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, \
+                namespace: default}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+    kubectl(&["apply", "--validate=false", "-f", "-"], Some(deny))?;
+    let dark = wait_matrix(&bin, &d, "0/24 pod pairs reachable")?;
+    ensure!(
+        dark.contains("Converged"),
+        "status with the policy:\n{dark}"
+    );
+    kubectl(&["delete", "networkpolicy", "deny", "-n", "default"], None)?;
+    wait_matrix(&bin, &d, "24/24 pod pairs reachable")?;
+
+    let down = lab(&bin, &["down", "--dir", &d])?;
+    ensure!(down.status.success(), "lab down:\n{}", text(&down));
+    ensure!(
+        !running(api.0, api.1),
+        "API server still running after lab down"
+    );
+    let left: Vec<String> = namespaces_with(KPREFIX);
+    ensure!(left.is_empty(), "left: {left:?}");
+    ensure!(!dir.exists(), "{} left behind", dir.display());
+    Ok(())
+}
+
+/// `lab status` until its output contains `want` (policy reaches the kernel within a second;
+/// the status command itself pings every pair), at most 15 s.
+fn wait_matrix(bin: &Path, dir: &str, want: &str) -> Result<String> {
+    let t = std::time::Instant::now();
+    loop {
+        let s = lab(bin, &["status", "--dir", dir])?;
+        let out = String::from_utf8_lossy(&s.stdout).into_owned();
+        if out.contains(want) {
+            return Ok(out);
+        }
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(15),
+            "lab status never showed {want:?}:\n{}",
+            text(&s)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Removes the lab with `prefix` in `dir` however the test ends.
+struct DownWith<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    prefix: &'a str,
+}
+
+impl Drop for DownWith<'_> {
+    fn drop(&mut self) {
+        let dir = self.dir.to_string_lossy();
+        let _ = lab(
+            self.bin,
+            &["down", "--dir", &dir, "--netns-prefix", self.prefix],
+        );
+    }
 }
