@@ -105,7 +105,7 @@ impl KubeBackend {
 }
 
 /// The CRDs of `manifests/` (the server has the `default` namespace, as a cluster does).
-async fn install(client: &kube::Client) {
+pub async fn install(client: &kube::Client) {
     use kube::api::{Api, DynamicObject, PostParams};
     let crd = kube::api::ApiResource {
         group: "apiextensions.k8s.io".into(),

@@ -7,6 +7,7 @@
 //! Run with `cargo test -p calico-node --test datastore`.
 
 mod backends;
+mod bootstrap;
 
 use std::sync::Arc;
 use std::time::Duration;

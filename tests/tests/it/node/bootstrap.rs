@@ -1,7 +1,8 @@
 //! Node bootstrap in a namespace with several interfaces: each `IP_AUTODETECTION_METHOD` picks
 //! the address calico-node would (`calico-node-rs autodetect`, the same code the daemon's startup
 //! runs), and a daemon started with `IP` and `CALICO_IPV4POOL_CIDR` on the file datastore writes
-//! its Node and creates the default pool once when two nodes start together.
+//! its Node and creates the default pool once when two nodes start together, on the file datastore
+//! and on the Kubernetes API.
 
 use std::time::Duration;
 
@@ -190,5 +191,121 @@ fn startup_writes_the_node_and_two_nodes_create_the_default_pool_once() -> Resul
         created == 1,
         "the pool was created {created} times:\n{logs}"
     );
+    Ok(())
+}
+
+/// The same on the Kubernetes datastore: two daemons started at once against the API server,
+/// on a cluster with no IPPool, write their Nodes' `projectcalico.org/IPv4Address` annotations and
+/// create the default pool once between them (create-if-absent: the slower one gets 409).
+#[test]
+fn on_kubernetes_two_nodes_annotate_their_nodes_and_create_the_default_pool_once() -> Result<()> {
+    use calico_lab::kubeapi::{KubeApi, DAEMON_TOKEN};
+    let lab = Lab::new("kboot")?;
+    let lan = lab.segment("lan")?;
+    let api = KubeApi::start(&lab, &lan)?;
+    api.install_crds()?;
+    // The kubelet registers the Nodes; calico-node only annotates them.
+    api.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n---\napiVersion: v1\n\
+         kind: Node\nmetadata: {name: k1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: k2}\n",
+    )?;
+    let bin = calico_lab::bins::daemon_bin()?;
+    let kc = api.kubeconfig_path(DAEMON_TOKEN);
+    let mut argvs = Vec::new();
+    let mut nss = Vec::new();
+    for (i, name) in ["k1", "k2"].iter().enumerate() {
+        let ns = lab.netns(name)?;
+        lan.attach(&ns, "eth0", &[&format!("10.200.0.{}/24", 21 + i)])?;
+        argvs.push(vec![
+            "env".to_string(),
+            format!("KUBECONFIG={}", kc.display()),
+            "POD_NAMESPACE=kube-system".into(),
+            "IP=autodetect".into(),
+            "IP_AUTODETECTION_METHOD=interface=eth0".into(),
+            "CALICO_IPV4POOL_CIDR=10.244.0.0/16".into(),
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--nodename".into(),
+            name.to_string(),
+            "--datastore".into(),
+            "kubernetes".into(),
+            "--grpc".into(),
+            format!("unix:{}", lab.dir().join(format!("{name}.sock")).display()),
+            "--health-port".into(),
+            "0".into(),
+            "--metrics-port".into(),
+            "0".into(),
+            "--nft-table".into(),
+            format!("crskboot{i}"),
+        ]);
+        nss.push(ns);
+    }
+    // Both spawned back to back, before either can have listed the pools.
+    let mut procs = Vec::new();
+    for (i, ns) in nss.iter().enumerate() {
+        let argv: Vec<&str> = argvs[i].iter().map(String::as_str).collect();
+        let log = lab.dir().join(format!("k{}.log", i + 1));
+        procs.push(calico_lab::netns::spawn_detached(ns.name(), &argv, &log)?);
+    }
+    let r = eventually(Duration::from_secs(15), || {
+        for (i, name) in ["k1", "k2"].iter().enumerate() {
+            let a = api.kubectl(
+                &[
+                    "get",
+                    "node",
+                    name,
+                    "-o",
+                    "jsonpath={.metadata.annotations}",
+                ],
+                None,
+            )?;
+            ensure!(
+                a.contains(&format!("10.200.0.{}/24", 21 + i)),
+                "{name}: {a}"
+            );
+        }
+        let pools = api.kubectl(
+            &[
+                "get",
+                "ippools.crd.projectcalico.org",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.cidr}{\"\\n\"}{end}",
+            ],
+            None,
+        )?;
+        ensure!(
+            pools.trim() == "default-ipv4-ippool 10.244.0.0/16",
+            "pools: {pools:?}"
+        );
+        Ok(())
+    });
+    for p in &procs {
+        p.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    r?;
+    let mut logs = String::new();
+    for name in ["k1", "k2"] {
+        logs += &std::fs::read_to_string(lab.dir().join(format!("{name}.log")))?;
+    }
+    let created = logs.matches("created IPPool default-ipv4-ippool").count();
+    ensure!(
+        created == 1,
+        "the pool was created {created} times:\n{logs}"
+    );
+    // What the API server saw: every create of an IPPool by a daemon, and which it accepted.
+    let creates: Vec<u64> = std::fs::read_to_string(api.request_log())?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| {
+            r["user"] == DAEMON_TOKEN && r["verb"] == "create" && r["resource"] == "ippools"
+        })
+        .filter_map(|r| r["code"].as_u64())
+        .collect();
+    ensure!(
+        creates.iter().filter(|&&c| c == 201).count() == 1
+            && creates.iter().all(|&c| c == 201 || c == 409),
+        "IPPool creates answered {creates:?}"
+    );
+    eprintln!("IPPool creates by the two daemons, answered: {creates:?}");
     Ok(())
 }

@@ -53,7 +53,20 @@ fn three_nodes_and_a_bird_tor() -> Result<()> {
 
 #[test]
 fn nodes_join_and_leave_at_runtime() -> Result<()> {
-    let mut c = Cluster::new("nodejoin", 2, 1, false)?;
+    join_and_leave(Cluster::new("nodejoin", 2, 1, false)?)
+}
+
+/// The same on the Kubernetes datastore: the Node deleted through the API, its IPAMBlocks and
+/// BlockAffinities released by another node's daemon after the grace period.
+#[test]
+fn nodes_join_and_leave_at_runtime_on_kubernetes() -> Result<()> {
+    join_and_leave(Cluster::new_kube("kubejoin", 2, 1, false)?)
+}
+
+/// The daemons' `--node-release-grace` in [`Cluster`].
+const NODE_RELEASE_GRACE: Duration = Duration::from_secs(3);
+
+fn join_and_leave(mut c: Cluster) -> Result<()> {
     c.wait_converged(CONVERGE)?;
     // A third node appears in the datastore and starts its daemon: it joins the mesh.
     c.add_node("n3", 1)?;
@@ -74,6 +87,7 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
     })?;
     // It leaves: its Node and pods go from the datastore, its daemon stops.
     c.remove_node("n3")?;
+    let deleted = std::time::Instant::now();
     for n in &c.nodes {
         eventually(CONVERGE, || {
             let have = c.our_routes(n)?;
@@ -106,6 +120,8 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
         }
         Ok(())
     })?;
+    // Released once the Node has been gone for the grace period, and not before (no daemon
+    // saw the deletion before `deleted`).
     eventually(CONVERGE, || {
         let left = c.blocks_of("n3")?;
         ensure!(
@@ -114,6 +130,12 @@ fn nodes_join_and_leave_at_runtime() -> Result<()> {
         );
         Ok(())
     })?;
+    let after = deleted.elapsed();
+    ensure!(
+        after + Duration::from_millis(100) >= NODE_RELEASE_GRACE,
+        "n3's blocks released {after:?} after its Node was deleted, before the grace period \
+         ({NODE_RELEASE_GRACE:?})"
+    );
     c.expect_full_mesh_reachability()?;
     Ok(())
 }
