@@ -291,8 +291,18 @@ fn a_daemon_restart_loses_no_packet() -> Result<()> {
 /// Each is released within the grace period plus 10 s; the addresses of running pods never are.
 #[test]
 fn leaked_addresses_come_back_and_running_pods_keep_theirs() -> Result<()> {
+    leaks_come_back(Cluster::new("nodegc", 2, 2, false)?)
+}
+
+/// The same on the Kubernetes datastore: IPAMBlock allocations and IPAMHandles released by the
+/// owning node's daemon, Pods deleted through the API.
+#[test]
+fn leaked_addresses_come_back_and_running_pods_keep_theirs_on_kubernetes() -> Result<()> {
+    leaks_come_back(Cluster::new_kube("kubegc", 2, 2, false)?)
+}
+
+fn leaks_come_back(mut c: Cluster) -> Result<()> {
     let grace = Duration::from_secs(5);
-    let mut c = Cluster::new("nodegc", 2, 2, false)?;
     c.daemon_env = vec![format!("CALICO_RS_IPAM_GC_GRACE={}", grace.as_secs())];
     for i in 0..c.nodes.len() {
         c.restart_daemon(i)?;
@@ -328,6 +338,27 @@ fn leaked_addresses_come_back_and_running_pods_keep_theirs() -> Result<()> {
         Ok(())
     })?;
     eprintln!("leaks released {:?} after they leaked", t0.elapsed());
+    if let Some(api) = c.kube() {
+        // Their IPAMHandles go with them; the running pods' stay.
+        let handles = api.kubectl(
+            &["get", "ipamhandles.crd.projectcalico.org", "-o", "name"],
+            None,
+        )?;
+        for h in [&died.name, &behind.name] {
+            let name = calico_node::ipam::kdd::model::handle_name(&format!("default/{h}"));
+            ensure!(
+                !handles.lines().any(|l| l.ends_with(&format!("/{name}"))),
+                "IPAMHandle {name} of a released leak is still there:\n{handles}"
+            );
+        }
+        for h in &running {
+            let name = calico_node::ipam::kdd::model::handle_name(h);
+            ensure!(
+                handles.lines().any(|l| l.ends_with(&format!("/{name}"))),
+                "IPAMHandle {name} of a running pod is gone:\n{handles}"
+            );
+        }
+    }
     // Long past the grace period, running pods still have their addresses.
     std::thread::sleep(grace + Duration::from_secs(1));
     for h in &running {
