@@ -418,7 +418,10 @@ protocol device {{ }}
         };
         let sock = format!("unix:{}", self.grpc_socket(name).display());
         let log = self.lab.dir().join(format!("{name}-daemon.log"));
-        let mut argv: Vec<String> = vec!["env".into(), "CALICO_RS_LOG=info".into()];
+        // The daemons' log level: CALICO_RS_LOG if the caller set it (e.g. debug, to see a
+        // benchmark's stages), else info.
+        let level = std::env::var("CALICO_RS_LOG").unwrap_or_else(|_| "info".into());
+        let mut argv: Vec<String> = vec!["env".into(), format!("CALICO_RS_LOG={level}")];
         if let Some(api) = &self.kube {
             let kc = api.kubeconfig_path(crate::kubeapi::DAEMON_TOKEN);
             argv.push(format!("KUBECONFIG={}", kc.display()));

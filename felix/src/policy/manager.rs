@@ -445,6 +445,7 @@ impl Owner {
         let t = Instant::now();
         let (c, old) = self.compiler.compile_and_take_old(input);
         self.status.last_compile = t.elapsed();
+        tracing::debug!(seq, took = ?self.status.last_compile, "policy compiled");
         for e in &c.errors {
             if !self.status.rejected.contains(e) {
                 tracing::warn!(error = %e, "policy input rejected");

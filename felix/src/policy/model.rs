@@ -29,7 +29,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// `pods` should list every pod of the cluster, local ones included; a local endpoint missing from
 /// `pods` is added to it (so its address still counts as a selector member). A pod whose namespace
 /// is missing from `namespaces` is treated as in a namespace with only [`NAMESPACE_NAME_LABEL`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyInput {
     /// Pods running on this node, with their host-side interface.
@@ -105,7 +105,7 @@ pub struct Namespace {
 }
 
 /// `networking.k8s.io/v1` NetworkPolicy.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicy {
     /// `apiVersion`, informational.
@@ -138,7 +138,7 @@ impl NetworkPolicy {
 }
 
 /// The part of `metadata` policy uses.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// `metadata.name`.
@@ -153,7 +153,7 @@ pub struct ObjectMeta {
 }
 
 /// `spec` of a NetworkPolicy.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// `podSelector`: the pods of the policy's namespace it applies to; `{}` selects all.
@@ -171,7 +171,7 @@ pub struct NetworkPolicySpec {
 }
 
 /// One `spec.ingress[]` rule.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicyIngressRule {
     /// `from`: absent or empty means every source.
@@ -183,7 +183,7 @@ pub struct NetworkPolicyIngressRule {
 }
 
 /// One `spec.egress[]` rule.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicyEgressRule {
     /// `to`: absent or empty means every destination.
@@ -195,7 +195,7 @@ pub struct NetworkPolicyEgressRule {
 }
 
 /// A peer of a rule: pods (by pod and/or namespace selector) or an `ipBlock`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicyPeer {
     /// `podSelector`: pods of the policy's namespace, or of the namespaces `namespaceSelector` picks.
@@ -210,7 +210,7 @@ pub struct NetworkPolicyPeer {
 }
 
 /// `ipBlock`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpBlock {
     /// `cidr`, e.g. `10.0.0.0/16` or `fd00::/64`.
@@ -222,7 +222,7 @@ pub struct IpBlock {
 }
 
 /// One entry of `ports`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicyPort {
     /// `protocol`: `TCP` (default), `UDP` or `SCTP`.
@@ -237,7 +237,7 @@ pub struct NetworkPolicyPort {
 }
 
 /// Kubernetes `IntOrString`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum IntOrString {
     /// A number (validated to 1..=65535 later).
@@ -247,7 +247,7 @@ pub enum IntOrString {
 }
 
 /// `metav1.LabelSelector`. `{}` (both parts empty) selects everything.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     /// `matchLabels`: every key must have exactly this value.
@@ -259,7 +259,7 @@ pub struct LabelSelector {
 }
 
 /// One `matchExpressions` entry.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     /// Label key.

@@ -42,7 +42,7 @@ pub(super) fn policy_input(
         .pods
         .values()
         .filter(|p| !p.host_network)
-        .map(policy_pod)
+        .map(|p| policy_pod(p))
         .collect();
     let endpoints = local
         .iter()

@@ -48,7 +48,7 @@ use felix::policy::{PolicyCfg, PolicyHandle};
 use felix::routes::{RouteManager, RouteManagerHandle, RoutesCfg};
 use ipnet::IpNet;
 use tokio::sync::{broadcast, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::calc::{self, Desired};
 use crate::datastore::kubernetes::{self, KubeCfg, KubeDatastore};
@@ -174,7 +174,10 @@ struct Daemon {
     ipam_view: Arc<IpamView>,
     /// Every IPAM block with its usage, as of the last refresh (for status).
     block_views: Vec<BlockView>,
+    /// The desired state of the last recompute; its `policy` was moved to felix (empty here).
     desired: Option<Desired>,
+    /// Fingerprint of the policy input last sent to felix.
+    policy_sent: Option<u128>,
     speaker: Option<Speaker>,
     /// Set while the speaker the datastore asks for cannot be started (retried with backoff).
     speaker_failure: Option<SpeakerFailure>,
@@ -433,6 +436,7 @@ impl Daemon {
             ipam_view: Arc::default(),
             block_views: vec![],
             desired: None,
+            policy_sent: None,
             speaker: None,
             speaker_failure: None,
             rx: SpeakerRx::default(),
@@ -641,16 +645,21 @@ impl Daemon {
             }
         }
         self.apply_bgp(&d).await;
-        if self.desired.as_ref().map(|o| &o.policy) != Some(&d.policy) {
+        // The policy input goes to felix by move; what was sent is remembered by fingerprint, not
+        // by a copy (it lists every pod and policy of the cluster).
+        let print = fingerprint(&d.policy);
+        if self.policy_sent != Some(print) {
             let ifaces: BTreeSet<String> =
                 d.policy.endpoints.iter().map(|e| e.iface.clone()).collect();
-            let seq = self.policy.update(d.policy.clone());
+            let seq = self.policy.update(std::mem::take(&mut d.policy));
             self.gate.sent(seq, ifaces);
+            self.policy_sent = Some(print);
             self.counters.policy_inputs += 1;
         }
         self.desired = Some(d);
         self.counters.recomputes += 1;
         self.counters.last_recompute = t.elapsed();
+        debug!(took = ?self.counters.last_recompute, "recomputed the desired state");
     }
 
     /// felix's route input: every route, but pods only once their policy is in the kernel.
@@ -664,4 +673,14 @@ impl Daemon {
         self.routes_pushed = true;
         self.counters.route_inputs += 1;
     }
+}
+
+/// A 128-bit fingerprint of `v`: two SipHash sums under keys drawn at random once per process, so
+/// two different inputs share one with probability 2^-128 and no input can be made to collide.
+fn fingerprint<T: std::hash::Hash>(v: &T) -> u128 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<[std::hash::RandomState; 2]> = std::sync::OnceLock::new();
+    let [a, b] =
+        KEYS.get_or_init(|| [std::hash::RandomState::new(), std::hash::RandomState::new()]);
+    (u128::from(a.hash_one(v)) << 64) | u128::from(b.hash_one(v))
 }

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_yaml_ng::Value;
@@ -139,7 +140,7 @@ pub struct Node {
 }
 
 /// `networking.k8s.io/v1` NetworkPolicy, in the policy engine's model (namespace set).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkPolicy {
     pub metadata: ObjectMeta,
     /// The policy, or why the document does not have NetworkPolicy's shape.
@@ -149,11 +150,13 @@ pub struct NetworkPolicy {
 /// One decoded resource.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    Namespace(Namespace),
-    Pod(Pod),
+    // The kinds a cluster has thousands of are shared (`Arc`) between the backend's held copy and
+    // every snapshot, so a snapshot costs a pointer per object, not a copy.
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
     /// The apiVersion is kept so a `v1` Node and a `v3` Node of one name can be merged.
     Node(Node, String),
-    NetworkPolicy(NetworkPolicy),
+    NetworkPolicy(Arc<NetworkPolicy>),
     BgpConfiguration(BgpConfiguration),
     BgpPeer(BgpPeer),
     IpPool(IpPool),
@@ -190,7 +193,7 @@ impl Resource {
     /// preferred to it.
     pub fn problem(&self) -> Option<&str> {
         match self {
-            Resource::NetworkPolicy(NetworkPolicy { policy: Err(e), .. }) => Some(e),
+            Resource::NetworkPolicy(p) => p.policy.as_ref().err().map(String::as_str),
             _ => None,
         }
     }
@@ -321,10 +324,12 @@ pub fn decode_as(doc: &Value, fields: schema::Fields) -> Result<Decoded, ObjectE
         None => Obj::root(&empty_value).map_err(|e| fail(Some(name.clone()), e))?,
     };
     let resource = match kind.as_str() {
-        "Namespace" => Ok(Resource::Namespace(namespace(metadata))),
-        "Pod" => pod(metadata, &root, &spec_view).map(Resource::Pod),
+        "Namespace" => Ok(Resource::Namespace(Arc::new(namespace(metadata)))),
+        "Pod" => pod(metadata, &root, &spec_view).map(|p| Resource::Pod(Arc::new(p))),
         "Node" => node(metadata, &root, &spec_view).map(|n| Resource::Node(n, api_version.into())),
-        "NetworkPolicy" => network_policy(metadata, doc).map(Resource::NetworkPolicy),
+        "NetworkPolicy" => {
+            network_policy(metadata, doc).map(|p| Resource::NetworkPolicy(Arc::new(p)))
+        }
         "BGPConfiguration" => {
             bgp_configuration(metadata, &spec_view).map(Resource::BgpConfiguration)
         }

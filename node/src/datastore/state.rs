@@ -28,10 +28,10 @@ pub type NsKey = (String, String);
 /// `(namespace, name)`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<NsKey, Pod>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub pods: BTreeMap<NsKey, Arc<Pod>>,
     pub nodes: BTreeMap<String, Node>,
-    pub network_policies: BTreeMap<NsKey, NetworkPolicy>,
+    pub network_policies: BTreeMap<NsKey, Arc<NetworkPolicy>>,
     pub bgp_configurations: BTreeMap<String, BgpConfiguration>,
     pub bgp_peers: BTreeMap<String, BgpPeer>,
     pub ip_pools: BTreeMap<String, IpPool>,
@@ -132,6 +132,7 @@ impl ClusterState {
     pub fn pods_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods
             .values()
+            .map(|p| &**p)
             .filter(move |p| p.node_name.as_deref() == Some(node))
     }
 
@@ -143,7 +144,7 @@ impl ClusterState {
         self.network_policies
             .range((namespace.to_string(), String::new())..)
             .take_while(move |((ns, _), _)| ns == namespace)
-            .map(|(_, p)| p)
+            .map(|(_, p)| &**p)
     }
 
     /// The pools IPAM may use for `node` in `family`: enabled, of that family, and whose
@@ -166,14 +167,35 @@ pub struct StateBuilder {
     res: Resources,
     /// (kind, key) -> (origin, apiVersion) of the first definition.
     seen: HashMap<(&'static str, String), (String, String)>,
+    /// The caller holds at most one resource per kind and key (the Kubernetes backend, whose
+    /// objects are keyed so): duplicates cannot occur and are not looked for.
+    distinct: bool,
 }
 
 impl StateBuilder {
+    /// A builder for resources that are distinct by construction (one per kind and key).
+    pub fn distinct() -> StateBuilder {
+        StateBuilder {
+            distinct: true,
+            ..Default::default()
+        }
+    }
+
     /// Adds one resource decoded at `origin`; a duplicate is returned as an error and skipped.
     pub fn add(&mut self, origin: &str, r: Resource) -> Result<(), Box<ResourceError>> {
+        if !self.distinct {
+            self.check_duplicate(origin, &r)?;
+        }
+        self.insert(r);
+        Ok(())
+    }
+
+    /// An error if a resource of `r`'s kind and key was added before (a `v1` and a `v3` Node of
+    /// one name merge instead).
+    fn check_duplicate(&mut self, origin: &str, r: &Resource) -> Result<(), Box<ResourceError>> {
         let kind = r.kind();
         let key = r.display_name();
-        let api_version = match &r {
+        let api_version = match r {
             Resource::Node(_, v) => v.clone(),
             _ => String::new(),
         };
@@ -198,6 +220,10 @@ impl StateBuilder {
                 e.insert((origin.to_string(), api_version.clone()));
             }
         }
+        Ok(())
+    }
+
+    fn insert(&mut self, r: Resource) {
         let ns_key = |m: &super::resources::ObjectMeta| {
             (m.namespace.clone().unwrap_or_default(), m.name.clone())
         };
@@ -229,7 +255,6 @@ impl StateBuilder {
                 Entry::Occupied(mut e) => merge_node(e.get_mut(), n, version == "v1"),
             },
         }
-        Ok(())
     }
 
     /// The BGP passwords the backend read from Secrets (see [`Resources::bgp_secrets`]).

@@ -196,6 +196,11 @@ impl Held {
     }
 
     /// Whether every kind has been listed completely at least once.
+    /// The kind at index `i` of [`Held::new`]'s list.
+    pub fn kind(&self, i: usize) -> &'static str {
+        self.kinds[i].0.kind
+    }
+
     pub fn synced(&self) -> bool {
         self.kinds.iter().all(|(_, h)| h.synced)
     }
@@ -212,7 +217,7 @@ impl Held {
     /// The BGPPeers' `secretKeyRef`s: (Secret name, key).
     pub fn secret_refs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (_, h) in &self.kinds {
+        for (_, h) in self.kinds.iter().filter(|(k, _)| k.kind == "BGPPeer") {
             for e in h.objects.values() {
                 if let Some(Resource::BgpPeer(p)) = &e.good {
                     if let Some(crate::datastore::BgpPassword::SecretKeyRef { name, key }) =
@@ -230,7 +235,8 @@ impl Held {
 
     /// The cluster state and errors of what is held.
     pub fn build(&self, secrets: BTreeMap<(String, String), Result<String, String>>) -> ScanResult {
-        let mut builder = StateBuilder::default();
+        // One entry per kind and key here, so no duplicates to look for.
+        let mut builder = StateBuilder::distinct();
         let mut errors = Vec::new();
         for (_, h) in &self.kinds {
             for e in h.objects.values() {

@@ -8,7 +8,7 @@
 //!  watcher(NetworkPolicy)┼──── mpsc ──> owner ──> every object, see [`held`]) ──> Snapshot
 //!  watcher(BGP*/IPPool) ┤                task     ──watch::Sender──> the daemon
 //!  Secret reader ───────┤  (BGP passwords)  ^
-//!  /version probe ──────┘  (reachability)   '── debounce: one snapshot per burst
+//!  /version probe ──────┘  (reachability)   '── what is queued: one snapshot
 //! ```
 //!
 //! - Watchers are kube-runtime's (list, then watch with bookmarks). Any error (`410 Gone`, a
@@ -41,7 +41,7 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Datastore, DatastoreError, ResourceError, Snapshot};
 use held::{Ev, Held};
@@ -53,8 +53,6 @@ pub const SECRET_REFRESH: Duration = Duration::from_secs(10);
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between a failed watch and the next list.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Quiet time after an event before a snapshot is built (bursts coalesce).
-const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Settings of the Kubernetes backend.
 #[derive(Clone, Debug)]
@@ -244,6 +242,9 @@ struct Owner {
     probe: Result<(), String>,
     revision: u64,
     published: Option<Arc<Snapshot>>,
+    /// Whether the held objects or the Secrets changed since `published` was built; when not,
+    /// a new snapshot (readiness changed) shares the published state instead of rebuilding it.
+    dirty: bool,
     logged: std::collections::HashSet<String>,
 }
 
@@ -271,6 +272,23 @@ impl Owner {
         if !self.held.synced() && self.published.is_none() {
             return None;
         }
+        let not_in_sync = self.not_in_sync();
+        if let Some(p) = self.published.as_ref().filter(|_| !self.dirty) {
+            if p.not_in_sync == not_in_sync {
+                return None;
+            }
+            self.revision += 1;
+            let s = Arc::new(Snapshot {
+                state: p.state.clone(),
+                errors: p.errors.clone(),
+                revision: self.revision,
+                not_in_sync,
+            });
+            self.published = Some(s.clone());
+            return Some(s);
+        }
+        self.dirty = false;
+        let t = Instant::now();
         let scan = self.held.build(self.secrets.clone());
         for e in &scan.errors {
             let text = e.to_string();
@@ -281,7 +299,6 @@ impl Owner {
         let errs: std::collections::HashSet<String> =
             scan.errors.iter().map(ResourceError::to_string).collect();
         self.logged.retain(|t| errs.contains(t));
-        let not_in_sync = self.not_in_sync();
         if let Some(p) = &self.published {
             if p.state == scan.state && p.errors == scan.errors && p.not_in_sync == not_in_sync {
                 return None;
@@ -295,6 +312,7 @@ impl Owner {
             not_in_sync,
         });
         self.published = Some(s.clone());
+        debug!(revision = self.revision, took = ?t.elapsed(), "snapshot built");
         Some(s)
     }
 }
@@ -331,6 +349,7 @@ impl KubeDatastore {
             probe: Ok(()),
             revision: 0,
             published: None,
+            dirty: true,
             logged: Default::default(),
         };
         // The first complete view.
@@ -374,12 +393,13 @@ impl KubeDatastore {
                     m = msg_rx.recv() => {
                         let Some(m) = m else { return };
                         owner.take(m, &beat);
-                        // Coalesce a burst.
+                        // Coalesce a burst: whatever is queued already (and what arrives while
+                        // a snapshot is built is taken by the next round), without waiting.
                         loop {
-                            match tokio::time::timeout(DEBOUNCE, msg_rx.recv()).await {
-                                Ok(Some(m)) => owner.take(m, &beat),
-                                Ok(None) => return,
-                                Err(_) => break,
+                            match msg_rx.try_recv() {
+                                Ok(m) => owner.take(m, &beat),
+                                Err(mpsc::error::TryRecvError::Empty) => break,
+                                Err(mpsc::error::TryRecvError::Disconnected) => return,
                             }
                         }
                     }
@@ -410,7 +430,11 @@ impl Owner {
                 if matches!(ev, Ev::InitDone) {
                     self.errors.remove(&i);
                 }
-                if self.held.apply(i, ev) {
+                if !self.held.apply(i, ev) {
+                    return;
+                }
+                self.dirty = true;
+                if self.held.kind(i) == "BGPPeer" {
                     let refs = self.held.secret_refs();
                     shared.refs.send_if_modified(|r| {
                         let changed = *r != refs;
@@ -425,7 +449,12 @@ impl Owner {
                 }
                 self.errors.insert(i, e);
             }
-            Msg::Secrets(s) => self.secrets = s,
+            Msg::Secrets(s) => {
+                if s != self.secrets {
+                    self.secrets = s;
+                    self.dirty = true;
+                }
+            }
             Msg::Probe(r) => {
                 if r.is_err() != self.probe.is_err() {
                     match &r {

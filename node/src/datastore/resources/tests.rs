@@ -148,7 +148,7 @@ fn network_policy_is_decoded_into_the_policy_model() {
         panic!()
     };
     assert_eq!(p.metadata.namespace.as_deref(), Some("prod"));
-    let policy = p.policy.expect("a valid policy");
+    let policy = p.policy.as_ref().expect("a valid policy");
     assert_eq!(policy.spec.policy_types, Some(vec!["Ingress".to_string()]));
     assert_eq!(policy.metadata.namespace.as_deref(), Some("prod"));
     // One that does not fit the model is kept, reported, and marked.
