@@ -14,6 +14,8 @@ pub const NODE: &str = "calico-node-rs";
 pub const CTL: &str = "calicoctl-rs";
 /// The lab command.
 pub const LAB: &str = "calico-lab-rs";
+/// The CNI plugin.
+pub const CNI: &str = "calico-cni-rs";
 
 /// `calico-node-rs`, built by `cargo build --workspace --bins`.
 pub fn daemon_bin() -> Result<PathBuf> {
@@ -23,6 +25,11 @@ pub fn daemon_bin() -> Result<PathBuf> {
 /// `calicoctl-rs`, built next to `calico-node-rs`.
 pub fn ctl_bin() -> Result<PathBuf> {
     built_bin(CTL)
+}
+
+/// `calico-cni-rs`, built next to `calico-node-rs`.
+pub fn cni_bin() -> Result<PathBuf> {
+    built_bin(CNI)
 }
 
 /// `calico-lab-rs`, built next to `calico-node-rs`.

@@ -220,6 +220,11 @@ protocol device {{ }}
         Ok(())
     }
 
+    /// The lab the cluster lives in (to add namespaces of a test's own).
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
     /// The shared file datastore directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -3,6 +3,7 @@
 
 mod bgp;
 mod check_selftest;
+mod cni;
 mod lab_cmd;
 mod lab_selftest;
 mod manifests;

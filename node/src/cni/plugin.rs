@@ -1,0 +1,456 @@
+//! The plugin's operations (`ADD`, `DEL`, `CHECK`, `VERSION`) over the kernel and IPAM.
+//!
+//! ```text
+//!  ADD: addresses (our IPAM in the file datastore, or the delegated IPAM plugin)
+//!       -> veth: host end `cali…` (MAC ee:ee:ee:ee:ee:ee, MTU) in the caller's namespace, the
+//!          other end `CNI_IFNAME` created directly in `CNI_NETNS`
+//!       -> container side: /32 and /128, link up, 169.254.1.1 on-link, default routes
+//!       -> result; any failure undoes the veth and the addresses before the error is returned
+//!  DEL: release the handle's addresses, delete the host end (the container end goes with it);
+//!       every "already gone" is success
+//! ```
+//!
+//! The kernel work is `ip -batch` (in the container's namespace through `nsenter --net`), so the
+//! kernel sees exactly what the lab's and the tests' `ip` lines do. The daemon configures the host
+//! end (sysctls, up, the /32 route) when it sees the link and the Pod, as for lab pods.
+//!
+//! Not here yet: the Kubernetes datastore (the daemon's IPAM socket), `STATUS` and `GC`; a
+//! configuration asking for them is refused with an error saying so.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command as Proc, Stdio};
+
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use super::config::{DatastoreCfg, IpamCfg, NetConf};
+use super::env::{CniEnv, Command};
+use super::error::{CniError, Code};
+use super::result::{version_json, AddResult, Iface};
+use crate::datastore::IpFamily;
+use crate::ipam::Ipam;
+
+/// Runs one call; the JSON for stdout on success (`None`: nothing to print, as for DEL).
+pub fn run(env: &CniEnv, conf: &NetConf) -> Result<Option<Value>, CniError> {
+    match env.command {
+        Command::Version => Ok(Some(version_json(&conf.cni_version))),
+        Command::Add => add(env, conf).map(Some),
+        Command::Del => del(env, conf).map(|()| None),
+        Command::Check => check(env, conf).map(|()| None),
+        Command::Status | Command::Gc => Err(CniError::new(
+            Code::UnsupportedField,
+            format!(
+                "CNI_COMMAND {:?}: not implemented by calico-cni-rs yet",
+                env.command
+            ),
+        )),
+    }
+}
+
+fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
+    CniError::new(Code::Io, format!("{what}: {e}"))
+}
+
+/// The file datastore directory, or the refusal for what is not built yet.
+fn datastore_dir(conf: &NetConf) -> Result<&Path, CniError> {
+    match &conf.datastore {
+        DatastoreCfg::File(dir) => Ok(dir),
+        DatastoreCfg::Kubernetes { .. } => Err(CniError::new(
+            Code::InvalidConfig,
+            "datastore_type kubernetes: not implemented by calico-cni-rs yet (the daemon's IPAM \
+             socket); use datastore_type file or a delegated ipam plugin",
+        )),
+    }
+}
+
+/// Addresses for the container: from our IPAM (both families as configured) or the delegate.
+fn allocate(env: &CniEnv, conf: &NetConf) -> Result<Vec<IpNet>, CniError> {
+    match &conf.ipam {
+        IpamCfg::Calico {
+            assign_ipv4,
+            assign_ipv6,
+            ipv4_pools,
+            ipv6_pools,
+        } => {
+            let dir = datastore_dir(conf)?;
+            let node = conf.node_name()?;
+            let scan = crate::datastore::file::scan_dir(dir)
+                .map_err(|e| io_err(format!("datastore_dir {}", dir.display()), e))?;
+            let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
+            let handle = env.handle();
+            let mut out = Vec::new();
+            for (on, family, named) in [
+                (*assign_ipv4, IpFamily::V4, ipv4_pools),
+                (*assign_ipv6, IpFamily::V6, ipv6_pools),
+            ] {
+                if !on {
+                    continue;
+                }
+                let mut pools = scan.state.ip_pools_for_node(&node, family);
+                if !named.is_empty() {
+                    pools.retain(|p| {
+                        named
+                            .iter()
+                            .any(|n| *n == p.metadata.name || *n == p.cidr.to_string())
+                    });
+                }
+                match ipam.allocate(&node, &handle, family, &pools) {
+                    Ok(ip) => out.push(IpNet::from(ip)),
+                    Err(e) => {
+                        let _ = ipam.release(&handle);
+                        return Err(CniError::new(
+                            Code::TryAgainLater,
+                            format!("IPAM: {family} address for {handle}"),
+                        )
+                        .with_details(e.to_string()));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        IpamCfg::Delegate { plugin, .. } => {
+            let reply = delegate(env, conf, plugin, "ADD")?;
+            let ips = reply
+                .get("ips")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            ips.iter()
+                .map(|ip| {
+                    let text = ip.get("address").and_then(Value::as_str).unwrap_or("");
+                    let net: IpNet = text.parse().map_err(|_| {
+                        CniError::new(
+                            Code::Decode,
+                            format!("ipam plugin {plugin}: address {text:?} is not ADDR/LEN"),
+                        )
+                    })?;
+                    // The container gets the address alone (routes go via the gateway).
+                    Ok(IpNet::from(net.addr()))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Gives the addresses back (our IPAM, or the delegate's DEL).
+fn release(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    match &conf.ipam {
+        IpamCfg::Calico { .. } => {
+            let dir = datastore_dir(conf)?;
+            let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
+            ipam.release(&env.handle())
+                .map_err(|e| io_err(format!("IPAM: release {}", env.handle()), e))?;
+            Ok(())
+        }
+        IpamCfg::Delegate { plugin, .. } => delegate(env, conf, plugin, "DEL").map(|_| ()),
+    }
+}
+
+/// Calls IPAM plugin `plugin` (found on `CNI_PATH`) with our configuration, as the spec says.
+fn delegate(env: &CniEnv, conf: &NetConf, plugin: &str, command: &str) -> Result<Value, CniError> {
+    if plugin.contains('/') {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!("ipam.type {plugin:?}: a plugin name, not a path"),
+        ));
+    }
+    let bin = env
+        .path
+        .iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("ipam.type {plugin:?}: not found on CNI_PATH"),
+            )
+        })?;
+    let stdin = serde_json::to_vec(&conf.raw).map_err(|e| io_err("encoding the config", e))?;
+    let mut child = Proc::new(&bin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io_err(bin.display(), e))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(&stdin).map_err(|e| io_err(bin.display(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| io_err(bin.display(), e))?;
+    let reply: Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                format!("ipam plugin {plugin} {command}: output is not JSON: {e}"),
+            )
+        })?
+    };
+    if !out.status.success() {
+        let msg = reply.get("msg").and_then(Value::as_str).unwrap_or("failed");
+        return Err(
+            CniError::new(Code::Io, format!("ipam plugin {plugin} {command}: {msg}"))
+                .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        );
+    }
+    Ok(reply)
+}
+
+/// `ip -batch -` with `lines`, in `netns` (a path) when given.
+fn ip_batch(netns: Option<&Path>, lines: &[String]) -> Result<(), String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Proc::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("ip");
+            c
+        }
+        None => Proc::new("ip"),
+    };
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        let text = lines.join("\n") + "\n";
+        i.write_all(text.as_bytes())
+            .map_err(|e| format!("ip: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// `ip -j` output for `args` in `netns`.
+fn ip_json(netns: Option<&Path>, args: &[&str]) -> Result<Value, String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Proc::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("ip");
+            c
+        }
+        None => Proc::new("ip"),
+    };
+    let out = cmd
+        .arg("-j")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))
+}
+
+fn netns_of(env: &CniEnv) -> Result<&Path, CniError> {
+    let ns = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(Code::InvalidEnvironment, "CNI_NETNS: required"))?;
+    if !ns.exists() {
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            format!("CNI_NETNS {}: no such network namespace", ns.display()),
+        ));
+    }
+    Ok(ns)
+}
+
+/// The container-side lines: addresses, link up, the Calico gateways.
+fn container_lines(ifname: &str, ips: &[IpNet]) -> Vec<String> {
+    let (gw4, gw6) = (felix::veth::IPV4_GATEWAY, felix::veth::IPV6_GATEWAY);
+    let mut l = Vec::new();
+    for ip in ips {
+        match ip {
+            IpNet::V4(_) => l.push(format!("addr add {ip} dev {ifname}")),
+            IpNet::V6(_) => l.push(format!("addr add {ip} dev {ifname} nodad")),
+        }
+    }
+    l.push(format!("link set {ifname} up"));
+    if ips.iter().any(|n| n.addr().is_ipv4()) {
+        l.push(format!("route add {gw4}/32 dev {ifname} scope link"));
+        l.push(format!("route add 0.0.0.0/0 via {gw4} dev {ifname}"));
+    }
+    if ips.iter().any(|n| n.addr().is_ipv6()) {
+        l.push(format!("route add ::/0 via {gw6} dev {ifname}"));
+    }
+    l
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let netns = netns_of(env)?.to_path_buf();
+    let host = env.host_iface();
+    let ips = allocate(env, conf)?;
+    match plumb(env, conf, &netns, &host, &ips) {
+        Ok(result) => Ok(result.to_json(&conf.cni_version)),
+        Err(e) => {
+            // Undo: the veth (both ends go with the host end) and the addresses.
+            let _ = ip_batch(None, &[format!("link del {host}")]);
+            let _ = release(env, conf);
+            Err(e)
+        }
+    }
+}
+
+fn plumb(
+    env: &CniEnv,
+    conf: &NetConf,
+    netns: &Path,
+    host: &str,
+    ips: &[IpNet],
+) -> Result<AddResult, CniError> {
+    let mtu = conf.mtu.map_or(String::new(), |m| format!(" mtu {m}"));
+    let mac = felix::veth::HOST_SIDE_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ip_batch(
+        None,
+        &[format!(
+            "link add {host} address {mac}{mtu} type veth peer name {}{mtu} netns {}",
+            env.ifname,
+            netns.display()
+        )],
+    )
+    .map_err(|e| io_err(format!("creating veth {host} / {}", env.ifname), e))?;
+    ip_batch(Some(netns), &container_lines(&env.ifname, ips)).map_err(|e| {
+        io_err(
+            format!("configuring {} in {}", env.ifname, netns.display()),
+            e,
+        )
+    })?;
+    if conf.allow_ip_forwarding {
+        let out = Proc::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            .output()
+            .map_err(|e| io_err("sysctl", e))?;
+        if !out.status.success() {
+            return Err(io_err(
+                "container_settings.allow_ip_forwarding: net.ipv4.ip_forward=1",
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+    }
+    let link = ip_json(Some(netns), &["link", "show", "dev", &env.ifname])
+        .map_err(|e| io_err(format!("reading {}", env.ifname), e))?;
+    let container_mac = link
+        .get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut routes = Vec::new();
+    if ips.iter().any(|n| n.addr().is_ipv4()) {
+        routes.push(("0.0.0.0/0".parse().expect("valid"), None));
+    }
+    if ips.iter().any(|n| n.addr().is_ipv6()) {
+        routes.push(("::/0".parse().expect("valid"), None));
+    }
+    Ok(AddResult {
+        interfaces: vec![
+            Iface {
+                name: host.to_string(),
+                mac,
+                sandbox: None,
+            },
+            Iface {
+                name: env.ifname.clone(),
+                mac: container_mac,
+                sandbox: Some(netns.display().to_string()),
+            },
+        ],
+        ips: ips.iter().map(|n| (*n, 1)).collect(),
+        routes,
+        dns: conf.raw.get("dns").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    // Addresses first: a DEL that cannot release must fail (the runtime retries), and the veth
+    // alone never leaks an address.
+    release(env, conf)?;
+    let host = env.host_iface();
+    if let Err(e) = ip_batch(None, &[format!("link del {host}")]) {
+        if !e.contains("Cannot find device") {
+            return Err(io_err(format!("deleting veth {host}"), e));
+        }
+    }
+    Ok(())
+}
+
+fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let netns = netns_of(env)?;
+    let host = env.host_iface();
+    ip_json(None, &["link", "show", "dev", &host]).map_err(|e| {
+        CniError::new(
+            Code::UnknownContainer,
+            format!("veth {host}: missing ({e})"),
+        )
+    })?;
+    let want: Vec<IpAddr> = match &conf.ipam {
+        IpamCfg::Calico { .. } => {
+            let ipam = Ipam::new(datastore_dir(conf)?).map_err(|e| io_err("IPAM", e))?;
+            ipam.addresses_of(&env.handle())
+                .map_err(|e| io_err("IPAM", e))?
+        }
+        IpamCfg::Delegate { .. } => Vec::new(),
+    };
+    let addrs = ip_json(Some(netns), &["addr", "show", "dev", &env.ifname]).map_err(|e| {
+        CniError::new(
+            Code::UnknownContainer,
+            format!("{} in {}: missing ({e})", env.ifname, netns.display()),
+        )
+    })?;
+    let have: Vec<IpAddr> = addrs
+        .get(0)
+        .and_then(|l| l.get("addr_info"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
+        .collect();
+    for ip in &want {
+        if !have.contains(ip) {
+            return Err(CniError::new(
+                Code::Io,
+                format!(
+                    "{} in {}: address {ip} of {} is missing",
+                    env.ifname,
+                    netns.display(),
+                    env.handle()
+                ),
+            ));
+        }
+    }
+    let gw_ok = |args: &[&str]| {
+        ip_json(Some(netns), args)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| !a.is_empty()))
+            .unwrap_or(false)
+    };
+    if want.iter().any(IpAddr::is_ipv4) && !gw_ok(&["route", "show", "default"]) {
+        return Err(CniError::new(
+            Code::Io,
+            format!("{}: no IPv4 default route", netns.display()),
+        ));
+    }
+    if want.iter().any(IpAddr::is_ipv6) && !gw_ok(&["-6", "route", "show", "default"]) {
+        return Err(CniError::new(
+            Code::Io,
+            format!("{}: no IPv6 default route", netns.display()),
+        ));
+    }
+    Ok(())
+}

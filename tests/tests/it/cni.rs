@@ -1,0 +1,274 @@
+//! `calico-cni-rs` driven as a runtime drives it (the `CNI_*` environment, the configuration on
+//! stdin, the answer on stdout), in a lab node's namespace with the real daemon running: ADD gives
+//! the pod its veth and addresses from the file datastore's IPAM and the daemon makes it
+//! reachable; CHECK, a failed ADD that leaves nothing behind, and DEL (idempotent, and with an
+//! empty `CNI_NETNS`) leave no veth and no allocation.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use calico_lab::cluster::Cluster;
+use calico_lab::lab::Netns;
+use calico_node::ipam::Ipam;
+use serde_json::Value;
+
+/// One plugin call in `node`'s namespace: exit success and the stdout JSON (`Null` if empty).
+fn call(node: &Netns, env: &[(&str, &str)], conf: &str) -> Result<(bool, Value)> {
+    let bin = calico_lab::bins::cni_bin()?;
+    let mut argv: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        node.name().into(),
+        "env".into(),
+    ];
+    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.push(bin.display().to_string());
+    let mut child = Command::new("ip")
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(conf.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("plugin stdout is not JSON: {text}"))?
+    };
+    Ok((out.status.success(), v))
+}
+
+fn conf(dir: &std::path::Path, version: &str) -> String {
+    format!(
+        r#"{{"cniVersion": "{version}", "name": "k8s-pod-network", "type": "calico-cni-rs",
+            "datastore_type": "file", "datastore_dir": "{}", "nodename": "n1", "mtu": 1400,
+            "ipam": {{"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}}}}"#,
+        dir.display()
+    )
+}
+
+fn links(ns: &Netns) -> Result<String> {
+    ns.ip(&["-br", "link"])
+}
+
+#[test]
+fn add_check_del_with_the_daemon_running() -> Result<()> {
+    let mut c = Cluster::new("cni", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let pod = c.lab().netns("n1.web")?;
+    let netns = pod.path().display().to_string();
+    let conf = conf(c.dir(), "1.0.0");
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web";
+    let env = |cmd: &'static str, netns: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", "c0ffee01".to_string()),
+            ("CNI_NETNS", netns.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_ARGS", args.to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+        ]
+    };
+    let run = |e: Vec<(&'static str, String)>| {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        call(&node, &e, &conf)
+    };
+
+    // VERSION.
+    let (ok, v) = run(env("VERSION", ""))?;
+    ensure!(ok, "VERSION failed: {v}");
+    let versions = v["supportedVersions"].to_string();
+    for want in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        ensure!(versions.contains(want), "VERSION lacks {want}: {v}");
+    }
+
+    // ADD.
+    let (ok, res) = run(env("ADD", &netns))?;
+    ensure!(ok, "ADD failed: {res}");
+    ensure!(res["cniVersion"] == "1.0.0", "result version: {res}");
+    let host = felix::workload_iface_name("default", "web");
+    ensure!(
+        res["interfaces"][0]["name"] == host.as_str(),
+        "host iface: {res}"
+    );
+    ensure!(
+        res["interfaces"][0]["mac"] == "ee:ee:ee:ee:ee:ee",
+        "host MAC: {res}"
+    );
+    ensure!(
+        res["interfaces"][1]["name"] == "eth0",
+        "container iface: {res}"
+    );
+    ensure!(
+        res["interfaces"][1]["sandbox"] == netns.as_str(),
+        "sandbox: {res}"
+    );
+    let ips: Vec<String> = res["ips"]
+        .as_array()
+        .context("ips")?
+        .iter()
+        .map(|i| i["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ensure!(ips.len() == 2, "want one IPv4 and one IPv6 address: {res}");
+    ensure!(
+        res["ips"][0]["interface"] == 1,
+        "ips name the container iface: {res}"
+    );
+    let v4 = ips[0].trim_end_matches("/32").to_string();
+    let v6 = ips[1].trim_end_matches("/128").to_string();
+    ensure!(
+        v4.starts_with("10.244.") && ips[0].ends_with("/32"),
+        "IPv4 from the pool: {res}"
+    );
+    ensure!(
+        v6.starts_with("fd00:244:") && ips[1].ends_with("/128"),
+        "IPv6 from the pool: {res}"
+    );
+    let ipam = Ipam::new(c.dir())?;
+    let held = ipam.addresses_of("k8s-pod-network.c0ffee01")?;
+    ensure!(
+        held.len() == 2,
+        "IPAM handle k8s-pod-network.c0ffee01 holds {held:?}"
+    );
+    let pod_side = pod.ip(&["addr", "show", "dev", "eth0"])?;
+    ensure!(
+        pod_side.contains(&format!("{v4}/32")) && pod_side.contains(&format!("{v6}/128")),
+        "eth0: {pod_side}"
+    );
+    ensure!(pod_side.contains("mtu 1400"), "eth0 MTU: {pod_side}");
+    let routes = pod.ip(&["route"])?;
+    ensure!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "pod routes: {routes}"
+    );
+    let routes6 = pod.ip(&["-6", "route"])?;
+    ensure!(
+        routes6.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"),
+        "pod IPv6 routes: {routes6}"
+    );
+
+    // The Pod, as the kubelet would create it: the daemon programs its route, and it answers.
+    c.write(
+        "pod-web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec: {{nodeName: n1}}\n\
+             status: {{podIP: {v4}, podIPs: [{{ip: {v4}}}, {{ip: \"{v6}\"}}]}}\n"
+        ),
+    )?;
+    let t = Instant::now();
+    loop {
+        let r = node.ip(&["route", "show", &format!("{v4}/32")])?;
+        if r.contains(&host) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("no route to {v4} via {host} 10 s after the Pod: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    calico_lab::cluster::ping(&node, &v4)?;
+    calico_lab::cluster::ping(&node, &v6)?;
+
+    // CHECK: right, then wrong (an address taken off).
+    let (ok, v) = run(env("CHECK", &netns))?;
+    ensure!(ok, "CHECK of a good attachment failed: {v}");
+    pod.ip(&["addr", "del", &format!("{v6}/128"), "dev", "eth0"])?;
+    let (ok, v) = run(env("CHECK", &netns))?;
+    ensure!(!ok, "CHECK passed with {v6} missing");
+    ensure!(
+        v["code"].as_u64().is_some() && v["msg"].as_str().unwrap_or("").contains(&v6),
+        "CHECK error: {v}"
+    );
+
+    // DEL, twice, then once more with an empty CNI_NETNS (containerd's).
+    for netns in [netns.as_str(), netns.as_str(), ""] {
+        let (ok, v) = run(env("DEL", netns))?;
+        ensure!(ok, "DEL (netns {netns:?}) failed: {v}");
+    }
+    ensure!(
+        !links(&node)?.contains(&host),
+        "{host} left after DEL: {}",
+        links(&node)?
+    );
+    ensure!(
+        !links(&pod)?.contains("eth0"),
+        "eth0 left after DEL: {}",
+        links(&pod)?
+    );
+    let held = ipam.addresses_of("k8s-pod-network.c0ffee01")?;
+    ensure!(held.is_empty(), "addresses left after DEL: {held:?}");
+    Ok(())
+}
+
+#[test]
+fn a_failed_add_leaves_no_veth_and_no_address() -> Result<()> {
+    let mut c = Cluster::new("cnf", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let pod = c.lab().netns("n1.busy")?;
+    // The container already has an eth0: the veth's container end cannot be made.
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "crsx0",
+    ])?;
+    let netns = pod.path().display().to_string();
+    let conf = conf(c.dir(), "0.4.0");
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "deadbeef02"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=busy"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let (ok, v) = call(&node, &env, &conf)?;
+    ensure!(!ok, "ADD succeeded over an existing eth0: {v}");
+    ensure!(
+        v["cniVersion"] == "0.4.0",
+        "the error is in the caller's version: {v}"
+    );
+    ensure!(
+        v["code"].as_u64().is_some() && v["msg"].as_str().is_some(),
+        "CNI error object: {v}"
+    );
+    let host = felix::workload_iface_name("default", "busy");
+    ensure!(
+        !links(&node)?.contains(&host),
+        "{host} left after a failed ADD"
+    );
+    let held = Ipam::new(c.dir())?.addresses_of("k8s-pod-network.deadbeef02")?;
+    ensure!(
+        held.is_empty(),
+        "addresses left after a failed ADD: {held:?}"
+    );
+
+    // An unknown key in the configuration is refused, naming it; nothing is made.
+    let bad = conf.replacen("\"mtu\"", "\"mtuu\"", 1);
+    let pod2 = c.lab().netns("n1.typo")?;
+    let netns2 = pod2.path().display().to_string();
+    let env2 = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "deadbeef03"),
+        ("CNI_NETNS", netns2.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let (ok, v) = call(&node, &env2, &bad)?;
+    ensure!(
+        !ok && v["msg"].as_str().unwrap_or("").contains("mtuu"),
+        "typo not named: {v}"
+    );
+    ensure!(
+        !links(&pod2)?.contains("eth0"),
+        "eth0 made despite the bad config"
+    );
+    Ok(())
+}
