@@ -36,7 +36,10 @@ LAB_DEPS=(bird2:bird gobgpd:gobgpd nftables:nft iproute2:ip iputils-ping:ping ut
 # kubectl: kept if present (any version the tests' API server answers), else Debian's.
 KUBE_DEPS=(kubernetes-client:kubectl)
 # What the tests run besides (python3-pip and python3-venv: the tests' Python venv, below).
-TEST_DEPS=("${LAB_DEPS[@]}" "${KUBE_DEPS[@]}" frr:vtysh iperf3:iperf3 socat:socat netcat-openbsd:nc kmod:modprobe python3-pip:pip3)
+# containernetworking-plugins: the stock CNI plugins the CNI tests delegate to (not on PATH, so
+# named by path).
+TEST_DEPS=("${LAB_DEPS[@]}" "${KUBE_DEPS[@]}" frr:vtysh iperf3:iperf3 socat:socat netcat-openbsd:nc kmod:modprobe python3-pip:pip3
+  containernetworking-plugins:/usr/lib/cni/host-local)
 
 # The tests' Python venv (the manifest checker, the Kubernetes API test server's client checks):
 # at ${CALICO_RS_VENV:-/root/.cache/calico-rs/venv}, made with `python3 -m venv` (Debian's

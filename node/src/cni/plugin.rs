@@ -168,8 +168,21 @@ fn delegate(env: &CniEnv, conf: &NetConf, plugin: &str, command: &str) -> Result
             )
         })?;
     let stdin = serde_json::to_vec(&conf.raw).map_err(|e| io_err("encoding the config", e))?;
+    // The pod identity in CNI_ARGS is for us; a stock IPAM plugin refuses keys it does not know
+    // unless IgnoreUnknown is set (kubelet sets it; other runtimes may not).
+    let args = std::env::var("CNI_ARGS").unwrap_or_default();
+    let args = if args.is_empty()
+        || args.split(';').any(|kv| {
+            kv.eq_ignore_ascii_case("IgnoreUnknown=1")
+                || kv.eq_ignore_ascii_case("IgnoreUnknown=true")
+        }) {
+        args
+    } else {
+        format!("IgnoreUnknown=1;{args}")
+    };
     let mut child = Proc::new(&bin)
         .env("CNI_COMMAND", command)
+        .env("CNI_ARGS", args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

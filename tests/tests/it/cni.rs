@@ -272,3 +272,161 @@ fn a_failed_add_leaves_no_veth_and_no_address() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn fifty_adds_at_once_get_fifty_addresses_and_fifty_dels_leave_nothing() -> Result<()> {
+    const N: usize = 50;
+    let mut c = Cluster::new("cnc", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let conf = conf(c.dir(), "1.1.0");
+    let pods: Vec<Netns> = (0..N)
+        .map(|i| c.lab().netns(&format!("n1.p{i}")))
+        .collect::<Result<_>>()?;
+    let env = |cmd: &str, i: usize, netns: &str| -> Vec<(String, String)> {
+        vec![
+            ("CNI_COMMAND".into(), cmd.into()),
+            ("CNI_CONTAINERID".into(), format!("c{i:04}")),
+            ("CNI_NETNS".into(), netns.into()),
+            ("CNI_IFNAME".into(), "eth0".into()),
+            (
+                "CNI_ARGS".into(),
+                format!("K8S_POD_NAMESPACE=load;K8S_POD_NAME=p{i}"),
+            ),
+            ("CNI_PATH".into(), "/usr/lib/cni".into()),
+        ]
+    };
+    let all = |cmd: &str| -> Result<Vec<(bool, Value)>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let e = env(cmd, i, &p.path().display().to_string());
+                    let (node, conf) = (&node, &conf);
+                    s.spawn(move || {
+                        let e: Vec<(&str, &str)> =
+                            e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        call(node, &e, conf)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        })
+    };
+    let added = all("ADD")?;
+    let mut addrs = std::collections::BTreeSet::new();
+    for (i, (ok, v)) in added.iter().enumerate() {
+        ensure!(*ok, "ADD {i} failed: {v}");
+        for ip in v["ips"].as_array().context("ips")? {
+            let a = ip["address"].as_str().unwrap_or_default().to_string();
+            ensure!(addrs.insert(a.clone()), "{a} handed out twice");
+        }
+    }
+    ensure!(
+        addrs.len() == 2 * N,
+        "{} addresses for {N} pods",
+        addrs.len()
+    );
+    let veths = links(&node)?
+        .lines()
+        .filter(|l| l.starts_with("cali"))
+        .count();
+    ensure!(veths == N, "{veths} cali veths for {N} pods");
+    let dels = all("DEL")?;
+    for (i, (ok, v)) in dels.iter().enumerate() {
+        ensure!(*ok, "DEL {i} failed: {v}");
+    }
+    let left = links(&node)?;
+    ensure!(
+        !left.lines().any(|l| l.starts_with("cali")),
+        "veths left: {left}"
+    );
+    let usage = Ipam::new(c.dir())?.usage()?;
+    let used: u64 = usage.blocks.iter().map(|b| b.used).sum();
+    ensure!(used == 0, "{used} addresses still allocated after {N} DELs");
+    Ok(())
+}
+
+#[test]
+fn delegated_ipam_host_local() -> Result<()> {
+    let host_local = std::path::Path::new("/usr/lib/cni/host-local");
+    ensure!(
+        host_local.is_file(),
+        "{} missing: install Debian's containernetworking-plugins (scripts/deps.sh does)",
+        host_local.display()
+    );
+    let mut c = Cluster::new("cnd", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let pod = c.lab().netns("n1.hl")?;
+    let netns = pod.path().display().to_string();
+    // host-local keeps its leases in dataDir: the lab's directory, never /var/lib/cni.
+    let data = c.lab().dir().join("host-local");
+    let conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "hl-net", "type": "calico-cni-rs",
+            "datastore_type": "file", "datastore_dir": "{}", "nodename": "n1",
+            "ipam": {{"type": "host-local", "dataDir": "{}",
+                      "ranges": [[{{"subnet": "10.99.0.0/24"}}], [{{"subnet": "fd00:99::/64"}}]]}}}}"#,
+        c.dir().display(),
+        data.display()
+    );
+    let env = |cmd: &'static str| {
+        [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "ab12"),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=hl"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+    };
+    let (ok, res) = call(&node, &env("ADD"), &conf)?;
+    ensure!(ok, "ADD with host-local failed: {res}");
+    let ips: Vec<&str> = res["ips"]
+        .as_array()
+        .context("ips")?
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .collect();
+    ensure!(
+        ips.iter().any(|a| a.starts_with("10.99.0."))
+            && ips.iter().any(|a| a.starts_with("fd00:99::")),
+        "addresses from host-local's ranges: {res}"
+    );
+    let v4 = ips
+        .iter()
+        .find(|a| a.starts_with("10.99."))
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let pod_side = pod.ip(&["addr", "show", "dev", "eth0"])?;
+    ensure!(pod_side.contains(&format!("{v4}/32")), "eth0: {pod_side}");
+    let lease = data.join("hl-net").join(&v4);
+    ensure!(
+        lease.is_file(),
+        "host-local lease {} missing",
+        lease.display()
+    );
+    ensure!(
+        Ipam::new(c.dir())?
+            .addresses_of("k8s-pod-network.ab12")?
+            .is_empty(),
+        "our IPAM was used despite the delegation"
+    );
+    let (ok, v) = call(&node, &env("DEL"), &conf)?;
+    ensure!(ok, "DEL with host-local failed: {v}");
+    ensure!(
+        !lease.exists(),
+        "host-local lease {} left after DEL",
+        lease.display()
+    );
+    let host = felix::workload_iface_name("default", "hl");
+    ensure!(!links(&node)?.contains(&host), "{host} left after DEL");
+    Ok(())
+}
