@@ -576,8 +576,9 @@ def check_daemonset(r, docs, read, pending=PENDING_ENV):
         if c is not main:
             script = " ".join(c.get("command", []) + c.get("args", []))
             for e in c.get("env", []):
-                r.check("${" + e["name"] + "}" in script or "$" + e["name"] in script,
-                        f"{c['name']}: env {e['name']} is used by its script")
+                # A shell's $NAME / ${NAME}, or Kubernetes' own $(NAME) expansion in command/args.
+                r.check(any(f in script for f in ("${" + e["name"] + "}", "$" + e["name"], "$(" + e["name"] + ")")),
+                        f"{c['name']}: env {e['name']} is used by its command")
     for v in pod.get("volumes", []):
         for item in (v.get("configMap") or {}).get("items", []):
             used_keys.add(item["key"])

@@ -9,7 +9,82 @@ use calico_node::cni::{plugin, CniEnv, CniError, Code, Command, NetConf};
 /// The version to answer errors in when the configuration cannot tell.
 const FALLBACK_VERSION: &str = "1.1.0";
 
+const INSTALL_USAGE: &str = "usage: calico-cni-rs install --network-config FILE \
+[--bin-dir DIR (/host/opt/cni/bin)] [--conf-dir DIR (/host/etc/cni/net.d)] \
+[--conflist-name NAME (10-calico-rs.conflist)] [--nodename NAME (env NODENAME)]";
+
+/// `calico-cni-rs install ...`: the init container's job (see `calico_node::cni::install`).
+fn install(args: &[String]) -> i32 {
+    use calico_node::cni::install::{install, InstallCfg};
+    let mut cfg = InstallCfg {
+        plugin: match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("calico-cni-rs install: locating this executable: {e}");
+                return 1;
+            }
+        },
+        bin_dir: "/host/opt/cni/bin".into(),
+        conf_dir: "/host/etc/cni/net.d".into(),
+        conflist_name: "10-calico-rs.conflist".into(),
+        template: String::new(),
+        nodename: std::env::var("NODENAME").ok(),
+    };
+    let mut config = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            eprintln!("calico-cni-rs install: {flag}: a value is required\n{INSTALL_USAGE}");
+            return 2;
+        };
+        match flag.as_str() {
+            "--network-config" => config = Some(value.clone()),
+            "--bin-dir" => cfg.bin_dir = value.into(),
+            "--conf-dir" => cfg.conf_dir = value.into(),
+            "--conflist-name" => cfg.conflist_name = value.clone(),
+            "--nodename" => cfg.nodename = Some(value.clone()),
+            other => {
+                eprintln!("calico-cni-rs install: unknown argument {other:?}\n{INSTALL_USAGE}");
+                return 2;
+            }
+        }
+    }
+    let Some(config) = config else {
+        eprintln!("calico-cni-rs install: --network-config is required\n{INSTALL_USAGE}");
+        return 2;
+    };
+    cfg.template = match std::fs::read_to_string(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("calico-cni-rs install: {config}: {e}");
+            return 1;
+        }
+    };
+    match install(&cfg) {
+        Ok(done) => {
+            let said = |w: bool| if w { "written" } else { "unchanged" };
+            println!(
+                "{}/calico-cni-rs {}; {}/{} {}",
+                cfg.bin_dir.display(),
+                said(done.plugin_written),
+                cfg.conf_dir.display(),
+                cfg.conflist_name,
+                said(done.conflist_written)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("calico-cni-rs install: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("install") {
+        std::process::exit(install(&args[1..]));
+    }
     let code = match call() {
         Ok(Some(out)) => {
             println!("{out}");

@@ -430,3 +430,65 @@ fn delegated_ipam_host_local() -> Result<()> {
     ensure!(!links(&node)?.contains(&host), "{host} left after DEL");
     Ok(())
 }
+
+/// `calico-cni-rs install`, as the init container runs it: plugin and conflist written once,
+/// unchanged the second time; the installed plugin answers VERSION.
+#[test]
+fn install_writes_the_plugin_and_the_conflist_once() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("crs-cni-install-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/30-configmap.yaml"
+    ))?)?;
+    let template = dir.join("cni_network_config");
+    std::fs::write(
+        &template,
+        cm["data"]["cni_network_config"].as_str().context("key")?,
+    )?;
+    let bin = calico_lab::bins::cni_bin()?;
+    let run = || -> Result<String> {
+        let out = Command::new(&bin)
+            .args(["install", "--network-config"])
+            .arg(&template)
+            .arg("--bin-dir")
+            .arg(dir.join("bin"))
+            .arg("--conf-dir")
+            .arg(dir.join("net.d"))
+            .args(["--nodename", "node-9"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let first = run()?;
+    ensure!(
+        first.matches("written").count() == 2,
+        "first install: {first}"
+    );
+    let second = run()?;
+    ensure!(
+        second.matches("unchanged").count() == 2,
+        "second install: {second}"
+    );
+    let conf = std::fs::read_to_string(dir.join("net.d/10-calico-rs.conflist"))?;
+    ensure!(
+        conf.contains("\"nodename\": \"node-9\""),
+        "conflist: {conf}"
+    );
+    let out = Command::new(dir.join("bin/calico-cni-rs"))
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        v["supportedVersions"].to_string().contains("1.1.0"),
+        "installed plugin: {v}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
