@@ -1,0 +1,198 @@
+//! Benchmark (issue: the CNI plugin): `calico-cni-rs` ADD and DEL latency, median and p99, for
+//! 100 sequential and 50 concurrent calls on one lab node (file datastore, the daemon running),
+//! and in the same run the stock `bridge` + `host-local` plugins (Debian's
+//! containernetworking-plugins) doing the same work: one veth per container, an IPv4 and an IPv6
+//! address each, default routes. Prints the ratios, and the leak check after the run (veths,
+//! our allocations, host-local's leases). Targets: our median ADD at or below the stock pair's,
+//! p99 under 50 ms, no leak.
+//!
+//! Not measured yet: the Kubernetes datastore (the plugin does not serve it yet).
+//!
+//! Run (root): `cargo build --release --workspace --bins && cargo bench -p calico-tests --bench cni`
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use calico_lab::cluster::Cluster;
+use calico_lab::lab::Netns;
+
+const SEQUENTIAL: usize = 100;
+const CONCURRENT: usize = 50;
+
+/// One plugin call: `bin` in `node`'s namespace; fails unless it succeeds.
+fn call(node: &Netns, bin: &str, env: &[(String, String)], conf: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", node.path().display()))
+        .arg(bin)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(conf.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let took = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "{bin} {:?}: {} {}",
+        env.first(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+fn env(cmd: &str, i: usize, netns: &Netns) -> Vec<(String, String)> {
+    vec![
+        ("CNI_COMMAND".into(), cmd.into()),
+        ("CNI_CONTAINERID".into(), format!("bench{i:04}")),
+        ("CNI_NETNS".into(), netns.path().display().to_string()),
+        ("CNI_IFNAME".into(), "eth0".into()),
+        (
+            "CNI_ARGS".into(),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{i}"),
+        ),
+        ("CNI_PATH".into(), "/usr/lib/cni".into()),
+    ]
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    Stats {
+        median: v[v.len() / 2],
+        p99: v[(v.len() * 99).div_ceil(100) - 1],
+    }
+}
+
+/// ADD then DEL for every pod, sequentially and then `CONCURRENT` at once; per-call latencies.
+fn measure(node: &Netns, pods: &[Netns], bin: &str, conf: &str) -> Result<[(Stats, Stats); 2]> {
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    for (i, p) in pods.iter().enumerate().take(SEQUENTIAL) {
+        add.push(call(node, bin, &env("ADD", i, p), conf)?);
+    }
+    for (i, p) in pods.iter().enumerate().take(SEQUENTIAL) {
+        del.push(call(node, bin, &env("DEL", i, p), conf)?);
+    }
+    let sequential = (stats(add), stats(del));
+    let at_once = |cmd: &str| -> Result<Vec<Duration>> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .take(CONCURRENT)
+                .map(|(i, p)| {
+                    let e = env(cmd, i, p);
+                    s.spawn(move || call(node, bin, &e, conf))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        })
+    };
+    let concurrent = (stats(at_once("ADD")?), stats(at_once("DEL")?));
+    Ok([sequential, concurrent])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let stock_bridge = "/usr/lib/cni/bridge";
+    ensure!(
+        std::path::Path::new(stock_bridge).is_file(),
+        "{stock_bridge} missing: install Debian's containernetworking-plugins"
+    );
+    let mut c = Cluster::new("cnib", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let pods: Vec<Netns> = (0..SEQUENTIAL)
+        .map(|i| c.lab().netns(&format!("b{i}")))
+        .collect::<Result<_>>()?;
+    let ours_bin = calico_lab::bins::cni_bin()?.display().to_string();
+    let ours_conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico-cni-rs",
+            "datastore_type": "file", "datastore_dir": "{}", "nodename": "n1",
+            "ipam": {{"type": "calico-ipam", "assign_ipv6": "true"}}}}"#,
+        c.dir().display()
+    );
+    let leases = c.lab().dir().join("host-local");
+    let stock_conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "stock", "type": "bridge", "bridge": "crsbr0",
+            "isGateway": true, "ipMasq": false,
+            "ipam": {{"type": "host-local", "dataDir": "{}",
+                      "ranges": [[{{"subnet": "10.250.0.0/16"}}], [{{"subnet": "fd00:250::/64"}}]]}}}}"#,
+        leases.display()
+    );
+    println!(
+        "CNI ADD/DEL on one node: {SEQUENTIAL} sequential, then {CONCURRENT} at once; IPv4 + IPv6 each"
+    );
+    let ours = measure(&node, &pods, &ours_bin, &ours_conf)?;
+    let stock = measure(&node, &pods, stock_bridge, &stock_conf)?;
+    for (k, label) in ["sequential", "concurrent"].iter().enumerate() {
+        let ((oa, od), (sa, sd)) = (&ours[k], &stock[k]);
+        println!(
+            "{label:>10}: ADD median {:.1} ms (p99 {:.1} ms, target < 50) vs bridge+host-local {:.1} ms \
+             (p99 {:.1} ms): {:.2}x; DEL median {:.1} ms (p99 {:.1} ms) vs {:.1} ms (p99 {:.1} ms): {:.2}x",
+            ms(oa.median),
+            ms(oa.p99),
+            ms(sa.median),
+            ms(sa.p99),
+            oa.median.as_secs_f64() / sa.median.as_secs_f64(),
+            ms(od.median),
+            ms(od.p99),
+            ms(sd.median),
+            ms(sd.p99),
+            od.median.as_secs_f64() / sd.median.as_secs_f64(),
+        );
+    }
+    // Leaks: veths in the node, our allocations, host-local's leases.
+    let links = node.ip(&["-br", "link"])?;
+    let veths = links
+        .lines()
+        .filter(|l| l.starts_with("cali") || l.starts_with("veth"))
+        .count();
+    let used: u64 = calico_node::ipam::Ipam::new(c.dir())?
+        .usage()?
+        .blocks
+        .iter()
+        .map(|b| b.used)
+        .sum();
+    let stock_leases = std::fs::read_dir(leases.join("stock"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                // A lease is a file named by its address (not `last_reserved_ip.N`, not `lock`).
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    println!(
+        "      after: {veths} veths, {used} calico-cni-rs allocations, {stock_leases} host-local leases \
+         (want 0, 0, 0)"
+    );
+    ensure!(
+        veths == 0 && used == 0 && stock_leases == 0,
+        "leaked after the run"
+    );
+    Ok(())
+}
