@@ -74,6 +74,8 @@ const SPEC_KEYS: &[&str] = &[
     "cniVersions",
     "disableCheck",
     "disableGC",
+    // 1.1 GC: the attachments the runtime still has.
+    "cni.dev/valid-attachments",
 ];
 
 /// Calico's keys that we act on (or, for `policy`, that Calico writes with its only value).

@@ -14,8 +14,11 @@
 //! kernel sees exactly what the lab's and the tests' `ip` lines do. The daemon configures the host
 //! end (sysctls, up, the /32 route) when it sees the link and the Pod, as for lab pods.
 //!
-//! Not here yet: the Kubernetes datastore (the daemon's IPAM socket), `STATUS` and `GC`; a
-//! configuration asking for them is refused with an error saying so.
+//! `STATUS` (1.1) says whether ADD can be served; `GC` (1.1) releases this node's allocations of
+//! containers not among `cni.dev/valid-attachments`.
+//!
+//! Not here yet: the Kubernetes datastore (the daemon's IPAM socket); a configuration asking for
+//! it is refused with an error saying so.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -39,15 +42,115 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> Result<Option<Value>, CniError> {
         Command::Add => add(env, conf).map(Some),
         Command::Del => del(env, conf).map(|()| None),
         Command::Check => check(env, conf).map(|()| None),
-        Command::Status | Command::Gc => Err(CniError::new(
-            Code::UnsupportedField,
-            format!(
-                "CNI_COMMAND {:?}: not implemented by calico-cni-rs yet",
-                env.command
-            ),
-        )),
+        Command::Status => status(env, conf).map(|()| None),
+        Command::Gc => gc(env, conf).map(|()| None),
     }
 }
+
+/// STATUS (1.1): whether ADD can be served now: the datastore is readable and a pool selects
+/// this node (our IPAM), or the delegated IPAM plugin is there.
+fn status(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
+    match &conf.ipam {
+        IpamCfg::Calico {
+            assign_ipv4,
+            assign_ipv6,
+            ..
+        } => {
+            let dir = datastore_dir(conf)?;
+            let node = conf.node_name()?;
+            let scan = crate::datastore::file::scan_dir(dir)
+                .map_err(|e| unavailable(format!("datastore_dir {}: {e}", dir.display())))?;
+            for (on, family) in [(*assign_ipv4, IpFamily::V4), (*assign_ipv6, IpFamily::V6)] {
+                if on && scan.state.ip_pools_for_node(&node, family).is_empty() {
+                    return Err(unavailable(format!(
+                        "node {node}: no enabled {family} IPPool selects this node"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        IpamCfg::Delegate { plugin, .. } => {
+            if env.path.iter().any(|d| d.join(plugin).is_file()) {
+                Ok(())
+            } else {
+                Err(unavailable(format!(
+                    "ipam.type {plugin:?}: not found on CNI_PATH"
+                )))
+            }
+        }
+    }
+}
+
+/// The container IDs of the 1.1 GC's `cni.dev/valid-attachments`.
+fn valid_attachments(conf: &NetConf) -> Result<std::collections::BTreeSet<String>, CniError> {
+    // Absent is not "none valid": releasing every allocation on a malformed call would cut
+    // every pod of the node off.
+    let Some(list) = conf.raw.get("cni.dev/valid-attachments") else {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "cni.dev/valid-attachments: required for GC",
+        ));
+    };
+    let bad = || {
+        CniError::new(
+            Code::InvalidConfig,
+            "cni.dev/valid-attachments: want a list of {containerID, ifname}",
+        )
+    };
+    list.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|a| {
+            a.get("containerID")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+/// GC (1.1): releases this node's allocations made by this plugin (handle
+/// `k8s-pod-network.CONTAINERID`) whose container is not among the valid attachments; the
+/// delegated IPAM plugin gets the GC as the spec says. `disableGC` turns it off.
+fn gc(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    if conf.raw.get("disableGC").and_then(Value::as_bool) == Some(true) {
+        return Ok(());
+    }
+    let valid = valid_attachments(conf)?;
+    match &conf.ipam {
+        IpamCfg::Calico { .. } => {
+            let dir = datastore_dir(conf)?;
+            let node = conf.node_name()?;
+            let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
+            let usage = ipam.usage().map_err(|e| io_err("IPAM", e))?;
+            let stale: std::collections::BTreeSet<&str> = usage
+                .blocks
+                .iter()
+                .filter(|b| b.affinity.as_deref() == Some(node.as_str()))
+                .flat_map(|b| b.allocations.iter().map(|(_, h)| h.as_str()))
+                .filter(|h| {
+                    h.strip_prefix(HANDLE_PREFIX)
+                        .is_some_and(|id| !valid.contains(id))
+                })
+                .collect();
+            for h in stale {
+                ipam.release(h)
+                    .map_err(|e| io_err(format!("IPAM: release {h}"), e))?;
+            }
+            Ok(())
+        }
+        IpamCfg::Delegate { plugin, .. } => match delegate(env, conf, plugin, "GC") {
+            Ok(_) => Ok(()),
+            // A plugin older than CNI 1.1 does not know GC: nothing to forward it to.
+            Err(e) if e.msg.contains("unknown") || e.details.contains("unknown") => Ok(()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The IPAM handle prefix of this plugin's allocations (Calico's).
+const HANDLE_PREFIX: &str = "k8s-pod-network.";
 
 fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(Code::Io, format!("{what}: {e}"))

@@ -492,3 +492,91 @@ fn install_writes_the_plugin_and_the_conflist_once() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// 1.1's STATUS and GC: STATUS answers success with a pool for the node and code 50 without a
+/// datastore; GC releases exactly the allocations of containers not in the valid list.
+#[test]
+fn status_and_gc() -> Result<()> {
+    let mut c = Cluster::new("cng", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let conf = conf(c.dir(), "1.1.0");
+    let (ok, v) = call(
+        &node,
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
+        &conf,
+    )?;
+    ensure!(ok, "STATUS failed: {v}");
+    let gone = conf.replacen(
+        &c.dir().display().to_string(),
+        "/nonexistent/crs-datastore",
+        1,
+    );
+    let (ok, v) = call(
+        &node,
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
+        &gone,
+    )?;
+    ensure!(!ok && v["code"] == 50, "STATUS without a datastore: {v}");
+    let pods: Vec<Netns> = (0..3)
+        .map(|i| c.lab().netns(&format!("n1.g{i}")))
+        .collect::<Result<_>>()?;
+    for (i, p) in pods.iter().enumerate() {
+        let (id, netns, name) = (
+            format!("gc{i}"),
+            p.path().display().to_string(),
+            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=g{i}"),
+        );
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", name.as_str()),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        let (ok, v) = call(&node, &env, &conf)?;
+        ensure!(ok, "ADD {id}: {v}");
+    }
+    // An allocation that is not this plugin's (the lab's own handle form): GC leaves it alone.
+    let state = calico_node::datastore::file::scan_dir(c.dir())?.state;
+    calico_lab::datastore::allocate(c.dir(), &state, "n1", "default/not-cni")?;
+    // A GC without the list is refused (it must never mean "nothing is valid").
+    let (ok, v) = call(
+        &node,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &conf,
+    )?;
+    ensure!(
+        !ok && v["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("valid-attachments"),
+        "GC without the list: {v}"
+    );
+    let gc = conf.replacen(
+        "\"mtu\": 1400,",
+        r#""mtu": 1400, "cni.dev/valid-attachments": [{"containerID": "gc0", "ifname": "eth0"}, {"containerID": "gc2", "ifname": "eth0"}],"#,
+        1,
+    );
+    let (ok, v) = call(
+        &node,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &gc,
+    )?;
+    ensure!(ok, "GC failed: {v}");
+    let ipam = Ipam::new(c.dir())?;
+    for (id, kept) in [("gc0", true), ("gc1", false), ("gc2", true)] {
+        let n = ipam.addresses_of(&format!("k8s-pod-network.{id}"))?.len();
+        ensure!(
+            n == if kept { 2 } else { 0 },
+            "after GC, {id} holds {n} addresses (kept: {kept})"
+        );
+    }
+    let n = ipam.addresses_of("default/not-cni")?.len();
+    ensure!(
+        n == 2,
+        "GC released another owner's allocation ({n} left of 2)"
+    );
+    Ok(())
+}
