@@ -580,3 +580,148 @@ fn status_and_gc() -> Result<()> {
     );
     Ok(())
 }
+
+/// Chaining, as a runtime runs a conflist: our ADD, then the stock `portmap` and `bandwidth`
+/// plugins with our result as their `prevResult`. The published port reaches the container (a
+/// TCP connection to the node's address, DNATed by portmap's rules), bandwidth shapes the host
+/// end it finds in our result, and DEL in reverse order removes their rules and our veth.
+#[test]
+fn chained_with_the_stock_portmap_and_bandwidth() -> Result<()> {
+    for p in ["portmap", "bandwidth"] {
+        ensure!(
+            std::path::Path::new("/usr/lib/cni").join(p).is_file(),
+            "/usr/lib/cni/{p} missing: install Debian's containernetworking-plugins"
+        );
+    }
+    let mut c = Cluster::new("cnp", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let pod = c.lab().netns("n1.pm")?;
+    let netns = pod.path().display().to_string();
+    let ours = conf(c.dir(), "1.0.0");
+    let env = |cmd: &'static str| {
+        [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "chain01"),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pm",
+            ),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+    };
+    let stock = |plugin: &str, cmd: &'static str, prev: &Value| -> Result<Value> {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": plugin,
+            "capabilities": {"portMappings": true, "bandwidth": true},
+            "runtimeConfig": {
+                "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                "bandwidth": {"ingressRate": 100_000_000, "ingressBurst": 1_000_000}
+            },
+            "prevResult": prev,
+        });
+        let bin = format!("/usr/lib/cni/{plugin}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", node.name()])
+            .arg(&bin)
+            .envs(env(cmd))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{plugin} {cmd} failed: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    };
+    let (ok, res) = call(&node, &env("ADD"), &ours)?;
+    ensure!(ok, "ADD failed: {res}");
+    let after_portmap = stock("portmap", "ADD", &res)?;
+    ensure!(
+        after_portmap["ips"] == res["ips"],
+        "portmap changed the result: {after_portmap}"
+    );
+    let after_bw = stock("bandwidth", "ADD", &after_portmap)?;
+    let host = felix::workload_iface_name("default", "pm");
+    let qdisc = node.run(&["tc", "qdisc", "show", "dev", &host])?;
+    ensure!(
+        qdisc.contains("tbf"),
+        "bandwidth shaped no qdisc on {host}: {qdisc}"
+    );
+    // The Pod, so the daemon routes to it.
+    let v4 = res["ips"][0]["address"]
+        .as_str()
+        .context("ip")?
+        .trim_end_matches("/32")
+        .to_string();
+    c.write(
+        "pod-pm.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pm, namespace: default}}\nspec: {{nodeName: n1}}\n\
+             status: {{podIP: {v4}, podIPs: [{{ip: {v4}}}]}}\n"
+        ),
+    )?;
+    let t = Instant::now();
+    while !node
+        .ip(&["route", "show", &format!("{v4}/32")])?
+        .contains(&host)
+    {
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "no route to {v4} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A listener on the container's port 80; a connection to the node's 8080.
+    let listener = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.name(),
+            "timeout",
+            "10",
+            "nc",
+            "-l",
+            "80",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let node_ip = calico_lab::plan::node_v4(1).to_string();
+    node.sh(&format!("echo through-portmap | nc -N -w 3 {node_ip} 8080"))?;
+    let got = listener.wait_with_output()?;
+    let got = String::from_utf8_lossy(&got.stdout);
+    ensure!(
+        got.contains("through-portmap"),
+        "the published port did not reach the container: {got:?}"
+    );
+    // DEL in reverse order: their rules and our veth go.
+    stock("bandwidth", "DEL", &after_bw)?;
+    stock("portmap", "DEL", &after_bw)?;
+    let (ok, v) = call(&node, &env("DEL"), &ours)?;
+    ensure!(ok, "DEL failed: {v}");
+    let nat = node.run(&["iptables-save", "-t", "nat"])?;
+    ensure!(
+        !nat.contains("8080"),
+        "portmap's DNAT left after DEL: {nat}"
+    );
+    ensure!(!links(&node)?.contains(&host), "{host} left after DEL");
+    Ok(())
+}
