@@ -725,3 +725,156 @@ fn chained_with_the_stock_portmap_and_bandwidth() -> Result<()> {
     ensure!(!links(&node)?.contains(&host), "{host} left after DEL");
     Ok(())
 }
+
+/// A runtime no one here wrote: podman 4 (CNI network backend) calls the plugin from a conflist,
+/// in a lab node's namespace, with its configuration and storage in the lab's directory (never
+/// /etc). The container sees its address and the Calico gateway; `--rm` and `podman rm` leave no
+/// veth and no allocation.
+#[test]
+fn podman_runs_containers_through_the_plugin() -> Result<()> {
+    for (bin, pkg) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
+    ] {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()?
+                .status
+                .success(),
+            "{bin} missing: install Debian's {pkg} (scripts/deps.sh does)"
+        );
+    }
+    let mut c = Cluster::new("cnm", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let dir = c.lab().dir().join("podman");
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()?
+            .stdout,
+    )?;
+    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox"))?;
+    for a in ["sh", "ip", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
+    }
+    let (net_d, cni_bin) = (dir.join("net.d"), dir.join("cni-bin"));
+    std::fs::create_dir_all(&net_d)?;
+    std::fs::create_dir_all(&cni_bin)?;
+    std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
+    std::fs::write(
+        net_d.join("crsnet.conflist"),
+        format!(
+            r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
+                {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
+                  "nodename": "n1", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
+            c.dir().display()
+        ),
+    )?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
+             network_config_dir = \"{}\"\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             events_logfile_path = \"{d}/events.log\"\ntmp_dir = \"{d}/tmp\"\n\
+             volume_path = \"{d}/volumes\"\nstatic_dir = \"{d}/static\"\n",
+            cni_bin.display(),
+            net_d.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("storage.conf"),
+        format!("[storage]\ndriver = \"vfs\"\nrunroot = \"{d}/runroot\"\ngraphroot = \"{d}/graphroot\"\n"),
+    )?;
+    // podman through nsenter (ip netns exec would remount /sys), options before --rootfs.
+    let podman = |args: &[&str]| -> Result<String> {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "podman {args:?}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let ipam = Ipam::new(c.dir())?;
+    let ours = || -> Result<(usize, u64)> {
+        let veths = links(&node)?
+            .lines()
+            .filter(|l| l.starts_with("cali"))
+            .count();
+        let held = ipam
+            .usage()?
+            .blocks
+            .iter()
+            .flat_map(|b| b.allocations.clone())
+            .filter(|(_, h)| h.starts_with("k8s-pod-network."))
+            .count() as u64;
+        Ok((veths, held))
+    };
+    let root = rootfs.display().to_string();
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "crsnet",
+        "--rootfs",
+        &root,
+        "/bin/sh",
+        "-c",
+        "ip -4 addr show eth0; ip -4 route",
+    ])?;
+    ensure!(
+        out.contains("inet 10.244."),
+        "the container's eth0 has no pool address: {out}"
+    );
+    ensure!(
+        out.contains("default via 169.254.1.1 dev eth0"),
+        "the container's routes: {out}"
+    );
+    ensure!(
+        ours()? == (0, 0),
+        "--rm left veths/allocations: {:?}",
+        ours()?
+    );
+    let id = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "crs-sleeper",
+        "--network",
+        "crsnet",
+        "--rootfs",
+        &root,
+        "/bin/sleep",
+        "60",
+    ])?;
+    let id = id.trim().to_string();
+    let held = ipam.addresses_of(&format!("k8s-pod-network.{id}"))?;
+    ensure!(held.len() == 1, "podman's container {id} holds {held:?}");
+    ensure!(ours()? == (1, 1), "one container: {:?}", ours()?);
+    podman(&["rm", "-f", "-t", "0", "crs-sleeper"])?;
+    ensure!(
+        ours()? == (0, 0),
+        "podman rm left veths/allocations: {:?}",
+        ours()?
+    );
+    Ok(())
+}
