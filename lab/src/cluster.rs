@@ -530,6 +530,29 @@ protocol device {{ }}
 
     /// The ToR BIRD's `show protocols` line of each node session (name, proto, table, state,
     /// since), by name: a flap changes it.
+    /// What the daemons and the ToR's BIRD logged about BGP, for a failure message.
+    pub fn bgp_story(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out += &format!("--- {} daemon (BGP lines):\n", n.name);
+            for l in n.daemon.log().lines().filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("peer")
+                    || l.contains("speaker")
+                    || l.contains("bgp")
+                    || l.contains("session")
+            }) {
+                out += l;
+                out.push('\n');
+            }
+        }
+        if let Some(tor) = &self.tor {
+            out += "--- BIRD log:\n";
+            out += &tor.log();
+        }
+        out
+    }
+
     pub fn tor_sessions(&self) -> Result<BTreeMap<String, String>> {
         let tor = self.tor.as_ref().context("the cluster has no ToR")?;
         let out = tor.birdc("show protocols")?;

@@ -18,29 +18,6 @@ const ISOLATE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
     metadata: {name: isolate, namespace: default}\nspec:\n  podSelector: {}\n  \
     policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: nobody}}\n";
 
-/// What the daemons and BIRD logged about BGP, for a failure message.
-fn bgp_story(c: &Cluster) -> String {
-    let mut out = String::new();
-    for n in &c.nodes {
-        out += &format!("--- {} daemon (BGP lines):\n", n.name);
-        for l in n.daemon.log().lines().filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("peer")
-                || l.contains("speaker")
-                || l.contains("bgp")
-                || l.contains("session")
-        }) {
-            out += l;
-            out.push('\n');
-        }
-    }
-    if let Some(tor) = &c.tor {
-        out += "--- BIRD log:\n";
-        out += &tor.log();
-    }
-    out
-}
-
 fn tor_prefixes(c: &Cluster) -> Result<Vec<String>> {
     let tor = c.tor.as_ref().context("tor")?;
     let mut v: Vec<String> = tor.prefixes("")?.iter().map(|p| p.to_string()).collect();
@@ -169,7 +146,7 @@ fn broken_documents_keep_their_last_good_version() -> Result<()> {
             ensure!(
                 now == sessions,
                 "{file}: a BGP session with the ToR flapped: {sessions:?} became {now:?}\n{}",
-                bgp_story(&c)
+                c.bgp_story()
             );
             ensure!(
                 tor_prefixes(&c)? == prefixes,

@@ -146,9 +146,11 @@ fn losing_the_api_server_changes_nothing_and_relists_change_nothing() -> Result<
                 kernel(&c)? == before,
                 "the kernel changed during the outage"
             );
+            let now = c.tor_sessions()?;
             ensure!(
-                c.tor_sessions()? == sessions,
-                "a BGP session flapped during the outage"
+                now == sessions,
+                "a BGP session flapped during the outage: before {sessions:?}, now {now:?}\n{}",
+                c.bgp_story()
             );
             cluster::ping(&a.ns, &b.v4)?;
             ensure!(
