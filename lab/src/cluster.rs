@@ -553,7 +553,8 @@ protocol device {{ }}
         out
     }
 
-    pub fn tor_sessions(&self) -> Result<BTreeMap<String, String>> {
+    /// The ToR's BGP sessions with the nodes, by protocol name (BIRD's `show protocols`).
+    pub fn tor_sessions(&self) -> Result<BTreeMap<String, TorSession>> {
         let tor = self.tor.as_ref().context("the cluster has no ToR")?;
         let out = tor.birdc("show protocols")?;
         Ok(out
@@ -563,7 +564,7 @@ protocol device {{ }}
                 let w: Vec<&str> = l.split_whitespace().collect();
                 (
                     w.first().copied().unwrap_or_default().to_string(),
-                    w.iter().take(5).copied().collect::<Vec<_>>().join(" "),
+                    TorSession(w.iter().take(5).copied().collect::<Vec<_>>().join(" ")),
                 )
             })
             .collect())
@@ -748,4 +749,78 @@ fn gone_objects(before: Option<&str>, after: Option<&str>) -> String {
         .difference(&after)
         .map(|(v, k, m)| format!("apiVersion: {v}\nkind: {k}\nmetadata: {m}\n---\n"))
         .collect()
+}
+
+/// One line of BIRD's `show protocols` (name, protocol, table, state, since). Two are equal when
+/// all but "since" match and "since" is within a second: BIRD prints it with milliseconds,
+/// computed from its monotonic clock and the current wall-clock offset, so the same unchanged
+/// session reads a millisecond or two apart from one call to the next. A real flap moves it by
+/// the session's re-establishment time, seconds at least.
+#[derive(Clone)]
+pub struct TorSession(pub String);
+
+impl TorSession {
+    /// ("all but since", since as seconds of the day if it is a time of day).
+    fn parts(&self) -> (String, Option<f64>) {
+        let w: Vec<&str> = self.0.split_whitespace().collect();
+        let since = w.get(4).and_then(|t| {
+            let mut f = t.split(':');
+            let (h, m, s) = (f.next()?, f.next()?, f.next()?);
+            Some(
+                h.parse::<f64>().ok()? * 3600.0
+                    + m.parse::<f64>().ok()? * 60.0
+                    + s.parse::<f64>().ok()?,
+            )
+        });
+        let head = match since {
+            Some(_) => w.iter().take(4).copied().collect::<Vec<_>>().join(" "),
+            None => self.0.clone(),
+        };
+        (head, since)
+    }
+}
+
+impl PartialEq for TorSession {
+    fn eq(&self, other: &TorSession) -> bool {
+        let ((a, sa), (b, sb)) = (self.parts(), other.parts());
+        a == b
+            && match (sa, sb) {
+                (Some(x), Some(y)) => (x - y).abs() < 1.0,
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl std::fmt::Debug for TorSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tor_session_tests {
+    use super::TorSession;
+
+    #[test]
+    fn since_within_a_second_is_the_same_session() {
+        let s = |t: &str| TorSession(t.to_string());
+        assert_eq!(
+            s("n1 BGP --- up 03:45:27.458"),
+            s("n1 BGP --- up 03:45:27.459")
+        );
+        assert_eq!(
+            s("n1 BGP --- up 03:45:27.999"),
+            s("n1 BGP --- up 03:45:28.001")
+        );
+        assert_ne!(
+            s("n1 BGP --- up 03:45:27.458"),
+            s("n1 BGP --- up 03:45:31.100")
+        );
+        assert_ne!(
+            s("n1 BGP --- up 03:45:27.458"),
+            s("n1 BGP --- start 03:45:27.458")
+        );
+        assert_eq!(s("n1 BGP --- up 2026-12-01"), s("n1 BGP --- up 2026-12-01"));
+    }
 }
