@@ -26,6 +26,7 @@ pub mod bins;
 pub mod check;
 pub mod cluster;
 pub mod cmd;
+pub mod cni;
 pub mod datastore;
 pub mod kubeapi;
 pub mod lab;

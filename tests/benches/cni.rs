@@ -10,11 +10,9 @@
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p calico-tests --bench cni`
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use calico_lab::cluster::Cluster;
 use calico_lab::lab::Netns;
 
@@ -23,30 +21,9 @@ const CONCURRENT: usize = 50;
 
 /// One plugin call: `bin` in `node`'s namespace; fails unless it succeeds.
 fn call(node: &Netns, bin: &str, env: &[(String, String)], conf: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", node.path().display()))
-        .arg(bin)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(conf.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let took = t.elapsed();
-    ensure!(
-        out.status.success(),
-        "{bin} {:?}: {} {}",
-        env.first(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(took)
+    let c = calico_lab::cni::call(node, std::path::Path::new(bin), env.iter().cloned(), conf)?;
+    ensure!(c.ok, "{bin} {:?}: {} {}", env.first(), c.stdout, c.stderr);
+    Ok(c.took)
 }
 
 fn env(cmd: &str, i: usize, netns: &Netns) -> Vec<(String, String)> {

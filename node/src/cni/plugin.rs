@@ -317,17 +317,21 @@ fn delegate(env: &CniEnv, conf: &NetConf, plugin: &str, command: &str) -> Result
     Ok(reply)
 }
 
-/// `ip -batch -` with `lines`, in `netns` (a path) when given.
-fn ip_batch(netns: Option<&Path>, lines: &[String]) -> Result<(), String> {
-    let mut cmd = match netns {
+/// `program` run in `netns` (a path) when given, else here.
+fn in_netns(netns: Option<&Path>, program: &str) -> Proc {
+    match netns {
         Some(ns) => {
             let mut c = Proc::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("ip");
+            c.arg(format!("--net={}", ns.display())).arg(program);
             c
         }
-        None => Proc::new("ip"),
-    };
-    let mut child = cmd
+        None => Proc::new(program),
+    }
+}
+
+/// `ip -batch -` with `lines`, in `netns` (a path) when given.
+fn ip_batch(netns: Option<&Path>, lines: &[String]) -> Result<(), String> {
+    let mut child = in_netns(netns, "ip")
         .args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -349,15 +353,7 @@ fn ip_batch(netns: Option<&Path>, lines: &[String]) -> Result<(), String> {
 
 /// `ip -j` output for `args` in `netns`.
 fn ip_json(netns: Option<&Path>, args: &[&str]) -> Result<Value, String> {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Proc::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("ip");
-            c
-        }
-        None => Proc::new("ip"),
-    };
-    let out = cmd
+    let out = in_netns(netns, "ip")
         .arg("-j")
         .args(args)
         .output()
@@ -447,9 +443,8 @@ fn plumb(
         )
     })?;
     if conf.allow_ip_forwarding {
-        let out = Proc::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        let out = in_netns(Some(netns), "sysctl")
+            .args(["-q", "-w", "net.ipv4.ip_forward=1"])
             .output()
             .map_err(|e| io_err("sysctl", e))?;
         if !out.status.success() {

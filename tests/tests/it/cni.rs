@@ -4,7 +4,6 @@
 //! reachable; CHECK, a failed ADD that leaves nothing behind, and DEL (idempotent, and with an
 //! empty `CNI_NETNS`) leave no veth and no allocation.
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,34 +15,13 @@ use serde_json::Value;
 
 /// One plugin call in `node`'s namespace: exit success and the stdout JSON (`Null` if empty).
 fn call(node: &Netns, env: &[(&str, &str)], conf: &str) -> Result<(bool, Value)> {
-    let bin = calico_lab::bins::cni_bin()?;
-    let mut argv: Vec<String> = vec![
-        "netns".into(),
-        "exec".into(),
-        node.name().into(),
-        "env".into(),
-    ];
-    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    argv.push(bin.display().to_string());
-    let mut child = Command::new("ip")
-        .args(&argv)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(conf.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).with_context(|| format!("plugin stdout is not JSON: {text}"))?
-    };
-    Ok((out.status.success(), v))
+    let c = calico_lab::cni::call(
+        node,
+        &calico_lab::bins::cni_bin()?,
+        env.iter().copied(),
+        conf,
+    )?;
+    Ok((c.ok, c.json()?))
 }
 
 fn conf(dir: &std::path::Path, version: &str) -> String {
@@ -622,33 +600,15 @@ fn chained_with_the_stock_portmap_and_bandwidth() -> Result<()> {
             },
             "prevResult": prev,
         });
-        let bin = format!("/usr/lib/cni/{plugin}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", node.name()])
-            .arg(&bin)
-            .envs(env(cmd))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
+        let bin = std::path::PathBuf::from(format!("/usr/lib/cni/{plugin}"));
+        let out = calico_lab::cni::call(&node, &bin, env(cmd), &conf.to_string())?;
         ensure!(
-            out.status.success(),
+            out.ok,
             "{plugin} {cmd} failed: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            out.stdout,
+            out.stderr
         );
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        })
+        out.json()
     };
     let (ok, res) = call(&node, &env("ADD"), &ours)?;
     ensure!(ok, "ADD failed: {res}");

@@ -277,15 +277,8 @@ impl Owner {
             if p.not_in_sync == not_in_sync {
                 return None;
             }
-            self.revision += 1;
-            let s = Arc::new(Snapshot {
-                state: p.state.clone(),
-                errors: p.errors.clone(),
-                revision: self.revision,
-                not_in_sync,
-            });
-            self.published = Some(s.clone());
-            return Some(s);
+            let (state, errors) = (p.state.clone(), p.errors.clone());
+            return Some(self.publish(state, errors, not_in_sync));
         }
         self.dirty = false;
         let t = Instant::now();
@@ -304,16 +297,27 @@ impl Owner {
                 return None;
             }
         }
+        let s = self.publish(scan.state, scan.errors, not_in_sync);
+        debug!(revision = self.revision, took = ?t.elapsed(), "snapshot built");
+        Some(s)
+    }
+
+    /// The next revision, remembered as published.
+    fn publish(
+        &mut self,
+        state: crate::datastore::ClusterState,
+        errors: Vec<ResourceError>,
+        not_in_sync: Option<String>,
+    ) -> Arc<Snapshot> {
         self.revision += 1;
         let s = Arc::new(Snapshot {
-            state: scan.state,
-            errors: scan.errors,
+            state,
+            errors,
             revision: self.revision,
             not_in_sync,
         });
         self.published = Some(s.clone());
-        debug!(revision = self.revision, took = ?t.elapsed(), "snapshot built");
-        Some(s)
+        s
     }
 }
 
