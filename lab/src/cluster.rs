@@ -195,6 +195,11 @@ protocol device {{ }}
         self.lab.dir().join(format!("{name}.sock"))
     }
 
+    /// The CNI plugin's socket of node `name`'s daemon (beside its status socket).
+    pub fn cni_socket(&self, name: &str) -> PathBuf {
+        self.lab.dir().join(format!("{name}.cni.sock"))
+    }
+
     /// An extra BIRD (a peer the nodes reach on the segment) in a namespace `name` of its own, with
     /// `addrs` (CIDRs) on its `eth0`; `config` needs a `router id`.
     pub fn add_bird(&self, name: &str, addrs: &[&str], config: &str) -> Result<Bird> {

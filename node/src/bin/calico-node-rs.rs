@@ -82,6 +82,30 @@ struct RunArgs {
         default_value = "Accept"
     )]
     default_endpoint_to_host_action: felix::policy::EndpointToHostAction,
+    /// The CNI plugin's socket (mode 0600), where calico-cni-rs asks for pod addresses; `none`
+    /// turns it off. Default: /var/run/calico-rs/cni.sock beside the default status socket, else
+    /// beside the --grpc unix socket as NAME.cni.sock (so daemons sharing a directory, as in
+    /// the lab, do not collide).
+    #[arg(long, env = "CALICO_RS_CNI_SOCKET", value_name = "PATH|none")]
+    cni_socket: Option<String>,
+}
+
+/// The CNI socket: the flag, else beside the status socket (see `RunArgs::cni_socket`).
+fn cni_socket(flag: Option<&str>, grpc: &str) -> Option<std::path::PathBuf> {
+    match flag {
+        Some("none") => None,
+        Some(p) if !p.is_empty() => Some(p.into()),
+        _ => {
+            let beside = grpc
+                .strip_prefix("unix:")
+                .map(|p| p.strip_prefix("//").unwrap_or(p))
+                .filter(|_| grpc != calico_node::grpc::DEFAULT_GRPC);
+            Some(match beside {
+                Some(p) => format!("{}.cni.sock", p.strip_suffix(".sock").unwrap_or(p)).into(),
+                None => calico_node::cni::socket::DEFAULT_SOCKET.into(),
+            })
+        }
+    }
 }
 
 fn datastore(arg: Option<String>) -> Result<DatastoreKind, String> {
@@ -184,6 +208,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.route_protocol = a.route_protocol;
     cfg.nft_table = a.nft_table.clone();
     cfg.endpoint_to_host = a.default_endpoint_to_host_action;
+    cfg.cni_socket = cni_socket(a.cni_socket.as_deref(), &a.grpc.grpc);
     let grpc = match a.grpc.listen() {
         Ok(g) => g,
         Err(e) => {

@@ -32,10 +32,10 @@ pub enum IpamCfg {
 pub enum DatastoreCfg {
     /// The file datastore directory, used directly.
     File(PathBuf),
-    /// The local daemon does the IPAM and the Pod annotations with its own service account; the
-    /// plugin holds no credentials. `kubeconfig` is accepted (Calico's configs carry it) but not
-    /// used by the plugin.
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    /// The local daemon does the IPAM and the Pod annotations with its own service account,
+    /// asked over its socket (`daemon_socket`, see [`super::socket`]); the plugin holds no
+    /// credentials, so Calico's `kubernetes.kubeconfig` is refused.
+    Kubernetes { socket: PathBuf },
 }
 
 /// A parsed configuration.
@@ -82,6 +82,7 @@ const SPEC_KEYS: &[&str] = &[
 const CALICO_KEYS: &[&str] = &[
     "datastore_type",
     "datastore_dir",
+    "daemon_socket",
     "nodename",
     "nodename_file",
     "nodename_file_optional",
@@ -240,17 +241,44 @@ impl NetConf {
         }
         let datastore = match str_of(m, "datastore_type")?.as_deref() {
             None | Some("kubernetes") => {
-                let kubeconfig = match m.get("kubernetes") {
-                    None | Some(Value::Null) => None,
+                match m.get("kubernetes") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Object(k)) if k.is_empty() => {}
                     Some(Value::Object(k)) => {
-                        check_keys(k, "kubernetes.", &["kubeconfig", "k8s_api_root"])?;
-                        str_of(k, "kubeconfig")?.map(PathBuf::from)
+                        let key = k.keys().next().expect("not empty");
+                        return Err(CniError::new(
+                            Code::UnsupportedField,
+                            format!(
+                                "kubernetes.{key}: calico-cni-rs holds no Kubernetes credentials; \
+                                 the node's calico-node-rs does the IPAM and the Pod annotations \
+                                 (over daemon_socket), so remove the kubernetes section"
+                            ),
+                        ));
                     }
                     Some(v) => return Err(invalid(format!("kubernetes: want an object, got {v}"))),
-                };
-                DatastoreCfg::Kubernetes { kubeconfig }
+                }
+                if m.contains_key("datastore_dir") {
+                    return Err(invalid(
+                        "datastore_dir: only with datastore_type file".into(),
+                    ));
+                }
+                let socket = str_of(m, "daemon_socket")?
+                    .unwrap_or_else(|| super::socket::DEFAULT_SOCKET.into());
+                if !socket.starts_with('/') {
+                    return Err(invalid(format!(
+                        "daemon_socket {socket:?}: want an absolute path"
+                    )));
+                }
+                DatastoreCfg::Kubernetes {
+                    socket: socket.into(),
+                }
             }
             Some("file") => {
+                if m.contains_key("daemon_socket") || m.contains_key("kubernetes") {
+                    return Err(invalid(
+                        "daemon_socket, kubernetes: only with datastore_type kubernetes".into(),
+                    ));
+                }
                 DatastoreCfg::File(str_of(m, "datastore_dir")?.map(PathBuf::from).ok_or_else(
                     || invalid("datastore_dir: required with datastore_type file".into()),
                 )?)

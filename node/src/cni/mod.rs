@@ -8,6 +8,7 @@ pub mod error;
 pub mod install;
 pub mod plugin;
 pub mod result;
+pub mod socket;
 
 #[cfg(test)]
 mod tests;

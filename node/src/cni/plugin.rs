@@ -17,13 +17,16 @@
 //! `STATUS` (1.1) says whether ADD can be served; `GC` (1.1) releases this node's allocations of
 //! containers not among `cni.dev/valid-attachments`.
 //!
-//! Not here yet: the Kubernetes datastore (the daemon's IPAM socket); a configuration asking for
-//! it is refused with an error saying so.
+//! Where addresses come from: with `datastore_type file`, the datastore directory's IPAM
+//! directly; with `datastore_type kubernetes`, the node's daemon over its socket
+//! ([`super::socket`]), which also writes the Pod's annotations (the plugin holds no
+//! credentials); or the delegated IPAM plugin.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command as Proc, Stdio};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::{json, Value};
@@ -32,6 +35,7 @@ use super::config::{DatastoreCfg, IpamCfg, NetConf};
 use super::env::{CniEnv, Command};
 use super::error::{CniError, Code};
 use super::result::{version_json, AddResult, Iface};
+use super::socket::{PodId, Reply, Request};
 use crate::datastore::IpFamily;
 use crate::ipam::Ipam;
 
@@ -57,6 +61,16 @@ fn status(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             assign_ipv6,
             ..
         } => {
+            if let DatastoreCfg::Kubernetes { socket } = &conf.datastore {
+                let req = Request::Status {
+                    node: conf.node_name()?,
+                    ipv4: *assign_ipv4,
+                    ipv6: *assign_ipv6,
+                };
+                return ask(socket, &req, ASK_TIMEOUT)
+                    .map(|_| ())
+                    .map_err(|e| unavailable(e.msg));
+            }
             let dir = datastore_dir(conf)?;
             let node = conf.node_name()?;
             let scan = crate::datastore::file::scan_dir(dir)
@@ -120,6 +134,13 @@ fn gc(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let valid = valid_attachments(conf)?;
     match &conf.ipam {
         IpamCfg::Calico { .. } => {
+            if let DatastoreCfg::Kubernetes { socket } = &conf.datastore {
+                let req = Request::Gc {
+                    node: conf.node_name()?,
+                    valid: valid.into_iter().collect(),
+                };
+                return ask(socket, &req, ASK_TIMEOUT).map(|_| ());
+            }
             let dir = datastore_dir(conf)?;
             let node = conf.node_name()?;
             let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
@@ -156,16 +177,49 @@ fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(Code::Io, format!("{what}: {e}"))
 }
 
-/// The file datastore directory, or the refusal for what is not built yet.
+/// The file datastore directory (callers handle the Kubernetes datastore first).
 fn datastore_dir(conf: &NetConf) -> Result<&Path, CniError> {
     match &conf.datastore {
         DatastoreCfg::File(dir) => Ok(dir),
-        DatastoreCfg::Kubernetes { .. } => Err(CniError::new(
+        DatastoreCfg::Kubernetes { socket } => Err(CniError::new(
             Code::InvalidConfig,
-            "datastore_type kubernetes: not implemented by calico-cni-rs yet (the daemon's IPAM \
-             socket); use datastore_type file or a delegated ipam plugin",
+            format!(
+                "datastore_type kubernetes: addresses come from the daemon at {}",
+                socket.display()
+            ),
         )),
     }
+}
+
+/// Longest wait for the daemon's answer to an ADD (it may claim a block on the API).
+const ADD_TIMEOUT: Duration = Duration::from_secs(60);
+/// For a DEL: the daemon answers within a second even when the API server is not reachable.
+const DEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// For STATUS, GC and CHECK.
+const ASK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One request to the daemon; its refusal as a CNI error (`retry`: try again later).
+fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CniError> {
+    let reply = crate::cni::socket::call(socket, req, timeout)
+        .map_err(|e| CniError::new(Code::TryAgainLater, e.to_string()))?;
+    match &reply.error {
+        Some(msg) => Err(CniError::new(
+            if reply.retry {
+                Code::TryAgainLater
+            } else {
+                Code::Io
+            },
+            format!("calico-node-rs: {msg}"),
+        )),
+        None => Ok(reply),
+    }
+}
+
+fn pod_id(env: &CniEnv) -> Option<PodId> {
+    env.pod.as_ref().map(|(namespace, name)| PodId {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    })
 }
 
 /// Addresses for the container: from our IPAM (both families as configured) or the delegate.
@@ -177,6 +231,19 @@ fn allocate(env: &CniEnv, conf: &NetConf) -> Result<Vec<IpNet>, CniError> {
             ipv4_pools,
             ipv6_pools,
         } => {
+            if let DatastoreCfg::Kubernetes { socket } = &conf.datastore {
+                let req = Request::Add {
+                    node: conf.node_name()?,
+                    container_id: env.container_id.clone(),
+                    pod: pod_id(env),
+                    ipv4: *assign_ipv4,
+                    ipv6: *assign_ipv6,
+                    ipv4_pools: ipv4_pools.clone(),
+                    ipv6_pools: ipv6_pools.clone(),
+                };
+                let reply = ask(socket, &req, ADD_TIMEOUT)?;
+                return Ok(reply.ips.into_iter().map(IpNet::from).collect());
+            }
             let dir = datastore_dir(conf)?;
             let node = conf.node_name()?;
             let scan = crate::datastore::file::scan_dir(dir)
@@ -241,6 +308,17 @@ fn allocate(env: &CniEnv, conf: &NetConf) -> Result<Vec<IpNet>, CniError> {
 fn release(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     match &conf.ipam {
         IpamCfg::Calico { .. } => {
+            if let DatastoreCfg::Kubernetes { socket } = &conf.datastore {
+                let req = Request::Del {
+                    node: conf.node_name()?,
+                    container_id: env.container_id.clone(),
+                    pod: pod_id(env),
+                };
+                // `queued`: the daemon gives the addresses back once the API server answers
+                // (and logs it); for the runtime the DEL is done.
+                ask(socket, &req, DEL_TIMEOUT)?;
+                return Ok(());
+            }
             let dir = datastore_dir(conf)?;
             let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
             ipam.release(&env.handle())
@@ -511,11 +589,19 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         )
     })?;
     let want: Vec<IpAddr> = match &conf.ipam {
-        IpamCfg::Calico { .. } => {
-            let ipam = Ipam::new(datastore_dir(conf)?).map_err(|e| io_err("IPAM", e))?;
-            ipam.addresses_of(&env.handle())
-                .map_err(|e| io_err("IPAM", e))?
-        }
+        IpamCfg::Calico { .. } => match &conf.datastore {
+            DatastoreCfg::Kubernetes { socket } => {
+                let req = Request::Addresses {
+                    container_id: env.container_id.clone(),
+                };
+                ask(socket, &req, ASK_TIMEOUT)?.ips
+            }
+            DatastoreCfg::File(dir) => {
+                let ipam = Ipam::new(dir).map_err(|e| io_err("IPAM", e))?;
+                ipam.addresses_of(&env.handle())
+                    .map_err(|e| io_err("IPAM", e))?
+            }
+        },
         IpamCfg::Delegate { .. } => Vec::new(),
     };
     let addrs = ip_json(Some(netns), &["addr", "show", "dev", &env.ifname]).map_err(|e| {

@@ -16,8 +16,7 @@ fn calico_style() -> serde_json::Value {
         "log_level": "info", "log_file_path": "/var/log/calico/cni/cni.log",
         "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"},
         "container_settings": {"allow_ip_forwarding": false},
-        "policy": {"type": "k8s"},
-        "kubernetes": {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}
+        "policy": {"type": "k8s"}
     })
 }
 
@@ -36,7 +35,31 @@ fn a_calico_config_parses() {
             ipv6_pools: vec![]
         }
     );
-    assert!(matches!(c.datastore, DatastoreCfg::Kubernetes { .. }));
+    assert_eq!(
+        c.datastore,
+        DatastoreCfg::Kubernetes {
+            socket: "/var/run/calico-rs/cni.sock".into()
+        }
+    );
+    // Calico's kubeconfig: refused, naming it (the plugin holds no credentials).
+    let mut k = calico_style();
+    k["kubernetes"] = json!({"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"});
+    let e = conf(k).unwrap_err();
+    assert!(e.msg.contains("kubernetes.kubeconfig"), "{e}");
+    let mut k = calico_style();
+    k["daemon_socket"] = json!("/run/x/cni.sock");
+    assert_eq!(
+        conf(k).unwrap().datastore,
+        DatastoreCfg::Kubernetes {
+            socket: "/run/x/cni.sock".into()
+        }
+    );
+    let mut k = calico_style();
+    k["daemon_socket"] = json!("rel.sock");
+    assert!(conf(k).unwrap_err().msg.contains("daemon_socket"));
+    let mut k = calico_style();
+    k["datastore_dir"] = json!("/x");
+    assert!(conf(k).unwrap_err().msg.contains("datastore_dir"));
     let mut f = calico_style();
     f["datastore_type"] = json!("file");
     f["datastore_dir"] = json!("/var/lib/calico-rs/datastore");

@@ -1,7 +1,7 @@
 //! IPAM as the daemon uses it, whichever backend stores it: a watch of every block with its use
 //! (to originate and blackhole this node's blocks and show them in the status), and releasing
-//! the blocks of a node that was deleted (see [`super::release`]). Allocation is the CNI
-//! plugin's and the lab's business, not the daemon loop's.
+//! the blocks of a node that was deleted (see [`super::release`]), and allocation for the CNI
+//! plugin's socket (see [`super::cni`]); the daemon loop itself never allocates.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::watch;
 
+use crate::datastore::{IpFamily, IpPool};
 use crate::ipam::kdd::watch::KddIpamWatch;
 use crate::ipam::kdd::KddIpam;
 use crate::ipam::watch::{IpamView, IpamWatch};
@@ -29,8 +30,20 @@ pub trait NodeIpam: Send + Sync {
         in_use: &dyn Fn(IpAddr, &str) -> bool,
     ) -> Result<Vec<IpNet>, IpamError>;
 
-    /// Releases every address of `handle` (a leaked allocation, see [`super::gc`]).
+    /// Releases every address of `handle` (a leaked allocation, see [`super::gc`]; a CNI DEL).
     fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError>;
+
+    /// An address of `family` for `handle` on `node` from `pools` (a CNI ADD, see [`super::cni`]).
+    fn allocate(
+        &self,
+        node: &str,
+        handle: &str,
+        family: IpFamily,
+        pools: &[IpPool],
+    ) -> Result<IpAddr, IpamError>;
+
+    /// The addresses `handle` holds.
+    fn addresses_of(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError>;
 }
 
 /// IPAM in the file datastore's directory (`DIR/ipam/`).
@@ -63,6 +76,20 @@ impl NodeIpam for FileIpam {
 
     fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         self.ipam.release(handle)
+    }
+
+    fn allocate(
+        &self,
+        node: &str,
+        handle: &str,
+        family: IpFamily,
+        pools: &[IpPool],
+    ) -> Result<IpAddr, IpamError> {
+        self.ipam.allocate(node, handle, family, pools)
+    }
+
+    fn addresses_of(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.ipam.addresses_of(handle)
     }
 }
 
@@ -99,5 +126,19 @@ impl NodeIpam for KubeIpam {
 
     fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         self.ipam.release(handle)
+    }
+
+    fn allocate(
+        &self,
+        node: &str,
+        handle: &str,
+        family: IpFamily,
+        pools: &[IpPool],
+    ) -> Result<IpAddr, IpamError> {
+        self.ipam.allocate(node, handle, family, pools)
+    }
+
+    fn addresses_of(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.ipam.addresses_of(handle)
     }
 }

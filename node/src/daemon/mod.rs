@@ -25,6 +25,7 @@
 //! SIGTERM the sessions close without NOTIFICATION (graceful restart: peers keep our routes) and
 //! kernel routes and the nftables table stay as they are.
 
+pub mod cni;
 mod gate;
 pub mod gc;
 pub mod health;
@@ -80,6 +81,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the CNI plugin socket: {0}")]
+    CniSocket(crate::grpc::GrpcError),
     #[error("the {0} stopped")]
     Stopped(&'static str),
 }
@@ -130,6 +133,8 @@ pub struct DaemonCfg {
     /// What traffic from local pods to the node itself meets after the pod's egress policy
     /// (Calico's `defaultEndpointToHostAction`).
     pub endpoint_to_host: felix::policy::EndpointToHostAction,
+    /// Where the CNI plugin asks for pod addresses (see [`cni`]); `None`: not served.
+    pub cni_socket: Option<PathBuf>,
 }
 
 impl DaemonCfg {
@@ -145,6 +150,7 @@ impl DaemonCfg {
             nft_table: "calico-rs".into(),
             bgp_sync_timeout: Duration::from_secs(10),
             endpoint_to_host: felix::policy::EndpointToHostAction::Accept,
+            cni_socket: None,
         }
     }
 }
@@ -369,10 +375,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The datastore backend and the IPAM store beside it.
+/// The datastore backend, the IPAM store beside it, and the Kubernetes client when there is one.
 async fn open_datastore(
     kind: &DatastoreKind,
-) -> Result<(Arc<dyn Datastore>, Arc<dyn NodeIpam>), DaemonError> {
+) -> Result<(Arc<dyn Datastore>, Arc<dyn NodeIpam>, Option<kube::Client>), DaemonError> {
     match kind {
         DatastoreKind::File(dir) => {
             let ds = Arc::new(FileDatastore::open(dir)?);
@@ -380,14 +386,14 @@ async fn open_datastore(
                 dir: dir.clone(),
                 source,
             })?;
-            Ok((ds, Arc::new(ipam)))
+            Ok((ds, Arc::new(ipam), None))
         }
         DatastoreKind::Kubernetes => {
             let cfg = KubeCfg::from_env();
             let client = kubernetes::client(&cfg).await?;
             let ds = Arc::new(KubeDatastore::start_with(client.clone(), cfg).await?);
-            let ipam = ipam::KubeIpam::start(client);
-            Ok((ds, Arc::new(ipam)))
+            let ipam = ipam::KubeIpam::start(client.clone());
+            Ok((ds, Arc::new(ipam), Some(client)))
         }
     }
 }
@@ -398,7 +404,11 @@ impl Daemon {
         cfg: DaemonCfg,
         status: watch::Sender<Arc<NodeSnapshot>>,
     ) -> Result<(Daemon, Arc<dyn Datastore>), DaemonError> {
-        let (ds, ipam) = open_datastore(&cfg.datastore).await?;
+        let (ds, ipam, kube) = open_datastore(&cfg.datastore).await?;
+        if let Some(path) = &cfg.cni_socket {
+            cni::spawn(path, &cfg.nodename, ipam.clone(), ds.watch(), kube)
+                .map_err(DaemonError::CniSocket)?;
+        }
         let live = Arc::new(live::Liveness::new(Instant::now()));
         let routes = RouteManager::start(RoutesCfg {
             protocol: cfg.route_protocol,

@@ -46,7 +46,7 @@ pub enum BoundAddr {
 }
 
 /// Removes the socket file when the server stops.
-struct SocketGuard(PathBuf);
+pub(crate) struct SocketGuard(PathBuf);
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
@@ -159,7 +159,9 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, GrpcError> {
 
 /// Binds under a temporary name, sets mode 0600, then renames into place: the socket is never
 /// reachable at `path` with a wider mode, whatever the process umask.
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketGuard), GrpcError> {
+/// Binds a Unix socket at `path` with mode 0600 (created under a temporary name and renamed, so
+/// it is never reachable with a wider mode); a stale socket is replaced, a live one refused.
+pub(crate) fn bind_unix(path: &Path) -> Result<(UnixListener, SocketGuard), GrpcError> {
     let io = |what: &'static str, p: &Path| {
         let target = p.display().to_string();
         move |source| GrpcError::Io {

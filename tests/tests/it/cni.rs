@@ -838,3 +838,161 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Kubernetes datastore: the plugin holds no credentials and asks the node's daemon over its
+/// socket; the daemon allocates from the IPAMBlocks and writes the Pod's CNI annotations, from
+/// which it then routes the pod. A DEL during an API outage is answered within a second and
+/// the release happens once the API is back. A Pod that does not exist and a wrong nodename
+/// are refused with nothing left behind.
+#[test]
+fn kubernetes_datastore_through_the_daemon_socket() -> Result<()> {
+    let mut c = Cluster::new_kube("cnik", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let api = c.kube().context("kube")?;
+    api.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: kweb, namespace: default}\nspec:\n  \
+         nodeName: n1\n  containers: [{name: c, image: busybox}]\n",
+    )?;
+    let pod = c.lab().netns("n1.kweb")?;
+    let netns = pod.path().display().to_string();
+    let socket = c.cni_socket("n1");
+    let conf = |nodename: &str| {
+        format!(
+            r#"{{"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico-cni-rs",
+                "datastore_type": "kubernetes", "daemon_socket": "{}", "nodename": "{nodename}",
+                "ipam": {{"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}},
+                "policy": {{"type": "k8s"}}}}"#,
+            socket.display()
+        )
+    };
+    let env = |cmd: &'static str, id: &str, name: &str, netns: &str| -> Vec<(String, String)> {
+        vec![
+            ("CNI_COMMAND".into(), cmd.into()),
+            ("CNI_CONTAINERID".into(), id.into()),
+            ("CNI_NETNS".into(), netns.into()),
+            ("CNI_IFNAME".into(), "eth0".into()),
+            (
+                "CNI_ARGS".into(),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            ),
+            ("CNI_PATH".into(), "/usr/lib/cni".into()),
+        ]
+    };
+    let run = |e: Vec<(String, String)>, conf: &str| {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        call(&node, &e, conf)
+    };
+    let held = |handle: &str| -> Result<Vec<std::net::IpAddr>> {
+        let h = handle.to_string();
+        Ok(api.with_ipam(move |i| i.addresses_of(&h))??)
+    };
+
+    // ADD: addresses from the daemon, the Pod annotated, the pod routed and answering.
+    let (ok, res) = run(env("ADD", "k0001", "kweb", &netns), &conf("n1"))?;
+    ensure!(ok, "ADD failed: {res}");
+    let ips: Vec<String> = res["ips"]
+        .as_array()
+        .context("ips")?
+        .iter()
+        .map(|i| i["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ensure!(ips.len() == 2, "want an IPv4 and an IPv6 address: {res}");
+    let v4 = ips[0].trim_end_matches("/32").to_string();
+    ensure!(v4.starts_with("10.244."), "IPv4 from the pool: {res}");
+    ensure!(
+        held("k8s-pod-network.k0001")?.len() == 2,
+        "IPAMBlocks do not hold the handle's two addresses"
+    );
+    let ann = api.kubectl(
+        &[
+            "get",
+            "pod",
+            "kweb",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ],
+        None,
+    )?;
+    ensure!(
+        ann.contains(&format!("{v4}/32"))
+            && ann.contains("cni.projectcalico.org/podIPs")
+            && ann.contains("k0001"),
+        "Pod annotations: {ann}"
+    );
+    let host = felix::workload_iface_name("default", "kweb");
+    calico_lab::wait::eventually(Duration::from_secs(10), || {
+        let r = node.ip(&["route", "show", &format!("{v4}/32")])?;
+        ensure!(r.contains(&host), "no route to {v4} via {host}: {r}");
+        Ok(())
+    })?;
+    calico_lab::cluster::ping(&node, &v4)?;
+    let (ok, v) = run(env("CHECK", "k0001", "kweb", &netns), &conf("n1"))?;
+    ensure!(ok, "CHECK failed: {v}");
+
+    // Refusals: a wrong nodename, a Pod that does not exist. Nothing is left of either.
+    let other = c.lab().netns("n1.ghost")?;
+    let other_ns = other.path().display().to_string();
+    let (ok, v) = run(env("ADD", "k0002", "kweb2", &other_ns), &conf("n9"))?;
+    ensure!(
+        !ok && v["msg"].as_str().unwrap_or("").contains("n9"),
+        "wrong nodename: {v}"
+    );
+    let (ok, v) = run(env("ADD", "k0003", "ghost", &other_ns), &conf("n1"))?;
+    ensure!(
+        !ok && v["msg"].as_str().unwrap_or("").contains("ghost"),
+        "ADD for a Pod that does not exist: {v}"
+    );
+    ensure!(
+        held("k8s-pod-network.k0003")?.is_empty(),
+        "the refused ADD left its addresses"
+    );
+    ensure!(
+        !links(&node)?.contains(&felix::workload_iface_name("default", "ghost")),
+        "the refused ADD left its veth"
+    );
+
+    // DEL while the API server is down: answered within a second; released once it is back.
+    api.control("outage?seconds=6")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let (ok, v) = run(env("DEL", "k0001", "kweb", &netns), &conf("n1"))?;
+    let took = t.elapsed();
+    ensure!(ok, "DEL during the outage failed: {v}");
+    ensure!(
+        took < Duration::from_secs(1) + Duration::from_millis(300),
+        "DEL during the outage took {took:?} (the plugin itself is most of the 300 ms margin)"
+    );
+    ensure!(!links(&node)?.contains(&host), "{host} left after DEL");
+    let log = c.nodes[0].daemon.log();
+    ensure!(
+        log.contains("release queued"),
+        "the daemon did not queue the release during the outage:\n{log}"
+    );
+    calico_lab::wait::eventually(Duration::from_secs(30), || {
+        ensure!(
+            held("k8s-pod-network.k0001")?.is_empty(),
+            "the queued release has not happened"
+        );
+        let ann = api.kubectl(
+            &[
+                "get",
+                "pod",
+                "kweb",
+                "-o",
+                "jsonpath={.metadata.annotations}",
+            ],
+            None,
+        )?;
+        ensure!(!ann.contains("podIP"), "annotations left: {ann}");
+        Ok(())
+    })?;
+    ensure!(
+        c.nodes[0].daemon.log().contains("CNI DEL: released"),
+        "no release logged after the outage"
+    );
+    // DEL again (the runtime retries): fine.
+    let (ok, v) = run(env("DEL", "k0001", "kweb", ""), &conf("n1"))?;
+    ensure!(ok, "second DEL failed: {v}");
+    Ok(())
+}

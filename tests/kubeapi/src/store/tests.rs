@@ -276,12 +276,19 @@ fn patches_apply_and_check_preconditions() {
             Some("default"),
             "a",
             PatchType::Merge,
-            &json!({"status": {"podIP": "10.0.0.1"}, "metadata": {"labels": {"ignored": "1"}}}),
+            &json!({"status": {"podIP": "10.0.0.1"}, "metadata": {"annotations": {"cni": "1"}}, "spec": {"nodeName": "ignored"}}),
             STATUS,
         )
         .unwrap();
     assert_eq!(st.value["status"]["podIP"], "10.0.0.1");
-    assert!(st.value["metadata"]["labels"].get("ignored").is_none());
+    assert_eq!(
+        st.value["metadata"]["annotations"]["cni"], "1",
+        "pods/status may change annotations (upstream's pod status strategy)"
+    );
+    assert!(
+        st.value["spec"].get("nodeName").is_none(),
+        "pods/status never changes the spec"
+    );
     let main = s
         .patch(
             &pods,

@@ -12,7 +12,7 @@
 //! - Update (and every patch, once applied): a set `metadata.resourceVersion` that is not the stored
 //!   one is a 409 Conflict; unset means unconditional. Server-managed metadata is kept. With a status
 //!   subresource, writes to the object keep the stored status and writes to `/status` change only
-//!   status. `generation` goes up when anything but metadata and status changes. An update that changes
+//!   status (for pods, as upstream's pod status strategy: status, labels and annotations). `generation` goes up when anything but metadata and status changes. An update that changes
 //!   nothing is not a change (no new rv, no event), as upstream.
 //! - Delete: `preconditions` (uid, resourceVersion) must match (409). An object with finalizers gets a
 //!   `deletionTimestamp` and stays until an update removes the last finalizer. Otherwise it goes at
@@ -408,6 +408,20 @@ impl Store {
                     out.as_object_mut()
                         .expect("stored objects are objects")
                         .remove("status");
+                }
+            }
+            // Pods' status strategy keeps the spec (and owner references) but lets labels and
+            // annotations change: how CNI plugins (Calico's) record a pod's addresses.
+            if rt.gr == Gr::new("", "pods") {
+                for key in ["labels", "annotations"] {
+                    match new.get("metadata").and_then(|m| m.get(key)) {
+                        Some(v) => out["metadata"][key] = v.clone(),
+                        None => {
+                            if let Some(m) = out["metadata"].as_object_mut() {
+                                m.remove(key);
+                            }
+                        }
+                    }
                 }
             }
             out
