@@ -84,15 +84,16 @@ PENDING_ENV: set = set()
 # The RBAC the daemon may have: (namespace or None, apiGroup, resource) -> verbs.
 EXPECTED_RBAC = {
     (None, "", "nodes"): {"get", "list", "watch", "patch"},
-    (None, "", "pods"): {"list", "watch"},
+    (None, "", "pods"): {"list", "watch", "get"},
+    (None, "", "pods/status"): {"patch"},
     (None, "", "namespaces"): {"list", "watch"},
     (None, "networking.k8s.io", "networkpolicies"): {"list", "watch"},
     (None, CRD_GROUP, "bgpconfigurations"): {"list", "watch"},
     (None, CRD_GROUP, "bgppeers"): {"list", "watch"},
     (None, CRD_GROUP, "ippools"): {"list", "watch", "create"},
-    (None, CRD_GROUP, "blockaffinities"): {"delete"},
-    (None, CRD_GROUP, "ipamblocks"): {"list", "watch", "update", "delete"},
-    (None, CRD_GROUP, "ipamhandles"): {"get", "update", "delete"},
+    (None, CRD_GROUP, "blockaffinities"): {"create", "update", "delete"},
+    (None, CRD_GROUP, "ipamblocks"): {"list", "watch", "create", "update", "delete"},
+    (None, CRD_GROUP, "ipamhandles"): {"create", "get", "update", "delete"},
     ("kube-system", "", "secrets"): {"get"},
 }
 

@@ -392,6 +392,43 @@ fn the_daemons_requests_are_exactly_what_the_manifests_rbac_allows() -> Result<(
         ensure!(p.contains("default-ipv4-ippool"), "{p}");
         Ok(())
     })?;
+    // A pod through the CNI plugin on n4, which has no block yet: its daemon claims one, takes
+    // an address, annotates the Pod; DEL gives it all back.
+    kube(&c)?.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cnipod, namespace: default}\nspec:\n  \
+         nodeName: n4\n  containers: [{name: c, image: busybox}]\n",
+    )?;
+    let n4 = c
+        .nodes
+        .iter()
+        .find(|n| n.name == "n4")
+        .context("n4")?
+        .ns
+        .clone();
+    let pod = c.lab().netns("n4.cnipod")?;
+    let conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico-cni-rs",
+            "datastore_type": "kubernetes", "daemon_socket": "{}", "nodename": "n4",
+            "ipam": {{"type": "calico-ipam"}}}}"#,
+        c.cni_socket("n4").display()
+    );
+    let bin = calico_lab::bins::cni_bin()?;
+    for cmd in ["ADD", "DEL"] {
+        let netns = pod.path().display().to_string();
+        let env = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "rbac01"),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnipod",
+            ),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        let r = calico_lab::cni::call(&n4, &bin, env, &conf)?;
+        ensure!(r.ok, "CNI {cmd} on n4: {} {}", r.stdout, r.stderr);
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     let log = std::fs::read_to_string(kube(&c)?.request_log())?;
