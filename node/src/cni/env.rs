@@ -26,6 +26,8 @@ pub struct CniEnv {
     pub ifname: String,
     /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME`, when the runtime is a kubelet.
     pub pod: Option<(String, String)>,
+    /// `K8S_POD_NAME` alone: podman passes the container's name so.
+    pub container_name: Option<String>,
     pub path: Vec<PathBuf>,
 }
 
@@ -101,6 +103,7 @@ impl CniEnv {
             (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
             _ => None,
         };
+        let container_name = arg("K8S_POD_NAME").filter(|n| pod.is_none() && !n.is_empty());
         let path = get("CNI_PATH")
             .unwrap_or_default()
             .split(':')
@@ -113,6 +116,7 @@ impl CniEnv {
             netns,
             ifname,
             pod,
+            container_name,
             path,
         })
     }
@@ -122,12 +126,71 @@ impl CniEnv {
         format!("k8s-pod-network.{}", self.container_id)
     }
 
-    /// The host-side interface: Calico's name for a Kubernetes pod, else one from the container
-    /// ID (plain podman or containerd containers).
+    /// The host-side interface: Calico's name for a Kubernetes pod, else the one of the
+    /// container's endpoint (plain podman or containerd containers, see [`endpoint_name`]).
     pub fn host_iface(&self) -> String {
         match &self.pod {
             Some((ns, name)) => felix::workload_iface_name(ns, name),
-            None => felix::workload_iface_name("cni", &self.container_id),
+            None => {
+                felix::workload_iface_name(ENDPOINT_NAMESPACE, &endpoint_name(&self.container_id))
+            }
         }
+    }
+}
+
+/// The namespace of the endpoints of containers that are not Kubernetes pods.
+pub const ENDPOINT_NAMESPACE: &str = "cni";
+
+/// The endpoint (a Pod in [`ENDPOINT_NAMESPACE`]) of a container that is not a Kubernetes pod:
+/// the container ID when it is a valid Pod name (a DNS-1123 subdomain, as podman's and
+/// containerd's hex IDs are), else `cni-` and a digest of it.
+pub fn endpoint_name(container_id: &str) -> String {
+    let ok = !container_id.is_empty()
+        && container_id.len() <= 253
+        && container_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && container_id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && container_id
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        container_id.to_string()
+    } else {
+        let digest = felix::workload_iface_name("cni-endpoint", container_id);
+        format!(
+            "cni-{}",
+            &digest[felix::veth::WORKLOAD_IFACE_PREFIX.len()..]
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_are_valid_pod_names() {
+        let hex = "3f2a9c0d".repeat(8);
+        assert_eq!(
+            endpoint_name(&hex),
+            hex,
+            "a runtime's hex ID is its own name"
+        );
+        for odd in ["Upper_Case", "-lead", "trail-", "", &"a".repeat(300)] {
+            let n = endpoint_name(odd);
+            assert!(n.starts_with("cni-") && n.len() <= 253, "{odd:?} -> {n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{odd:?} -> {n}"
+            );
+            assert_eq!(n, endpoint_name(odd), "stable");
+        }
+        assert_ne!(endpoint_name("A"), endpoint_name("B"));
     }
 }

@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use super::config::{DatastoreCfg, IpamCfg, NetConf};
-use super::env::{CniEnv, Command};
+use super::env::{endpoint_name, CniEnv, Command, ENDPOINT_NAMESPACE};
 use super::error::{CniError, Code};
 use super::result::{version_json, AddResult, Iface};
 use super::socket::{PodId, Reply, Request};
@@ -132,6 +132,9 @@ fn gc(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     }
     let valid = valid_attachments(conf)?;
+    if let DatastoreCfg::File(dir) = &conf.datastore {
+        gc_endpoints(dir, &conf.node_name()?, &valid)?;
+    }
     match &conf.ipam {
         IpamCfg::Calico { .. } => {
             if let DatastoreCfg::Kubernetes { socket } = &conf.datastore {
@@ -168,6 +171,36 @@ fn gc(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             Err(e) => Err(e),
         },
     }
+}
+
+/// Removes this node's plain-container endpoints whose container is not among `valid`.
+fn gc_endpoints(
+    dir: &Path,
+    node: &str,
+    valid: &std::collections::BTreeSet<String>,
+) -> Result<(), CniError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir.display(), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("cni-endpoint-") && name.ends_with(".yaml")) {
+            continue;
+        }
+        let Ok(doc) = std::fs::read(e.path()).map(|b| serde_json::from_slice::<Value>(&b)) else {
+            continue;
+        };
+        let Ok(doc) = doc else { continue };
+        let id = doc
+            .pointer("/metadata/annotations/cni.projectcalico.org~1containerID")
+            .and_then(Value::as_str);
+        let on = doc.pointer("/spec/nodeName").and_then(Value::as_str);
+        if let (Some(id), Some(on)) = (id, on) {
+            if on == node && !valid.contains(id) {
+                std::fs::remove_file(e.path())
+                    .map_err(|err| io_err(format!("removing endpoint {name}"), err))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The IPAM handle prefix of this plugin's allocations (Calico's).
@@ -479,9 +512,22 @@ fn container_lines(ifname: &str, ips: &[IpNet]) -> Vec<String> {
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let netns = netns_of(env)?.to_path_buf();
+    if env.pod.is_none() && matches!(conf.datastore, DatastoreCfg::Kubernetes { .. }) {
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            "CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are required with datastore_type \
+             kubernetes (the endpoint is the Pod); plain containers need datastore_type file",
+        ));
+    }
     let host = env.host_iface();
     let ips = allocate(env, conf)?;
-    match plumb(env, conf, &netns, &host, &ips) {
+    let done = plumb(env, conf, &netns, &host, &ips).and_then(|result| {
+        if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
+            write_endpoint(dir, env, conf, &ips)?;
+        }
+        Ok(result)
+    });
+    match done {
         Ok(result) => Ok(result.to_json(&conf.cni_version)),
         Err(e) => {
             // Undo: the veth (both ends go with the host end) and the addresses.
@@ -490,6 +536,56 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             Err(e)
         }
     }
+}
+
+/// The endpoint document of a container that is not a Kubernetes pod, in the file datastore.
+fn endpoint_file(dir: &Path, container_id: &str) -> std::path::PathBuf {
+    dir.join(format!("cni-endpoint-{}.yaml", endpoint_name(container_id)))
+}
+
+/// Whether `v` is a valid label value (63 characters of `[A-Za-z0-9._-]`, alphanumeric at the
+/// ends).
+fn label_value_ok(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Writes the endpoint of a plain container (podman, containerd): a Pod named from the container
+/// ID in namespace `cni` on this node, its addresses in Calico's annotation, and the runtime's
+/// name for it (podman's `K8S_POD_NAME`) as the label `calico-rs.cni/name`, so the daemon
+/// routes it and NetworkPolicy in namespace `cni` selects it. Atomic (renamed into place).
+fn write_endpoint(dir: &Path, env: &CniEnv, conf: &NetConf, ips: &[IpNet]) -> Result<(), CniError> {
+    let mut labels = serde_json::Map::new();
+    if let Some(n) = env.container_name.as_deref().filter(|n| label_value_ok(n)) {
+        labels.insert("calico-rs.cni/name".into(), n.into());
+    }
+    let all: Vec<String> = ips.iter().map(|n| n.to_string()).collect();
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": endpoint_name(&env.container_id),
+            "namespace": ENDPOINT_NAMESPACE,
+            "labels": labels,
+            "annotations": {
+                crate::datastore::resources::ANNOTATION_POD_IPS: all.join(","),
+                "cni.projectcalico.org/containerID": env.container_id,
+            },
+        },
+        "spec": {"nodeName": conf.node_name()?},
+    });
+    let path = endpoint_file(dir, &env.container_id);
+    let tmp = dir.join(format!(".cni-endpoint-{}.tmp", std::process::id()));
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| io_err("endpoint", e))? + "\n";
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(format!("writing endpoint {}", path.display()), e)
+        })
 }
 
 fn plumb(
@@ -567,8 +663,16 @@ fn plumb(
 }
 
 fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    // Addresses first: a DEL that cannot release must fail (the runtime retries), and the veth
-    // alone never leaks an address.
+    // The endpoint first (the daemon stops routing to it), then the addresses: a DEL that cannot
+    // release must fail (the runtime retries), and the veth alone never leaks an address.
+    if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
+        let path = endpoint_file(dir, &env.container_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing endpoint {}", path.display()), e)),
+        }
+    }
     release(env, conf)?;
     let host = env.host_iface();
     if let Err(e) = ip_batch(None, &[format!("link del {host}")]) {

@@ -706,14 +706,14 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
             "{bin} missing: install Debian's {pkg} (scripts/deps.sh does)"
         );
     }
-    let mut c = Cluster::new("cnm", 1, 0, false)?;
+    let mut c = Cluster::new("cnm", 2, 0, false)?;
     c.wait_converged(Duration::from_secs(60))?;
-    let node = c.nodes[0].ns.clone();
-    let dir = c.lab().dir().join("podman");
-    let rootfs = dir.join("rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+    let top = c.lab().dir().join("podman");
+    let rootfs = top.join("rootfs");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "www"] {
         std::fs::create_dir_all(rootfs.join(d))?;
     }
+    std::fs::write(rootfs.join("www/index.html"), "hello from crs-a\n")?;
     let busybox = String::from_utf8(
         Command::new("sh")
             .args(["-c", "command -v busybox"])
@@ -721,65 +721,91 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
             .stdout,
     )?;
     std::fs::copy(busybox.trim(), rootfs.join("bin/busybox"))?;
-    for a in ["sh", "ip", "sleep"] {
+    for a in ["sh", "ip", "sleep", "httpd", "nc"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
     }
-    let (net_d, cni_bin) = (dir.join("net.d"), dir.join("cni-bin"));
-    std::fs::create_dir_all(&net_d)?;
-    std::fs::create_dir_all(&cni_bin)?;
-    std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
-    std::fs::write(
-        net_d.join("crsnet.conflist"),
-        format!(
-            r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
-                {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
-                  "nodename": "n1", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
-            c.dir().display()
-        ),
-    )?;
-    let d = dir.display();
-    std::fs::write(
-        dir.join("containers.conf"),
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
-             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
-             network_config_dir = \"{}\"\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             events_logfile_path = \"{d}/events.log\"\ntmp_dir = \"{d}/tmp\"\n\
-             volume_path = \"{d}/volumes\"\nstatic_dir = \"{d}/static\"\n",
-            cni_bin.display(),
-            net_d.display()
-        ),
-    )?;
-    std::fs::write(
-        dir.join("storage.conf"),
-        format!("[storage]\ndriver = \"vfs\"\nrunroot = \"{d}/runroot\"\ngraphroot = \"{d}/graphroot\"\n"),
-    )?;
+    let root = rootfs.display().to_string();
+    // One podman per node: its configuration, storage and CNI directories in the lab dir.
+    let setup = |name: &str| -> Result<std::path::PathBuf> {
+        let dir = top.join(name);
+        let (net_d, cni_bin) = (dir.join("net.d"), dir.join("cni-bin"));
+        std::fs::create_dir_all(&net_d)?;
+        std::fs::create_dir_all(&cni_bin)?;
+        std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
+        std::fs::write(
+            net_d.join("crsnet.conflist"),
+            format!(
+                r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
+                    {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
+                      "nodename": "{name}", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
+                c.dir().display()
+            ),
+        )?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
+                 network_config_dir = \"{}\"\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{d}/events.log\"\ntmp_dir = \"{d}/tmp\"\n\
+                 volume_path = \"{d}/volumes\"\nstatic_dir = \"{d}/static\"\n",
+                cni_bin.display(),
+                net_d.display()
+            ),
+        )?;
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\nrunroot = \"{d}/runroot\"\ngraphroot = \"{d}/graphroot\"\n"
+            ),
+        )?;
+        Ok(dir)
+    };
+    let dirs = [setup("n1")?, setup("n2")?];
     // podman through nsenter (ip netns exec would remount /sys), options before --rootfs.
-    let podman = |args: &[&str]| -> Result<String> {
+    let podman = |i: usize, args: &[&str]| -> Result<(bool, String)> {
         let out = Command::new("timeout")
             .arg("60")
             .arg("nsenter")
-            .arg(format!("--net={}", node.path().display()))
+            .arg(format!("--net={}", c.nodes[i].ns.path().display()))
             .arg("podman")
             .args(args)
-            .env("CONTAINERS_CONF", dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+            .env("CONTAINERS_CONF", dirs[i].join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", dirs[i].join("storage.conf"))
             .output()?;
-        ensure!(
+        Ok((
             out.status.success(),
-            "podman {args:?}: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let podman_ok = |i: usize, args: &[&str]| -> Result<String> {
+        let (ok, out) = podman(i, args)?;
+        ensure!(ok, "podman {args:?} on n{}: {out}", i + 1);
+        Ok(out)
     };
     let ipam = Ipam::new(c.dir())?;
-    let ours = || -> Result<(usize, u64)> {
-        let veths = links(&node)?
-            .lines()
-            .filter(|l| l.starts_with("cali"))
-            .count();
+    let endpoints = || -> Result<Vec<String>> {
+        Ok(std::fs::read_dir(c.dir())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("cni-endpoint-"))
+            .collect())
+    };
+    // (veths on both nodes, the plugin's allocations, endpoint documents)
+    let ours = || -> Result<(usize, u64, usize)> {
+        let mut veths = 0;
+        for n in &c.nodes {
+            veths += links(&n.ns)?
+                .lines()
+                .filter(|l| l.starts_with("cali"))
+                .count();
+        }
         let held = ipam
             .usage()?
             .blocks
@@ -787,20 +813,22 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
             .flat_map(|b| b.allocations.clone())
             .filter(|(_, h)| h.starts_with("k8s-pod-network."))
             .count() as u64;
-        Ok((veths, held))
+        Ok((veths, held, endpoints()?.len()))
     };
-    let root = rootfs.display().to_string();
-    let out = podman(&[
-        "run",
-        "--rm",
-        "--network",
-        "crsnet",
-        "--rootfs",
-        &root,
-        "/bin/sh",
-        "-c",
-        "ip -4 addr show eth0; ip -4 route",
-    ])?;
+    let out = podman_ok(
+        0,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "crsnet",
+            "--rootfs",
+            &root,
+            "/bin/sh",
+            "-c",
+            "ip -4 addr show eth0; ip -4 route",
+        ],
+    )?;
     ensure!(
         out.contains("inet 10.244."),
         "the container's eth0 has no pool address: {out}"
@@ -810,30 +838,109 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
         "the container's routes: {out}"
     );
     ensure!(
-        ours()? == (0, 0),
-        "--rm left veths/allocations: {:?}",
+        ours()? == (0, 0, 0),
+        "--rm left veths/allocations/endpoints: {:?}",
         ours()?
     );
-    let id = podman(&[
-        "run",
-        "-d",
-        "--name",
-        "crs-sleeper",
-        "--network",
-        "crsnet",
-        "--rootfs",
-        &root,
-        "/bin/sleep",
-        "60",
-    ])?;
-    let id = id.trim().to_string();
-    let held = ipam.addresses_of(&format!("k8s-pod-network.{id}"))?;
-    ensure!(held.len() == 1, "podman's container {id} holds {held:?}");
-    ensure!(ours()? == (1, 1), "one container: {:?}", ours()?);
-    podman(&["rm", "-f", "-t", "0", "crs-sleeper"])?;
+
+    // A web server on n1, a client on n2: each container is an endpoint the daemons route.
+    let a = podman_ok(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "crs-a",
+            "--network",
+            "crsnet",
+            "--rootfs",
+            &root,
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ],
+    )?;
+    let a = a.trim().to_string();
+    podman_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "crs-b",
+            "--network",
+            "crsnet",
+            "--rootfs",
+            &root,
+            "/bin/sleep",
+            "120",
+        ],
+    )?;
+    let held = ipam.addresses_of(&format!("k8s-pod-network.{a}"))?;
+    ensure!(held.len() == 1, "podman's container {a} holds {held:?}");
+    let a_ip = held[0].to_string();
     ensure!(
-        ours()? == (0, 0),
-        "podman rm left veths/allocations: {:?}",
+        ours()? == (2, 2, 2),
+        "two containers: {:?} {:?}",
+        ours()?,
+        endpoints()?
+    );
+    let doc = std::fs::read_to_string(c.dir().join(format!("cni-endpoint-{a}.yaml")))?;
+    ensure!(
+        doc.contains(&a_ip) && doc.contains("\"nodeName\": \"n1\""),
+        "endpoint of crs-a: {doc}"
+    );
+    // busybox-static's wget crashes in a bare rootfs (its static resolver); nc speaks HTTP.
+    let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {a_ip} 8080");
+    let fetch = || podman(1, &["exec", "crs-b", "sh", "-c", &get]);
+    calico_lab::wait::eventually(Duration::from_secs(20), || {
+        let (ok, out) = fetch()?;
+        ensure!(
+            ok && out.contains("hello from crs-a"),
+            "crs-b on n2 cannot fetch from crs-a ({a_ip}) on n1: {out}"
+        );
+        Ok(())
+    })
+    .with_context(|| {
+        format!(
+            "routes on n2: {}\ncrs-a: {:?}",
+            c.nodes[1]
+                .ns
+                .run(&["ip", "route"])
+                .unwrap_or_else(|e| format!("{e:#}")),
+            podman(0, &["logs", "crs-a"]),
+        )
+    })?;
+    // A NetworkPolicy in the endpoints' namespace isolates crs-a: real TCP from n2 fails.
+    c.write(
+        "cni-deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, \
+         namespace: cni}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )?;
+    calico_lab::wait::eventually(Duration::from_secs(10), || {
+        let (ok, out) = fetch()?;
+        ensure!(
+            !ok,
+            "crs-a still answers under a deny-all ingress policy: {out}"
+        );
+        Ok(())
+    })?;
+    c.remove("cni-deny.yaml")?;
+    calico_lab::wait::eventually(Duration::from_secs(10), || {
+        let (ok, out) = fetch()?;
+        ensure!(ok, "crs-a does not answer again without the policy: {out}");
+        Ok(())
+    })?;
+
+    // podman rm: addresses, veths and endpoints are gone on both nodes.
+    podman_ok(0, &["rm", "-f", "-t", "0", "crs-a"])?;
+    podman_ok(1, &["rm", "-f", "-t", "0", "crs-b"])?;
+    ensure!(
+        ours()? == (0, 0, 0),
+        "podman rm left veths/allocations/endpoints: {:?}",
         ours()?
     );
     Ok(())
