@@ -38,9 +38,9 @@ KUBE_DEPS=(kubernetes-client:kubectl)
 # What the tests run besides (python3-pip and python3-venv: the tests' Python venv, below).
 # containernetworking-plugins: the stock CNI plugins the CNI tests delegate to and chain with (not
 # on PATH, so named by path); podman and runc run containers through our plugin, from a rootfs
-# holding busybox-static.
+# holding busybox-static; containerd's `ctr run --cni` does too.
 TEST_DEPS=("${LAB_DEPS[@]}" "${KUBE_DEPS[@]}" frr:vtysh iperf3:iperf3 socat:socat netcat-openbsd:nc kmod:modprobe python3-pip:pip3
-  containernetworking-plugins:/usr/lib/cni/host-local podman:podman runc:runc busybox-static:busybox)
+  containernetworking-plugins:/usr/lib/cni/host-local podman:podman runc:runc busybox-static:busybox containerd:ctr)
 
 # The tests' Python venv (the manifest checker, the Kubernetes API test server's client checks):
 # at ${CALICO_RS_VENV:-/root/.cache/calico-rs/venv}, made with `python3 -m venv` (Debian's

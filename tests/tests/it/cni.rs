@@ -692,38 +692,17 @@ fn chained_with_the_stock_portmap_and_bandwidth() -> Result<()> {
 /// veth and no allocation.
 #[test]
 fn podman_runs_containers_through_the_plugin() -> Result<()> {
-    for (bin, pkg) in [
+    need(&[
         ("podman", "podman"),
         ("runc", "runc"),
         ("busybox", "busybox-static"),
-    ] {
-        ensure!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()?
-                .status
-                .success(),
-            "{bin} missing: install Debian's {pkg} (scripts/deps.sh does)"
-        );
-    }
+    ])?;
     let mut c = Cluster::new("cnm", 2, 0, false)?;
     c.wait_converged(Duration::from_secs(60))?;
     let top = c.lab().dir().join("podman");
-    let rootfs = top.join("rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "www"] {
-        std::fs::create_dir_all(rootfs.join(d))?;
-    }
+    let rootfs = busybox_rootfs(&top.join("rootfs"), &["sh", "ip", "sleep", "httpd", "nc"])?;
+    std::fs::create_dir_all(rootfs.join("www"))?;
     std::fs::write(rootfs.join("www/index.html"), "hello from crs-a\n")?;
-    let busybox = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v busybox"])
-            .output()?
-            .stdout,
-    )?;
-    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox"))?;
-    for a in ["sh", "ip", "sleep", "httpd", "nc"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
-    }
     let root = rootfs.display().to_string();
     // One podman per node: its configuration, storage and CNI directories in the lab dir.
     let setup = |name: &str| -> Result<std::path::PathBuf> {
@@ -942,6 +921,207 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
         ours()? == (0, 0, 0),
         "podman rm left veths/allocations/endpoints: {:?}",
         ours()?
+    );
+    Ok(())
+}
+
+/// Fails naming the Debian package of each program in `bins` (program, package) that is missing.
+fn need(bins: &[(&str, &str)]) -> Result<()> {
+    for (bin, pkg) in bins {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()?
+                .status
+                .success(),
+            "{bin} missing: install Debian's {pkg} (scripts/deps.sh does)"
+        );
+    }
+    Ok(())
+}
+
+/// A container root filesystem at `dir`: busybox-static and the given applets linked to it.
+fn busybox_rootfs(dir: &std::path::Path, applets: &[&str]) -> Result<std::path::PathBuf> {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()?
+            .stdout,
+    )?;
+    std::fs::copy(busybox.trim(), dir.join("bin/busybox"))?;
+    for a in applets {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// containerd 1.6 (Debian's) with `ctr run --cni`, which calls the plugins of `/etc/cni/net.d`
+/// from `/opt/cni/bin`: ctr runs in the node's namespace and in a private mount namespace where
+/// those two paths are the test's directories (over private overlays of `/etc` and `/opt`, so
+/// nothing on the host changes); containerd itself runs with its root, state and sockets in the
+/// lab directory. `--rm` makes ctr send the DEL with an empty `CNI_NETNS`, as containerd does once
+/// the sandbox is gone: the veth, the address and the endpoint go with it.
+#[test]
+fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
+    need(&[
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
+    ])?;
+    let mut c = Cluster::new("cnd", 1, 0, false)?;
+    c.wait_converged(Duration::from_secs(60))?;
+    let node = c.nodes[0].ns.clone();
+    let top = c.lab().dir().join("containerd");
+    let rootfs = busybox_rootfs(&top.join("rootfs"), &["sh", "ip", "sleep"])?;
+    let (net_d, cni_bin) = (top.join("net.d"), top.join("cni-bin"));
+    for d in [&net_d, &cni_bin, &top.join("opt")] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
+    std::fs::write(
+        net_d.join("10-crsnet.conflist"),
+        format!(
+            r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
+                {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
+                  "nodename": "n1", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
+            c.dir().display()
+        ),
+    )?;
+    let t = top.display();
+    let sock = top.join("containerd.sock");
+    std::fs::write(
+        top.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{t}/root\"\nstate = \"{t}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{t}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{t}/containerd.sock.ttrpc\"\n\
+             [debug]\n  address = \"{t}/debug.sock\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{t}/opt\"\n"
+        ),
+    )?;
+    // containerd in the host's namespaces (it touches no network; runc needs the host's
+    // /sys/fs/cgroup, which `ip netns exec` would hide), killed by PID when the test ends.
+    let log = std::fs::File::create(top.join("containerd.log"))?;
+    let mut containerd = Command::new("containerd")
+        .arg("--config")
+        .arg(top.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(&mut containerd);
+    calico_lab::wait::eventually(Duration::from_secs(20), || {
+        ensure!(
+            sock.exists(),
+            "containerd has not opened {}",
+            sock.display()
+        );
+        Ok(())
+    })?;
+    let script = top.join("ctr-run.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "set -e\n\
+             mkdir -p {t}/etc-up {t}/etc-work {t}/opt-up {t}/opt-work\n\
+             mount -t overlay overlay -o lowerdir=/etc,upperdir={t}/etc-up,workdir={t}/etc-work /etc\n\
+             mount -t overlay overlay -o lowerdir=/opt,upperdir={t}/opt-up,workdir={t}/opt-work /opt\n\
+             mkdir -p /etc/cni/net.d /opt/cni/bin\n\
+             mount --bind {} /etc/cni/net.d\n\
+             mount --bind {} /opt/cni/bin\n\
+             exec ctr --address {} run --rm --cni --rootfs {} crs-ctr1 \\\n  \
+             /bin/sh -c 'ip -4 addr show eth0; ip -4 route; sleep 8'\n",
+            net_d.display(),
+            cni_bin.display(),
+            sock.display(),
+            rootfs.display(),
+        ),
+    )?;
+    let ctr = Command::new("timeout")
+        .arg("90")
+        .arg("nsenter")
+        .arg(format!("--net={}", node.path().display()))
+        .args(["unshare", "-m", "--propagation", "private", "sh"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let ipam = Ipam::new(c.dir())?;
+    let handle = "k8s-pod-network.default-crs-ctr1";
+    // While it runs: its address is held under Calico's handle, its endpoint is written, and the
+    // daemon routes it (a ping from the node reaches the container).
+    let ip = calico_lab::wait::eventually(Duration::from_secs(30), || {
+        let held = ipam.addresses_of(handle)?;
+        ensure!(held.len() == 1, "{handle} holds {held:?}");
+        Ok(held[0])
+    });
+    let ip = match ip {
+        Ok(ip) => ip,
+        Err(e) => {
+            let out = ctr.wait_with_output()?;
+            bail!(
+                "{e:#}\nctr: {}{}\ncontainerd: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(top.join("containerd.log")).unwrap_or_default()
+            );
+        }
+    };
+    ensure!(
+        c.dir().join("cni-endpoint-default-crs-ctr1.yaml").exists(),
+        "no endpoint for the container"
+    );
+    ensure!(
+        links(&node)?
+            .lines()
+            .filter(|l| l.starts_with("cali"))
+            .count()
+            == 1,
+        "the container's veth: {}",
+        links(&node)?
+    );
+    calico_lab::wait::eventually(Duration::from_secs(10), || {
+        node.run(&["ping", "-c", "1", "-W", "1", &ip.to_string()])
+            .map(drop)
+    })
+    .context("the node cannot reach its containerd container")?;
+    let out = ctr.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "ctr run: {text}");
+    ensure!(
+        text.contains(&format!("inet {ip}/32")) && text.contains("default via 169.254.1.1"),
+        "the container's eth0 and routes: {text}"
+    );
+    // ctr's DEL came with an empty CNI_NETNS: nothing of the container is left.
+    let veths = links(&node)?
+        .lines()
+        .filter(|l| l.starts_with("cali"))
+        .count();
+    ensure!(veths == 0, "veths left: {}", links(&node)?);
+    ensure!(
+        ipam.addresses_of(handle)?.is_empty(),
+        "{handle} still holds addresses"
+    );
+    ensure!(
+        !c.dir().join("cni-endpoint-default-crs-ctr1.yaml").exists(),
+        "the endpoint is left"
     );
     Ok(())
 }
