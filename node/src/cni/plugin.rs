@@ -519,6 +519,10 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
              kubernetes (the endpoint is the Pod); plain containers need datastore_type file",
         ));
     }
+    if let Some(prev) = &conf.prev_result {
+        super::result::merge_prev(prev, json!({}))
+            .map_err(|msg| CniError::new(Code::InvalidConfig, msg))?;
+    }
     let host = env.host_iface();
     let ips = allocate(env, conf)?;
     let done = plumb(env, conf, &netns, &host, &ips).and_then(|result| {
@@ -528,7 +532,15 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         Ok(result)
     });
     match done {
-        Ok(result) => Ok(result.to_json(&conf.cni_version)),
+        Ok(result) => {
+            let ours = result.to_json(&conf.cni_version);
+            match &conf.prev_result {
+                None => Ok(ours),
+                // Checked before anything was made (below), so this cannot fail here.
+                Some(prev) => super::result::merge_prev(prev, ours)
+                    .map_err(|msg| CniError::new(Code::InvalidConfig, msg)),
+            }
+        }
         Err(e) => {
             // Undo: the veth (both ends go with the host end) and the addresses.
             let _ = ip_batch(None, &[format!("link del {host}")]);

@@ -73,6 +73,52 @@ impl AddResult {
     }
 }
 
+/// Our result `ours` after the previous plugin's `prev` (we are not first in the chain): the
+/// spec's rule for a plugin that adds an interface is to pass on everything before it and add
+/// its own. Interfaces, IPs and routes are `prev`'s followed by ours, our IPs' interface
+/// indices shifted past `prev`'s interfaces; DNS is ours unless ours is empty. A `prev` that is
+/// not a result object, or an interface list that is not a list, is an error naming the field.
+pub fn merge_prev(prev: &Value, mut ours: Value) -> Result<Value, String> {
+    let prev = prev
+        .as_object()
+        .ok_or("prevResult: not an object (a CNI result)")?;
+    let list = |key: &str| -> Result<Vec<Value>, String> {
+        match prev.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => Ok(a.clone()),
+            Some(_) => Err(format!("prevResult.{key}: not a list")),
+        }
+    };
+    let (ifaces, ips, routes) = (list("interfaces")?, list("ips")?, list("routes")?);
+    let shift = ifaces.len() as u64;
+    let take = |v: &mut Value, key: &str| match v.get_mut(key).map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let mut our_ips = take(&mut ours, "ips");
+    for ip in &mut our_ips {
+        if let Some(i) = ip.get("interface").and_then(Value::as_u64) {
+            ip["interface"] = json!(i + shift);
+        }
+    }
+    let join = |mut a: Vec<Value>, b: Vec<Value>| {
+        a.extend(b);
+        Value::Array(a)
+    };
+    let our_ifaces = take(&mut ours, "interfaces");
+    let our_routes = take(&mut ours, "routes");
+    ours["interfaces"] = join(ifaces, our_ifaces);
+    ours["ips"] = join(ips, our_ips);
+    ours["routes"] = join(routes, our_routes);
+    let empty = |d: &Value| d.as_object().is_none_or(|o| o.is_empty());
+    if empty(&ours["dns"]) {
+        if let Some(d) = prev.get("dns").filter(|d| !empty(d)) {
+            ours["dns"] = d.clone();
+        }
+    }
+    Ok(ours)
+}
+
 /// The VERSION answer.
 pub fn version_json(cni_version: &str) -> Value {
     json!({"cniVersion": cni_version, "supportedVersions": super::config::SUPPORTED_VERSIONS})

@@ -301,3 +301,45 @@ fn results_and_errors_follow_each_version() {
         json!({"cniVersion": "1.0.0", "code": 7, "msg": "mtu: bad", "details": "x"})
     );
 }
+
+#[test]
+fn a_previous_plugins_result_is_passed_on_before_ours() {
+    let ours = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "cali0"}, {"name": "eth1", "sandbox": "/run/netns/x"}],
+        "ips": [{"address": "10.244.0.5/32", "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+        "dns": {},
+    });
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+        "ips": [{"address": "192.168.5.2/24", "interface": 0}],
+        "dns": {"nameservers": ["192.168.5.1"]},
+    });
+    let m = result::merge_prev(&prev, ours.clone()).unwrap();
+    let names: Vec<&str> = m["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eth0", "cali0", "eth1"]);
+    assert_eq!(m["ips"][0]["interface"], 0, "prev's IP keeps its index");
+    assert_eq!(m["ips"][1]["address"], "10.244.0.5/32");
+    assert_eq!(
+        m["ips"][1]["interface"], 2,
+        "ours shifted past prev's interfaces"
+    );
+    assert_eq!(m["routes"].as_array().unwrap().len(), 1);
+    assert_eq!(m["dns"]["nameservers"][0], "192.168.5.1");
+    // An empty previous result changes nothing.
+    assert_eq!(
+        result::merge_prev(&json!({"cniVersion": "1.0.0"}), ours.clone()).unwrap(),
+        ours
+    );
+    // A malformed one is an error naming the field.
+    let e = result::merge_prev(&json!({"interfaces": "eth0"}), ours.clone()).unwrap_err();
+    assert!(e.contains("prevResult.interfaces"), "{e}");
+    assert!(result::merge_prev(&json!([1]), ours).is_err());
+}

@@ -248,6 +248,30 @@ fn a_failed_add_leaves_no_veth_and_no_address() -> Result<()> {
         !links(&pod2)?.contains("eth0"),
         "eth0 made despite the bad config"
     );
+
+    // Chained after a plugin whose result is malformed: refused naming it, before anything is made.
+    let prev = conf.replacen(
+        "\"ipam\"",
+        "\"prevResult\": {\"cniVersion\": \"0.4.0\", \"interfaces\": \"eth9\"}, \"ipam\"",
+        1,
+    );
+    let (ok, v) = call(&node, &env2, &prev)?;
+    ensure!(
+        !ok && v["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("prevResult.interfaces"),
+        "a malformed prevResult is not named: {v}"
+    );
+    ensure!(
+        !links(&pod2)?.contains("eth0"),
+        "eth0 made despite the bad prevResult"
+    );
+    let held = Ipam::new(c.dir())?.addresses_of("k8s-pod-network.deadbeef03")?;
+    ensure!(
+        held.is_empty(),
+        "addresses taken despite the bad prevResult: {held:?}"
+    );
     Ok(())
 }
 
