@@ -58,6 +58,11 @@ struct Service {
     /// Releases waiting for the datastore: handle -> the pod whose annotations go with it.
     queue: Mutex<BTreeMap<String, Option<PodId>>>,
     wake: tokio::sync::Notify,
+    /// IPAM writes one at a time: this daemon is the only writer of its node's blocks on the CNI
+    /// path, so concurrent ADDs and DELs would only conflict with each other on the same block
+    /// (optimistic concurrency: every loser backs off and re-reads). In turn, each takes one
+    /// read-modify-write. Reads do not take it.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// Binds `path` (mode 0600) and serves the plugin until the runtime stops.
@@ -78,6 +83,7 @@ pub fn spawn(
         locks: Mutex::default(),
         queue: Mutex::default(),
         wake: tokio::sync::Notify::new(),
+        writes: tokio::sync::Mutex::new(()),
     });
     tokio::spawn(svc.clone().retry_queue());
     tokio::spawn(async move {
@@ -222,7 +228,7 @@ impl Service {
                 });
             }
             let (ipam, node, h) = (self.ipam.clone(), self.node.clone(), handle.clone());
-            match blocking(move || ipam.allocate(&node, &h, family, &pools)).await {
+            match self.write(move || ipam.allocate(&node, &h, family, &pools)).await {
                 Ok(ip) => ips.push(ip),
                 Err(e) => {
                     self.undo(&handle).await;
@@ -252,7 +258,7 @@ impl Service {
     /// Gives back what a failed ADD took (queued if that fails too).
     async fn undo(self: &Arc<Self>, handle: &str) {
         let (ipam, h) = (self.ipam.clone(), handle.to_string());
-        if let Err(e) = blocking(move || ipam.release(&h)).await {
+        if let Err(e) = self.write(move || ipam.release(&h)).await {
             warn!(%handle, error = %e, "undoing a failed ADD: release queued");
             self.queue
                 .lock()
@@ -306,7 +312,7 @@ impl Service {
             return Ok(()); // an ADD took the handle again, or another attempt finished it
         };
         let (ipam, h) = (self.ipam.clone(), handle.to_string());
-        let ips = blocking(move || ipam.release(&h))
+        let ips = self.write(move || ipam.release(&h))
             .await
             .map_err(|e| format!("IPAM: {e}"))?;
         if let (Some(pod), Some(client)) = (&pod, &self.kube) {
@@ -364,12 +370,23 @@ impl Service {
             let lock = self.lock_of(&h);
             let _held = lock.lock().await;
             let (ipam, hh) = (self.ipam.clone(), h.clone());
-            match blocking(move || ipam.release(&hh)).await {
+            match self.write(move || ipam.release(&hh)).await {
                 Ok(ips) => info!(handle = %h, addresses = ?ips, "CNI GC: released"),
                 Err(e) => return Reply::failed(format!("IPAM: release {h}: {e}"), true),
             }
         }
         Reply::default()
+    }
+}
+
+impl Service {
+    /// An IPAM write, in turn with the others (see [`Service::writes`]).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, crate::ipam::IpamError> + Send + 'static,
+    ) -> Result<T, crate::ipam::IpamError> {
+        let _turn = self.writes.lock().await;
+        blocking(f).await
     }
 }
 
