@@ -43,9 +43,23 @@ where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
+    call_at(&node.path(), bin, env, conf)
+}
+
+/// [`call`] in the network namespace at `netns` (a `/run/netns/NAME` path).
+pub fn call_at<K, V>(
+    netns: &Path,
+    bin: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    conf: &str,
+) -> Result<CniCall>
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
     let t = Instant::now();
     let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", node.path().display()))
+        .arg(format!("--net={}", netns.display()))
         .arg(bin)
         .envs(env)
         .stdin(Stdio::piped())

@@ -202,12 +202,7 @@ pub fn state_of(docs: &[(&str, String)]) -> Result<ClusterState> {
 /// Writes every file but `pods.yaml`, allocates each pod's addresses from IPAM in `dir` (the
 /// datastore directory), then writes `pods.yaml`. Returns the addresses by pod name.
 pub fn write_all(dir: &Path, plan: &Plan, tor: bool) -> Result<BTreeMap<String, PodIps>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let files = documents(plan, tor);
-    for (name, text) in &files {
-        write_atomic(dir, name, text)?;
-    }
-    let state = state_of(&files)?;
+    let state = write_documents(dir, plan, tor)?;
     let mut ips = BTreeMap::new();
     for node in &plan.nodes {
         for pod in &node.pods {
@@ -217,6 +212,16 @@ pub fn write_all(dir: &Path, plan: &Plan, tor: bool) -> Result<BTreeMap<String, 
     }
     write_atomic(dir, "pods.yaml", &pods_yaml(plan, &ips)?)?;
     Ok(ips)
+}
+
+/// Writes the lab's documents but the pods ([`documents`]) into `dir`; the cluster they describe.
+pub fn write_documents(dir: &Path, plan: &Plan, tor: bool) -> Result<ClusterState> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = documents(plan, tor);
+    for (name, text) in &files {
+        write_atomic(dir, name, text)?;
+    }
+    state_of(&files)
 }
 
 /// The tests' cluster: `base.yaml`, the BGPConfiguration (full mesh), the two IPPools and the

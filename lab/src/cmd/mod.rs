@@ -171,6 +171,9 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
             cfg.node_bin.display()
         );
     }
+    if cfg.datastore == LabDatastore::File {
+        cni_next_to(&cfg.node_bin)?;
+    }
     if cfg.datastore == LabDatastore::Kubernetes && kube::server_next_to(&cfg.node_bin).is_none() {
         bail!(
             "lab: --datastore kubernetes needs {} next to {} (build it with `cargo build \
@@ -289,6 +292,23 @@ pub fn up(cfg: &LabCfg) -> Result<()> {
     Ok(())
 }
 
+/// `calico-cni-rs` in the directory of `node_bin`: the lab's pods on the file datastore are its.
+fn cni_next_to(node_bin: &Path) -> Result<PathBuf> {
+    let p = node_bin
+        .parent()
+        .map(|d| d.join(bins::CNI))
+        .filter(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "lab: the CNI plugin {} is not next to {} (build it with `cargo build --release \
+                 --workspace --bins`)",
+                bins::CNI,
+                node_bin.display()
+            )
+        })?;
+    Ok(p)
+}
+
 /// `calico-lab-rs SUB`, as the user would type it.
 fn cmd(sub: &str) -> String {
     format!("{} {sub}", bins::LAB)
@@ -314,19 +334,36 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
     }
     rec.save(paths)?;
     let tor = rec.tor != Tor::None;
-    rec.pods = match rec.datastore {
-        LabDatastore::File => datastore::write_all(&paths.datastore, plan, tor)?,
+    match rec.datastore {
+        LabDatastore::File => {
+            // The pods through the CNI plugin, as a kubelet would make them; then the Pods with
+            // the addresses it gave (the kubelet's status update).
+            datastore::write_documents(&paths.datastore, plan, tor)?;
+            let plugin = cni_next_to(&rec.node_bin)?;
+            for n in &plan.nodes {
+                for p in &n.pods {
+                    let ip =
+                        net::pod_via_cni(&plugin, &paths.datastore, n, p, &mut rec.namespaces)?;
+                    rec.pods.insert(p.name.clone(), ip);
+                }
+            }
+            datastore::write_atomic(
+                &paths.datastore,
+                "pods.yaml",
+                &datastore::pods_yaml(plan, &rec.pods)?,
+            )?;
+        }
         LabDatastore::Kubernetes => {
             let server = kube::server_next_to(&rec.node_bin)
                 .context("kube-test-server is not next to the node binary")?;
             kube::start(plan, paths, rec, &server)?;
-            kube::populate(plan, paths, tor)?
-        }
-    };
-    rec.save(paths)?;
-    for n in &plan.nodes {
-        for p in &n.pods {
-            net::pod(n, p, &rec.pods[&p.name], &mut rec.namespaces)?;
+            rec.pods = kube::populate(plan, paths, tor)?;
+            rec.save(paths)?;
+            for n in &plan.nodes {
+                for p in &n.pods {
+                    net::pod(n, p, &rec.pods[&p.name], &mut rec.namespaces)?;
+                }
+            }
         }
     }
     rec.save(paths)?;

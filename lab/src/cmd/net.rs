@@ -7,8 +7,13 @@
 //! CNI plugin does: the kernel derives the IPv6 link-local address (the pods' IPv6 gateway) from
 //! the MAC only when the link comes up, so a MAC changed later by felix would leave the host side
 //! without `fe80::ecee:eeff:feee:eeee`.
+//!
+//! On the file datastore the pods are the CNI plugin's ([`pod_via_cni`]): `lab up` runs a real
+//! ADD per pod, so every lab exercises it.
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 
 use crate::datastore::PodIps;
 use crate::netns;
@@ -136,4 +141,74 @@ pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) ->
         &pods::pod_side_lines(&ip.v4.to_string(), &ip.v6.to_string()),
     )
     .with_context(|| format!("setting up pod {}", p.name))
+}
+
+/// A pod namespace whose veth and addresses come from the CNI plugin `plugin`, as the kubelet
+/// would have it made: ADD in the node's namespace for Pod `default/NAME` (container ID
+/// `lab-NAME`) with the file datastore in `datastore`; the pod's addresses are the result's.
+pub fn pod_via_cni(
+    plugin: &Path,
+    datastore: &Path,
+    node: &NodePlan,
+    p: &PodPlan,
+    made: &mut Vec<String>,
+) -> Result<PodIps> {
+    add_ns(&p.netns, made)?;
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": crate::bins::CNI,
+        "datastore_type": "file",
+        "datastore_dir": datastore,
+        "nodename": node.name,
+        "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"},
+    })
+    .to_string();
+    let netns = Path::new(netns::NETNS_DIR).join(&p.netns);
+    let env = [
+        ("CNI_COMMAND", "ADD".to_string()),
+        ("CNI_CONTAINERID", format!("lab-{}", p.name)),
+        ("CNI_NETNS", netns.display().to_string()),
+        ("CNI_IFNAME", pods::POD_IFACE.to_string()),
+        (
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                POD_NAMESPACE, p.name
+            ),
+        ),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ];
+    let node_ns = Path::new(netns::NETNS_DIR).join(&node.netns);
+    let call = crate::cni::call_at(&node_ns, plugin, env, &conf)?;
+    if !call.ok {
+        bail!(
+            "pod {}: {} ADD failed: {}{}",
+            p.name,
+            plugin.display(),
+            call.stdout,
+            call.stderr
+        );
+    }
+    let result = call.json()?;
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let net: ipnet::IpNet = ip["address"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("pod {}: the plugin's result {result}", p.name))?;
+        match net.addr() {
+            std::net::IpAddr::V4(a) => v4 = Some(a),
+            std::net::IpAddr::V6(a) => v6 = Some(a),
+        }
+    }
+    match (v4, v6) {
+        (Some(v4), Some(v6)) => Ok(PodIps { v4, v6 }),
+        _ => bail!(
+            "pod {}: the plugin did not give an IPv4 and an IPv6 address: {result}",
+            p.name
+        ),
+    }
 }

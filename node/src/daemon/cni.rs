@@ -228,7 +228,10 @@ impl Service {
                 });
             }
             let (ipam, node, h) = (self.ipam.clone(), self.node.clone(), handle.clone());
-            match self.write(move || ipam.allocate(&node, &h, family, &pools)).await {
+            match self
+                .write(move || ipam.allocate(&node, &h, family, &pools))
+                .await
+            {
                 Ok(ip) => ips.push(ip),
                 Err(e) => {
                     self.undo(&handle).await;
@@ -312,7 +315,8 @@ impl Service {
             return Ok(()); // an ADD took the handle again, or another attempt finished it
         };
         let (ipam, h) = (self.ipam.clone(), handle.to_string());
-        let ips = self.write(move || ipam.release(&h))
+        let ips = self
+            .write(move || ipam.release(&h))
             .await
             .map_err(|e| format!("IPAM: {e}"))?;
         if let (Some(pod), Some(client)) = (&pod, &self.kube) {

@@ -129,6 +129,20 @@ fn lab_up_status_down() -> Result<()> {
     );
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json"))?)?;
+    // The pods are the CNI plugin's: their addresses are held under Calico's handle for the
+    // container the lab named, and are the ones the record and the Pods carry.
+    let ipam = calico_node::ipam::Ipam::new(dir.join("datastore"))?;
+    for pod in ["node1-pod1", "node1-pod2", "node2-pod1", "node2-pod2"] {
+        let held = ipam.addresses_of(&format!("k8s-pod-network.lab-{pod}"))?;
+        ensure!(held.len() == 2, "{pod}: the plugin's handle holds {held:?}");
+        for ip in &held {
+            ensure!(
+                record["pods"][pod].to_string().contains(&ip.to_string()),
+                "{pod}: {ip} is not in the record: {}",
+                record["pods"]
+            );
+        }
+    }
     // (pid, start time) of both daemons and the ToR.
     let procs: Vec<(u64, u64)> = record["daemons"]
         .as_object()
