@@ -442,21 +442,42 @@ fn in_netns(netns: Option<&Path>, program: &str) -> Proc {
 
 /// `ip -batch -` with `lines`, in `netns` (a path) when given.
 fn ip_batch(netns: Option<&Path>, lines: &[String]) -> Result<(), String> {
-    let mut child = in_netns(netns, "ip")
+    wait_ip(spawn_ip_batch(netns, lines, false)?).map(drop)
+}
+
+/// `ip [-j] -batch -` with `lines` started, not waited for ([`wait_ip`]).
+fn spawn_ip_batch(
+    netns: Option<&Path>,
+    lines: &[String],
+    json: bool,
+) -> Result<std::process::Child, String> {
+    let mut cmd = in_netns(netns, "ip");
+    if json {
+        cmd.arg("-j");
+    }
+    let mut child = cmd
         .args(["-batch", "-"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(if json { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running ip: {e}"))?;
     if let Some(mut i) = child.stdin.take() {
         let text = lines.join("\n") + "\n";
-        i.write_all(text.as_bytes())
-            .map_err(|e| format!("ip: {e}"))?;
+        if let Err(e) = i.write_all(text.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("ip: {e}"));
+        }
     }
+    Ok(child)
+}
+
+/// The stdout of an `ip` started by [`spawn_ip_batch`], or its stderr if it failed.
+fn wait_ip(child: std::process::Child) -> Result<Vec<u8>, String> {
     let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(out.stdout)
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
@@ -524,13 +545,28 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             .map_err(|msg| CniError::new(Code::InvalidConfig, msg))?;
     }
     let host = env.host_iface();
-    let ips = allocate(env, conf)?;
-    let done = plumb(env, conf, &netns, &host, &ips).and_then(|result| {
-        if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
-            write_endpoint(dir, env, conf, &ips)?;
+    // The veth is made while IPAM (a file lock, or the daemon and the API server) answers: it
+    // carries nothing until its addresses are configured, and goes if the allocation fails.
+    let veth = spawn_ip_batch(None, &[veth_line(env, conf, &netns, &host)], false)
+        .map_err(|e| io_err(format!("creating veth {host} / {}", env.ifname), e))?;
+    let ips = match allocate(env, conf) {
+        Ok(ips) => ips,
+        Err(e) => {
+            if wait_ip(veth).is_ok() {
+                let _ = ip_batch(None, &[format!("link del {host}")]);
+            }
+            return Err(e);
         }
-        Ok(result)
-    });
+    };
+    let done = wait_ip(veth)
+        .map_err(|e| io_err(format!("creating veth {host} / {}", env.ifname), e))
+        .and_then(|_| plumb(env, conf, &netns, &host, &ips))
+        .and_then(|result| {
+            if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
+                write_endpoint(dir, env, conf, &ips)?;
+            }
+            Ok(result)
+        });
     match done {
         Ok(result) => {
             let ours = result.to_json(&conf.cni_version);
@@ -600,6 +636,29 @@ fn write_endpoint(dir: &Path, env: &CniEnv, conf: &NetConf, ips: &[IpNet]) -> Re
         })
 }
 
+/// The `ip -batch` line, run in the host's namespace, that makes the pod's veth: the host side
+/// `host` with Calico's MAC, the container side `CNI_IFNAME` in `netns`, both with the MTU.
+fn veth_line(env: &CniEnv, conf: &NetConf, netns: &Path, host: &str) -> String {
+    let mtu = conf.mtu.map_or(String::new(), |m| format!(" mtu {m}"));
+    format!(
+        "link add {host} address {}{mtu} type veth peer name {}{mtu} netns {}",
+        host_mac(),
+        env.ifname,
+        netns.display()
+    )
+}
+
+/// Calico's host-side MAC, `ee:ee:ee:ee:ee:ee`.
+fn host_mac() -> String {
+    felix::veth::HOST_SIDE_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The container side of the veth [`veth_line`] made: its addresses, link and routes, in one
+/// `ip -j -batch` that also reads the link back (its MAC, for the result).
 fn plumb(
     env: &CniEnv,
     conf: &NetConf,
@@ -607,27 +666,17 @@ fn plumb(
     host: &str,
     ips: &[IpNet],
 ) -> Result<AddResult, CniError> {
-    let mtu = conf.mtu.map_or(String::new(), |m| format!(" mtu {m}"));
-    let mac = felix::veth::HOST_SIDE_MAC
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ip_batch(
-        None,
-        &[format!(
-            "link add {host} address {mac}{mtu} type veth peer name {}{mtu} netns {}",
-            env.ifname,
-            netns.display()
-        )],
-    )
-    .map_err(|e| io_err(format!("creating veth {host} / {}", env.ifname), e))?;
-    ip_batch(Some(netns), &container_lines(&env.ifname, ips)).map_err(|e| {
-        io_err(
-            format!("configuring {} in {}", env.ifname, netns.display()),
-            e,
-        )
-    })?;
+    let mac = host_mac();
+    let mut lines = container_lines(&env.ifname, ips);
+    lines.push(format!("link show dev {}", env.ifname));
+    let shown = spawn_ip_batch(Some(netns), &lines, true)
+        .and_then(wait_ip)
+        .map_err(|e| {
+            io_err(
+                format!("configuring {} in {}", env.ifname, netns.display()),
+                e,
+            )
+        })?;
     if conf.allow_ip_forwarding {
         let out = in_netns(Some(netns), "sysctl")
             .args(["-q", "-w", "net.ipv4.ip_forward=1"])
@@ -640,8 +689,8 @@ fn plumb(
             ));
         }
     }
-    let link = ip_json(Some(netns), &["link", "show", "dev", &env.ifname])
-        .map_err(|e| io_err(format!("reading {}", env.ifname), e))?;
+    let link: Value = serde_json::from_slice(&shown)
+        .map_err(|e| io_err(format!("reading {}: ip -j", env.ifname), e))?;
     let container_mac = link
         .get(0)
         .and_then(|l| l.get("address"))
@@ -676,7 +725,7 @@ fn plumb(
 
 fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // The endpoint first (the daemon stops routing to it), then the addresses: a DEL that cannot
-    // release must fail (the runtime retries), and the veth alone never leaks an address.
+    // release must fail (the runtime retries).
     if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
         let path = endpoint_file(dir, &env.container_id);
         match std::fs::remove_file(&path) {
@@ -685,9 +734,15 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             Err(e) => return Err(io_err(format!("removing endpoint {}", path.display()), e)),
         }
     }
-    release(env, conf)?;
+    // The veth goes while the addresses are released (the kernel takes tens of milliseconds to
+    // delete a link); a failed release still fails the DEL, which the runtime retries.
     let host = env.host_iface();
-    if let Err(e) = ip_batch(None, &[format!("link del {host}")]) {
+    let veth = spawn_ip_batch(None, &[format!("link del {host}")], false)
+        .map_err(|e| io_err(format!("deleting veth {host}"), e))?;
+    let released = release(env, conf);
+    let deleted = wait_ip(veth);
+    released?;
+    if let Err(e) = deleted {
         if !e.contains("Cannot find device") {
             return Err(io_err(format!("deleting veth {host}"), e));
         }
