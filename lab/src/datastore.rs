@@ -117,26 +117,21 @@ pub fn pods_yaml(plan: &Plan, ips: &BTreeMap<String, PodIps>) -> Result<String> 
     Ok(docs.join("---\n"))
 }
 
-/// `pods.yaml` as the Kubernetes API holds the pods before the kubelet reports their status: the
-/// addresses in the CNI plugin's `cni.projectcalico.org/podIPs` annotation.
-pub fn pods_yaml_kube(plan: &Plan, ips: &BTreeMap<String, PodIps>) -> Result<String> {
-    let mut docs = Vec::new();
-    for p in plan.pods() {
-        let Some(ip) = ips.get(&p.name) else {
-            bail!("lab: pod {} has no addresses", p.name);
-        };
-        docs.push(format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {POD_NAMESPACE}\n  \
-             labels:\n    app: {name}\n    calico-rs.lab/node: {node}\n  annotations:\n    \
-             cni.projectcalico.org/podIPs: \"{v4}/32,{v6}/128\"\n\
-             spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: lab\n",
-            name = p.name,
-            node = p.node,
-            v4 = ip.v4,
-            v6 = ip.v6,
-        ));
-    }
-    Ok(docs.join("---\n"))
+/// `pods.yaml` as the Kubernetes API holds the pods before the CNI plugin has run: no addresses
+/// (the daemon writes the `cni.projectcalico.org/podIPs` annotation when the plugin asks it).
+pub fn pods_yaml_kube_unplumbed(plan: &Plan) -> String {
+    plan.pods()
+        .map(|p| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {POD_NAMESPACE}\n  \
+                 labels:\n    app: {name}\n    calico-rs.lab/node: {node}\n\
+                 spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: lab\n",
+                name = p.name,
+                node = p.node,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 /// Writes `dir/name` atomically (temp file + rename).

@@ -2,8 +2,8 @@
 //! side is named by Calico's rule (`cali` + 11 hex digits), `eth0` in the pod with the pod's /32
 //! and /128, a link-scope route to 169.254.1.1 and default routes via Calico's gateways
 //! (`felix::veth`). The tests' pods ([`add_pod`], [`crate::cluster::Cluster`], which stage a
-//! pod's addresses, veth and Pod separately) and the lab command's on the Kubernetes datastore
-//! are plumbed by these lines; the lab command's on the file datastore are the CNI plugin's.
+//! pod's addresses, veth and Pod separately) are plumbed by these lines; the lab command's are
+//! the CNI plugin's.
 
 use anyhow::Result;
 use felix::workload_iface_name;

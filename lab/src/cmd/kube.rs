@@ -24,7 +24,7 @@ use calico_node::ipam::kdd::KddIpam;
 use ipnet::IpNet;
 
 use super::record::{Paths, Record};
-use crate::datastore::{self, PodIps};
+use crate::datastore;
 use crate::kubeapi::{as_crd, kubeconfig, ADMIN_TOKEN, API_PORT, API_V4, DAEMON_TOKEN, SERVER_BIN};
 use crate::plan::Plan;
 use crate::{netns, proc};
@@ -190,8 +190,9 @@ fn apply(plan: &Plan, paths: &Paths, what: &str, text: &str) -> Result<()> {
 }
 
 /// Puts the lab's cluster into the API: the CRDs, the Namespaces, the Calico resources and
-/// Nodes, then each pod's addresses from IPAM and the Pods. Returns the addresses by pod name.
-pub fn populate(plan: &Plan, paths: &Paths, tor: bool) -> Result<BTreeMap<String, PodIps>> {
+/// Nodes, and the Pods without addresses (the CNI plugin gets them from the daemons, which write
+/// them on the Pods).
+pub fn populate(plan: &Plan, paths: &Paths, tor: bool) -> Result<()> {
     for (name, crd) in CRDS {
         apply(plan, paths, name, crd)?;
     }
@@ -203,26 +204,19 @@ pub fn populate(plan: &Plan, paths: &Paths, tor: bool) -> Result<BTreeMap<String
         &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {DAEMON_NAMESPACE}\n"),
     )?;
     let docs = datastore::documents(plan, tor);
-    let state = datastore::state_of(&docs)?;
+    datastore::state_of(&docs)?;
     for (name, text) in &docs {
         apply(plan, paths, name, &as_crd(text))?;
     }
-    let ipam = LabIpam::open(plan, paths)?;
-    let mut ips = BTreeMap::new();
-    for node in &plan.nodes {
-        for pod in &node.pods {
-            let ip =
-                ipam.with(|i| datastore::allocate_with(i, &state, &node.name, &pod.handle()))?;
-            ips.insert(
-                pod.name.clone(),
-                ip.with_context(|| format!("IPAM for {}", pod.name))?,
-            );
-        }
-    }
     if plan.pods().next().is_some() {
-        apply(plan, paths, "pods", &datastore::pods_yaml_kube(plan, &ips)?)?;
+        apply(
+            plan,
+            paths,
+            "pods",
+            &datastore::pods_yaml_kube_unplumbed(plan),
+        )?;
     }
-    Ok(ips)
+    Ok(())
 }
 
 /// Waits until the Calico group is in discovery (a CRD is served once it is established).

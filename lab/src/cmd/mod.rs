@@ -171,9 +171,7 @@ fn check_tools(cfg: &LabCfg) -> Result<()> {
             cfg.node_bin.display()
         );
     }
-    if cfg.datastore == LabDatastore::File {
-        cni_next_to(&cfg.node_bin)?;
-    }
+    cni_next_to(&cfg.node_bin)?;
     if cfg.datastore == LabDatastore::Kubernetes && kube::server_next_to(&cfg.node_bin).is_none() {
         bail!(
             "lab: --datastore kubernetes needs {} next to {} (build it with `cargo build \
@@ -342,8 +340,13 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
             let plugin = cni_next_to(&rec.node_bin)?;
             for n in &plan.nodes {
                 for p in &n.pods {
-                    let ip =
-                        net::pod_via_cni(&plugin, &paths.datastore, n, p, &mut rec.namespaces)?;
+                    let ip = net::pod_via_cni(
+                        &plugin,
+                        net::CniDatastore::File(&paths.datastore),
+                        n,
+                        p,
+                        &mut rec.namespaces,
+                    )?;
                     rec.pods.insert(p.name.clone(), ip);
                 }
             }
@@ -357,13 +360,8 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
             let server = kube::server_next_to(&rec.node_bin)
                 .context("kube-test-server is not next to the node binary")?;
             kube::start(plan, paths, rec, &server)?;
-            rec.pods = kube::populate(plan, paths, tor)?;
-            rec.save(paths)?;
-            for n in &plan.nodes {
-                for p in &n.pods {
-                    net::pod(n, p, &rec.pods[&p.name], &mut rec.namespaces)?;
-                }
-            }
+            // The pods come after the daemons (below): the plugin asks them.
+            kube::populate(plan, paths, tor)?;
         }
     }
     rec.save(paths)?;
@@ -400,6 +398,25 @@ fn build(plan: &Plan, paths: &Paths, rec: &mut Record) -> Result<()> {
         let proc = netns::spawn_detached(&n.netns, &argv, &paths.log(&n.name))?;
         rec.daemons.insert(n.name.clone(), proc);
         rec.save(paths)?;
+    }
+    if rec.datastore == LabDatastore::Kubernetes {
+        // The pods through the CNI plugin and each node's daemon (its IPAM on the API, the
+        // Pod's annotations), as the kubelet would have them made.
+        let plugin = cni_next_to(&rec.node_bin)?;
+        for n in &plan.nodes {
+            let socket = paths.cni_socket(&n.name);
+            for p in &n.pods {
+                let ip = net::pod_via_cni(
+                    &plugin,
+                    net::CniDatastore::Kubernetes(&socket),
+                    n,
+                    p,
+                    &mut rec.namespaces,
+                )?;
+                rec.pods.insert(p.name.clone(), ip);
+                rec.save(paths)?;
+            }
+        }
     }
     Ok(())
 }

@@ -8,10 +8,12 @@
 //! the MAC only when the link comes up, so a MAC changed later by felix would leave the host side
 //! without `fe80::ecee:eeff:feee:eeee`.
 //!
-//! On the file datastore the pods are the CNI plugin's ([`pod_via_cni`]): `lab up` runs a real
-//! ADD per pod, so every lab exercises it.
+//! The lab command's pods are the CNI plugin's ([`pod_via_cni`]): `lab up` runs a real ADD per
+//! pod (on the file datastore against its directory, on Kubernetes through the node daemon's
+//! socket), so every lab exercises it.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -126,44 +128,42 @@ pub fn node(plan: &Plan, n: &NodePlan, made: &mut Vec<String>) -> Result<()> {
     .with_context(|| format!("setting up {}", n.name))
 }
 
-/// A pod namespace and its veth to the node.
-pub fn pod(node: &NodePlan, p: &PodPlan, ip: &PodIps, made: &mut Vec<String>) -> Result<()> {
-    add_ns(&p.netns, made)?;
-    netns::ip_batch(
-        &node.netns,
-        &[
-            pods::veth_line(&p.host_iface, &p.netns, Some(&pods::host_mac())),
-            format!("link set {} up", p.host_iface),
-        ],
-    )?;
-    netns::ip_batch(
-        &p.netns,
-        &pods::pod_side_lines(&ip.v4.to_string(), &ip.v6.to_string()),
-    )
-    .with_context(|| format!("setting up pod {}", p.name))
+/// Where the CNI plugin finds IPAM: the file datastore's directory, or the node daemon's socket.
+#[derive(Clone, Copy)]
+pub enum CniDatastore<'a> {
+    File(&'a Path),
+    Kubernetes(&'a Path),
 }
 
 /// A pod namespace whose veth and addresses come from the CNI plugin `plugin`, as the kubelet
 /// would have it made: ADD in the node's namespace for Pod `default/NAME` (container ID
-/// `lab-NAME`) with the file datastore in `datastore`; the pod's addresses are the result's.
+/// `lab-NAME`); the pod's addresses are the result's.
 pub fn pod_via_cni(
     plugin: &Path,
-    datastore: &Path,
+    datastore: CniDatastore<'_>,
     node: &NodePlan,
     p: &PodPlan,
     made: &mut Vec<String>,
 ) -> Result<PodIps> {
     add_ns(&p.netns, made)?;
-    let conf = serde_json::json!({
+    let mut conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
         "type": crate::bins::CNI,
-        "datastore_type": "file",
-        "datastore_dir": datastore,
         "nodename": node.name,
         "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"},
-    })
-    .to_string();
+    });
+    match datastore {
+        CniDatastore::File(dir) => {
+            conf["datastore_type"] = "file".into();
+            conf["datastore_dir"] = dir.display().to_string().into();
+        }
+        CniDatastore::Kubernetes(socket) => {
+            conf["datastore_type"] = "kubernetes".into();
+            conf["daemon_socket"] = socket.display().to_string().into();
+        }
+    }
+    let conf = conf.to_string();
     let netns = Path::new(netns::NETNS_DIR).join(&p.netns);
     let env = [
         ("CNI_COMMAND", "ADD".to_string()),
@@ -180,7 +180,21 @@ pub fn pod_via_cni(
         ("CNI_PATH", "/usr/lib/cni".to_string()),
     ];
     let node_ns = Path::new(netns::NETNS_DIR).join(&node.netns);
-    let call = crate::cni::call_at(&node_ns, plugin, env, &conf)?;
+    // On Kubernetes the daemon answers once it has started and synced with the API: until then
+    // the plugin's ADD fails (its socket is missing, or "try again later"), as on a node whose
+    // kubelet starts pods before calico-node is ready.
+    let patience = match datastore {
+        CniDatastore::File(_) => Duration::ZERO,
+        CniDatastore::Kubernetes(_) => Duration::from_secs(30),
+    };
+    let started = Instant::now();
+    let call = loop {
+        let call = crate::cni::call_at(&node_ns, plugin, env.clone(), &conf)?;
+        if call.ok || started.elapsed() >= patience {
+            break call;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     if !call.ok {
         bail!(
             "pod {}: {} ADD failed: {}{}",

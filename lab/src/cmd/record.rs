@@ -49,6 +49,12 @@ impl Paths {
         self.run.join(format!("{node}.sock"))
     }
 
+    /// `DIR/run/NODE.cni.sock`: the CNI plugin's socket of the node's daemon (the daemon puts it
+    /// beside its status socket).
+    pub fn cni_socket(&self, node: &str) -> PathBuf {
+        self.run.join(format!("{node}.cni.sock"))
+    }
+
     /// `DIR/logs/NAME.log`.
     pub fn log(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))

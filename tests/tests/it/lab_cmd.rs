@@ -265,7 +265,7 @@ fn lab_up_on_kubernetes_takes_policy_from_kubectl() -> Result<()> {
     );
     ensure!(running(api.0, api.1), "API server not running");
 
-    // What is in the API, through the real client: the Pods with the CNI plugin's annotation,
+    // What is in the API, through the real client: the Pods with the CNI plugin's annotations,
     // and IPAM's blocks, affine to the nodes that announce them.
     let api_ns = format!("{KPREFIX}api");
     let kubeconfig = dir.join("kubeapi/kubeconfig-lab-admin");
@@ -307,6 +307,14 @@ fn lab_up_on_kubernetes_takes_policy_from_kubectl() -> Result<()> {
         ensure!(
             ips.starts_with("10.244.") && ips.contains(",fd00:244:"),
             "{ips}"
+        );
+        // Written by the node's daemon for the plugin's ADD of the lab's container.
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        ensure!(
+            p["metadata"]["annotations"]["cni.projectcalico.org/containerID"]
+                == format!("lab-{name}").as_str(),
+            "{name}: not the CNI plugin's: {}",
+            p["metadata"]
         );
     }
     let aff: serde_json::Value =
