@@ -570,6 +570,12 @@ mod tests {
         std::fs::write(&stub, "#!/bin/sh\nexec sleep 300\n").unwrap();
         std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
+        // The pods are the real CNI plugin's (on the file datastore it needs no daemon).
+        std::os::unix::fs::symlink(
+            bins::cni_bin().expect("cargo build --workspace --bins first"),
+            tmp.path().join(bins::CNI),
+        )
+        .unwrap();
         let cfg = LabCfg {
             nodes: 2,
             pods_per_node: 1,
