@@ -798,6 +798,19 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
                 c.dir().display()
             ),
         )?;
+        // Delegated IPAM: the stock host-local, its leases in the test directory.
+        std::fs::write(
+            net_d.join("crshl.conflist"),
+            format!(
+                r#"{{"cniVersion": "1.0.0", "name": "crshl", "plugins": [
+                    {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
+                      "nodename": "{name}",
+                      "ipam": {{"type": "host-local", "dataDir": "{}",
+                               "ranges": [[{{"subnet": "10.251.0.0/24"}}]]}}}}]}}"#,
+                c.dir().display(),
+                dir.join("host-local").display()
+            ),
+        )?;
         let d = dir.display();
         std::fs::write(
             dir.join("containers.conf"),
@@ -897,6 +910,49 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
     ensure!(
         ours()? == (0, 0, 0),
         "--rm left veths/allocations/endpoints: {:?}",
+        ours()?
+    );
+    // The same with host-local as the IPAM plugin: its address, our veth and gateways, and
+    // nothing left after --rm (no lease either).
+    let out = podman_ok(
+        0,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "crshl",
+            "--rootfs",
+            &root,
+            "/bin/sh",
+            "-c",
+            "ip -4 addr show eth0; ip -4 route",
+        ],
+    )?;
+    ensure!(
+        out.contains("inet 10.251.0.") && out.contains("default via 169.254.1.1 dev eth0"),
+        "the host-local container's eth0 and routes: {out}"
+    );
+    let lease_dir = dirs[0].join("host-local/crshl");
+    ensure!(
+        lease_dir.join("last_reserved_ip.0").exists(),
+        "host-local kept no state in {}: it was not the IPAM plugin",
+        lease_dir.display()
+    );
+    let leases = std::fs::read_dir(&lease_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    ensure!(
+        ours()? == (0, 0, 0) && leases == 0,
+        "--rm (host-local) left veths/allocations/endpoints {:?}, {leases} leases",
         ours()?
     );
 
