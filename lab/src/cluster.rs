@@ -200,6 +200,14 @@ protocol device {{ }}
         self.lab.dir().join(format!("{name}.cni.sock"))
     }
 
+    /// A plain host on the segment: namespace `name` with `addrs` (CIDRs) on its `eth0` and no
+    /// other route (it reaches the nodes, not the pods: an "outside" address).
+    pub fn add_host(&self, name: &str, addrs: &[&str]) -> Result<Netns> {
+        let ns = self.lab.netns(name)?;
+        self.lan.attach(&ns, "eth0", addrs)?;
+        Ok(ns)
+    }
+
     /// An extra BIRD (a peer the nodes reach on the segment) in a namespace `name` of its own, with
     /// `addrs` (CIDRs) on its `eth0`; `config` needs a `router id`.
     pub fn add_bird(&self, name: &str, addrs: &[&str], config: &str) -> Result<Bird> {

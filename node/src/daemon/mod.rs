@@ -81,6 +81,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the natOutgoing table's owner: {0}")]
+    Nat(std::io::Error),
     #[error("the CNI plugin socket: {0}")]
     CniSocket(crate::grpc::GrpcError),
     #[error("the {0} stopped")]
@@ -197,6 +199,9 @@ struct Daemon {
     routes: RouteManagerHandle,
     routes_pushed: bool,
     policy: PolicyHandle,
+    /// The natOutgoing table's owner, and the spec last sent to it.
+    nat: felix::nat::NatHandle,
+    nat_sent: Option<felix::nat::NatSpec>,
     /// Which local endpoints may have routes (see [`gate`]).
     gate: gate::PolicyGate,
     bgp_synced: bool,
@@ -420,6 +425,11 @@ impl Daemon {
             endpoint_to_host: cfg.endpoint_to_host,
             ..PolicyCfg::default()
         })?;
+        let nat = felix::nat::spawn(felix::nat::NatCfg {
+            table: format!("{}-nat", cfg.nft_table),
+            ..felix::nat::NatCfg::default()
+        })
+        .map_err(DaemonError::Nat)?;
         let (counters_tx, counters_rx) = watch::channel(Counters::default());
         if cfg.health_addr.port() != 0 || cfg.metrics_addr.port() != 0 {
             let (h, m) = (cfg.health_addr, cfg.metrics_addr);
@@ -456,6 +466,8 @@ impl Daemon {
             routes,
             routes_pushed: false,
             policy,
+            nat,
+            nat_sent: None,
             gate: gate::PolicyGate::default(),
             bgp_synced: false,
             sync_deadline: None,
@@ -666,6 +678,11 @@ impl Daemon {
             self.policy_sent = Some(print);
             self.counters.policy_inputs += 1;
         }
+        let nat = nat_spec(&self.state);
+        if self.nat_sent.as_ref() != Some(&nat) {
+            self.nat.set(nat.clone());
+            self.nat_sent = Some(nat);
+        }
         self.desired = Some(d);
         self.counters.recomputes += 1;
         self.counters.last_recompute = t.elapsed();
@@ -682,6 +699,19 @@ impl Daemon {
         }
         self.routes_pushed = true;
         self.counters.route_inputs += 1;
+    }
+}
+
+/// The natOutgoing table for `state`'s IPPools: every pool's CIDR (disabled ones too: their
+/// addresses may still be in use), and those of the enabled pools with `natOutgoing`.
+fn nat_spec(state: &ClusterState) -> felix::nat::NatSpec {
+    let pools = state.ip_pools.values();
+    felix::nat::NatSpec {
+        all_pools: pools.clone().map(|p| p.cidr).collect(),
+        masq_pools: pools
+            .filter(|p| p.nat_outgoing && !p.disabled)
+            .map(|p| p.cidr)
+            .collect(),
     }
 }
 

@@ -91,7 +91,7 @@ pub struct IpPool {
     pub ipip_mode: EncapMode,
     /// Always `Never` until encapsulation is implemented: decoding refuses the other modes.
     pub vxlan_mode: EncapMode,
-    /// Always false until masquerade is implemented: decoding refuses `true`.
+    /// Pods' traffic to addresses outside every pool is masqueraded (`felix::nat`).
     pub nat_outgoing: bool,
     /// `disableBGPExport`: the pool's prefixes are not advertised to any BGP peer.
     pub disable_bgp_export: bool,
@@ -237,7 +237,7 @@ fn encap_mode(spec: &Obj<'_>, key: &str) -> Result<EncapMode, FieldError> {
 }
 
 /// IPPool settings calico-rs does not act on yet are refused, never ignored. Returns
-/// `natOutgoing` (always false when it returns).
+/// `natOutgoing` (felix's `nat` table acts on it).
 fn refuse_unimplemented_pool_settings(
     spec: &Obj<'_>,
     ipip_mode: EncapMode,
@@ -252,12 +252,6 @@ fn refuse_unimplemented_pool_settings(
         }
     }
     let nat_outgoing = spec.bool("natOutgoing")?.unwrap_or(false);
-    if nat_outgoing {
-        return Err(spec.err(
-            "natOutgoing",
-            "true is not supported by calico-rs yet (masquerade is not implemented)",
-        ));
-    }
     if let Some(a) = spec.get("assignmentMode") {
         if a.as_str()? != "Automatic" {
             return Err(a.err(format!(

@@ -7,6 +7,7 @@ mod cni;
 mod lab_cmd;
 mod lab_selftest;
 mod manifests;
+mod nat;
 mod node;
 mod peers_selftest;
 mod policy;

@@ -101,11 +101,11 @@ fn served_fields_we_do_not_know_are_not_errors_but_unsupported_settings_are() {
     h.apply(ip, Ev::Apply(p));
     assert!(state(&h).1.is_empty());
     let mut p = pool("q", "10.9.0.0/16");
-    p["spec"]["natOutgoing"] = json!(true);
+    p["spec"]["vxlanMode"] = json!("Always");
     h.apply(ip, Ev::Apply(p));
     let (s, errs) = state(&h);
     assert!(!s.ip_pools.contains_key("q"));
-    assert!(errs.iter().any(|e| e.contains("natOutgoing")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("vxlanMode")), "{errs:?}");
 }
 
 #[test]

@@ -291,6 +291,14 @@ fn ip_pool_defaults() {
     };
     assert_eq!(p.block_size, 122);
     assert!(p.disabled && !p.nat_outgoing && p.disable_bgp_export);
+    let Resource::IpPool(p) = one(&pool(
+        "  cidr: 10.244.0.0/16
+  natOutgoing: true
+",
+    )) else {
+        panic!()
+    };
+    assert!(p.nat_outgoing);
 }
 
 #[test]
@@ -338,8 +346,8 @@ fn ip_pool_errors() {
             "spec.vxlanMode: Always is not supported by calico-rs yet",
         ),
         (
-            "  cidr: 10.0.0.0/16\n  natOutgoing: true\n",
-            "spec.natOutgoing: true is not supported by calico-rs yet",
+            "  cidr: 10.0.0.0/16\n  natOutgoing: \"yes\"\n",
+            "spec.natOutgoing",
         ),
         (
             "  cidr: 10.0.0.0/16\n  assignmentMode: Manual\n",
