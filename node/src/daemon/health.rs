@@ -250,6 +250,20 @@ fn node_metrics(m: &mut String, s: &NodeSnapshot, c: &Counters) {
         "Datastore documents with problems now, by severity (unsupported: a kind calico-rs does not implement).",
         &by_severity,
     );
+    let masq = c.nat.applied.as_ref().map_or(0, |a| a.masq_pools.len());
+    gauge(
+        "calico_rs_nat_outgoing_pools",
+        "IPPools whose pods are masqueraded, as in the kernel (natOutgoing).",
+        &[(String::new(), masq as f64)],
+    );
+    gauge(
+        "calico_rs_nat_outgoing_failing",
+        "1 while the natOutgoing table could not be applied (the daemon retries).",
+        &[(
+            String::new(),
+            f64::from(u8::from(c.nat.last_error.is_some())),
+        )],
+    );
     let _ = writeln!(
         m,
         "# HELP calico_rs_resource_errors_total Resources rejected by the datastore parser.\n# TYPE calico_rs_resource_errors_total counter\ncalico_rs_resource_errors_total {}",
@@ -264,6 +278,11 @@ fn node_metrics(m: &mut String, s: &NodeSnapshot, c: &Counters) {
         m,
         "# HELP calico_rs_policy_programming_total Policy inputs sent to the dataplane.\n# TYPE calico_rs_policy_programming_total counter\ncalico_rs_policy_programming_total {}",
         c.policy_inputs
+    );
+    let _ = writeln!(
+        m,
+        "# HELP calico_rs_nat_outgoing_repairs_total Times the natOutgoing table was restored after someone else changed it.\n# TYPE calico_rs_nat_outgoing_repairs_total counter\ncalico_rs_nat_outgoing_repairs_total {}",
+        c.nat.repairs
     );
 }
 
@@ -294,5 +313,18 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("calico_rs_ready 1"), "{m}");
+        assert!(m.contains("calico_rs_nat_outgoing_pools 0"), "{m}");
+        // What the natOutgoing owner reported, not a constant.
+        let mut c = Counters::default();
+        c.nat.applied = Some(felix::nat::NatSpec {
+            all_pools: vec!["10.244.0.0/16".parse().unwrap()],
+            masq_pools: vec!["10.244.0.0/16".parse().unwrap()],
+        });
+        c.nat.repairs = 2;
+        c.nat.last_error = Some("nft: no".into());
+        let (_, m, _) = respond("/metrics", &s, &c, &[]);
+        assert!(m.contains("calico_rs_nat_outgoing_pools 1"), "{m}");
+        assert!(m.contains("calico_rs_nat_outgoing_repairs_total 2"), "{m}");
+        assert!(m.contains("calico_rs_nat_outgoing_failing 1"), "{m}");
     }
 }

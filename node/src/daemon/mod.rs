@@ -165,6 +165,8 @@ pub struct Counters {
     pub route_inputs: u64,
     pub policy_inputs: u64,
     pub last_recompute: Duration,
+    /// What the natOutgoing table's owner has done (read at each publish).
+    pub nat: felix::nat::NatStatus,
 }
 
 struct Daemon {

@@ -49,6 +49,7 @@ impl Daemon {
                 false
             }
         });
+        self.counters.nat = self.nat.status();
         let c = self.counters.clone();
         self.counters_tx.send_replace(c);
     }
