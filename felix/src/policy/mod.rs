@@ -78,6 +78,11 @@
 //!   own `nft` runs or element batches is drift: the owner re-applies the full table (20 ms
 //!   debounce). This catches `flush table`, `delete table`, and hand edits of any rule, set element
 //!   or chain. Lost notifications (socket overflow) also trigger a re-apply (rate-limited).
+//!   A full apply runs unsubscribed: while anyone listens, the kernel builds a notification per
+//!   rule and set element inside the commit (a 60k-element apply took 4-5x as long). The ruleset
+//!   generation (`NFT_MSG_GETGEN`), read before the apply and after resubscribing, must have
+//!   moved by exactly our one transaction; otherwise someone else committed in the window and
+//!   it is treated as lost notifications.
 //! - **Probe** (every [`PolicyCfg::probe_interval`], default 500 ms): one netlink rule dump of the
 //!   `fwd-egress` base chain, filtered by the kernel ([`netlink`]), checking its rule count and the
 //!   dispatch rule's marker comment. Microseconds at any scale (`nft list chain` would load nft's

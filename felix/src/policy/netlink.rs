@@ -47,6 +47,7 @@ use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket};
 mod batch;
 mod decode;
 mod encode;
+mod gen;
 mod probe;
 
 pub use batch::{BatchError, ElementSocket};
@@ -54,6 +55,7 @@ pub use decode::{parse_notifications, Notification};
 pub use encode::{
     element_batch, key_bytes, ElemChange, ElemMsg, ElemOp, ElementBatch, EncodeError, NLA_MAX_LEN,
 };
+pub use gen::generation;
 pub use probe::{chain_rules, ChainRules};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
