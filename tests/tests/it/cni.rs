@@ -272,6 +272,32 @@ fn a_failed_add_leaves_no_veth_and_no_address() -> Result<()> {
         held.is_empty(),
         "addresses taken despite the bad prevResult: {held:?}"
     );
+
+    // The last step fails (the plain container's endpoint cannot be written: a directory is in
+    // its place), after the veth and the addresses were made: both are undone.
+    let blocker = c.dir().join("cni-endpoint-deadbeef03.yaml");
+    std::fs::create_dir_all(blocker.join("in-the-way"))?;
+    let (ok, v) = call(&node, &env2, &conf)?;
+    std::fs::remove_dir_all(&blocker)?;
+    ensure!(
+        !ok && v["msg"].as_str().unwrap_or("").contains("endpoint"),
+        "ADD succeeded without its endpoint: {v}"
+    );
+    ensure!(
+        !links(&pod2)?.contains("eth0"),
+        "eth0 left after the endpoint failed"
+    );
+    let host = calico_node::cni::env::endpoint_name("deadbeef03");
+    let host = felix::workload_iface_name("cni", &host);
+    ensure!(
+        !links(&node)?.contains(&host),
+        "{host} left after the endpoint failed"
+    );
+    let held = Ipam::new(c.dir())?.addresses_of("k8s-pod-network.deadbeef03")?;
+    ensure!(
+        held.is_empty(),
+        "addresses left after the endpoint failed: {held:?}"
+    );
     Ok(())
 }
 
