@@ -86,12 +86,12 @@ pub fn contract(b: &mut dyn Backend) {
     b.put(
         "pool-nat",
         &pool("nat", "10.9.0.0/16")
-            .replace("blockSize: 26\n", "blockSize: 26\n  natOutgoing: true\n"),
+            .replace("blockSize: 26\n", "blockSize: 26\n  vxlanMode: Always\n"),
     );
     let s = b.wait(&|s| !s.errors.is_empty());
     assert!(cidr_of(&s, "nat").is_none(), "{name}");
     assert!(
-        errors(&s).join("\n").contains("natOutgoing"),
+        errors(&s).join("\n").contains("vxlanMode"),
         "{name}: {:?}",
         errors(&s)
     );
