@@ -169,7 +169,10 @@ fn owner(cfg: NatCfg, rx: mpsc::Receiver<NatSpec>, status: Arc<Mutex<NatStatus>>
     let mut backoff = Duration::from_millis(200);
     let mut next_check = Instant::now() + cfg.check_interval;
     loop {
-        let wait = if dirty {
+        let wait = if want.is_none() {
+            // Nothing asked for yet: nothing to apply or check.
+            Duration::from_secs(3600)
+        } else if dirty {
             backoff
         } else if cfg.check_interval.is_zero() {
             Duration::from_secs(3600)
@@ -193,19 +196,32 @@ fn owner(cfg: NatCfg, rx: mpsc::Receiver<NatSpec>, status: Arc<Mutex<NatStatus>>
         let mut repair = false;
         if !dirty && Instant::now() >= next_check && !cfg.check_interval.is_zero() {
             next_check = Instant::now() + cfg.check_interval;
-            if let Some(expected) = &listed {
-                let now = list(&cfg).ok();
-                if now.as_deref() != Some(expected.as_str()) {
-                    tracing::warn!(table = %cfg.table, "the natOutgoing table was changed by someone else; restoring it");
-                    dirty = true;
-                    repair = true;
+            match &listed {
+                Some(expected) => {
+                    let now = list(&cfg).ok();
+                    if now.as_deref() != Some(expected.as_str()) {
+                        tracing::warn!(table = %cfg.table, "the natOutgoing table was changed by someone else; restoring it");
+                        dirty = true;
+                        repair = true;
+                    }
                 }
+                // The listing after our apply failed: take the baseline now.
+                None if !spec.is_empty() => listed = list(&cfg).ok(),
+                None => {}
             }
         }
         if !dirty {
             continue;
         }
-        match run(&cfg, &render(&cfg.table, spec)) {
+        // Nothing to masquerade and no table (the usual start): no transaction at all, so the
+        // policy owner's full apply next to it is not disturbed (see `policy::manager`).
+        let skip = spec.is_empty() && list(&cfg).is_err();
+        let result = if skip {
+            Ok(())
+        } else {
+            run(&cfg, &render(&cfg.table, spec))
+        };
+        match result {
             Ok(()) => {
                 listed = if spec.is_empty() {
                     None

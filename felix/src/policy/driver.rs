@@ -68,6 +68,11 @@ impl OwnPids {
         q.push_back(pid);
     }
 
+    /// Forget every run: their notices will never be read (the reader was not subscribed).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Whether `pid` is one of our runs (and forget it: each run commits at most once).
     pub fn take(&self, pid: u32) -> bool {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,6 +159,7 @@ pub fn spawn(cfg: PolicyCfg) -> Result<PolicyHandle, PolicyError> {
         shared: shared.clone(),
         status: PolicyStatus::default(),
         monitor: None,
+        monitor_gap: false,
         last_lost_repair: None,
         compiled: None,
         compiler: Compiler::new(),
@@ -295,6 +296,9 @@ struct Owner {
     shared: Arc<Shared>,
     status: PolicyStatus,
     monitor: Option<EventMonitor>,
+    /// Set when the reader could not be resubscribed after a full apply: events may be missed
+    /// until it is back, which then counts as a restart.
+    monitor_gap: bool,
     /// When notifications were last lost and answered with a repair (rate limit).
     last_lost_repair: Option<Instant>,
     /// Sequence number and ruleset of the newest compiled input.
@@ -524,7 +528,13 @@ impl Owner {
         };
         let result = self.driver.apply(rs);
         if quiet {
+            // Nobody read our run's notice: its pid must not excuse a later foreign commit.
+            self.driver.own_pids().clear();
             self.ensure_monitor();
+            if self.monitor.is_none() {
+                // Retried on the probe interval; the gap is repaired once it is back.
+                self.monitor_gap = true;
+            }
             let ours = u32::from(result.is_ok());
             let after = super::netlink::generation().ok();
             let alone = matches!((before, after), (Some(b), Some(a)) if a == b.wrapping_add(ours));
@@ -586,7 +596,7 @@ impl Owner {
         let restarted = match self.monitor.as_ref().map(|m| m.is_alive()) {
             Some(true) => return false,
             Some(false) => true,
-            None => false,
+            None => std::mem::take(&mut self.monitor_gap),
         };
         self.monitor = None;
         let tx = self.tx.clone();
@@ -602,7 +612,9 @@ impl Owner {
         }) {
             Ok(m) => self.monitor = Some(m),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch nf_tables events; relying on the probe")
+                self.monitor_gap |= restarted;
+                tracing::warn!(error = %e, "cannot watch nf_tables events; relying on the probe");
+                return false;
             }
         }
         restarted

@@ -142,14 +142,16 @@ impl CniEnv {
 pub const ENDPOINT_NAMESPACE: &str = "cni";
 
 /// The endpoint (a Pod in [`ENDPOINT_NAMESPACE`]) of a container that is not a Kubernetes pod:
-/// the container ID when it is a valid Pod name (a DNS-1123 subdomain, as podman's and
-/// containerd's hex IDs are), else `cni-` and a digest of it.
+/// the container ID when it is a valid Pod name of at most 200 characters without dots (as
+/// podman's and containerd's hex IDs are), else `cni-` and a digest of it.
 pub fn endpoint_name(container_id: &str) -> String {
+    // Up to 200 characters, so that `cni-endpoint-NAME.yaml` fits a file name; no dots, so
+    // every label of the DNS subdomain is valid when the whole is.
     let ok = !container_id.is_empty()
-        && container_id.len() <= 253
+        && container_id.len() <= 200
         && container_id
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && container_id
             .bytes()
             .next()
@@ -181,7 +183,14 @@ mod tests {
             hex,
             "a runtime's hex ID is its own name"
         );
-        for odd in ["Upper_Case", "-lead", "trail-", "", &"a".repeat(300)] {
+        for odd in [
+            "Upper_Case",
+            "-lead",
+            "trail-",
+            "",
+            "a..b",
+            &"a".repeat(201),
+        ] {
             let n = endpoint_name(odd);
             assert!(n.starts_with("cni-") && n.len() <= 253, "{odd:?} -> {n}");
             assert!(

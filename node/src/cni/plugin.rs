@@ -559,8 +559,19 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         }
     };
     let done = wait_ip(veth)
+        .map(drop)
+        .or_else(|e| {
+            // A host end of that name is left from an earlier attachment of this pod (a retried
+            // ADD, or a new sandbox before the old one's DEL): replace it, as Calico's plugin
+            // does. Otherwise (e.g. the container already has CNI_IFNAME) this fails again.
+            if !e.contains("File exists") {
+                return Err(e);
+            }
+            let _ = ip_batch(None, &[format!("link del {host}")]);
+            ip_batch(None, &[veth_line(env, conf, &netns, &host)])
+        })
         .map_err(|e| io_err(format!("creating veth {host} / {}", env.ifname), e))
-        .and_then(|_| plumb(env, conf, &netns, &host, &ips))
+        .and_then(|()| plumb(env, conf, &netns, &host, &ips))
         .and_then(|result| {
             if let (None, DatastoreCfg::File(dir)) = (&env.pod, &conf.datastore) {
                 write_endpoint(dir, env, conf, &ips)?;

@@ -159,6 +159,23 @@ fn add_check_del_with_the_daemon_running() -> Result<()> {
     // CHECK: right, then wrong (an address taken off).
     let (ok, v) = run(env("CHECK", &netns))?;
     ensure!(ok, "CHECK of a good attachment failed: {v}");
+
+    // A retried ADD of the same container: the veth is made again with the same addresses (the
+    // stale host end replaced, as Calico's plugin does), and the pod still answers.
+    let (ok, again) = run(env("ADD", &netns))?;
+    ensure!(ok, "a retried ADD failed: {again}");
+    ensure!(
+        again["ips"] == res["ips"],
+        "a retried ADD changed the addresses: {again}"
+    );
+    ensure!(
+        ipam.addresses_of("k8s-pod-network.c0ffee01")?.len() == 2,
+        "the retried ADD lost the addresses"
+    );
+    calico_lab::wait::eventually(Duration::from_secs(10), || {
+        calico_lab::cluster::ping(&node, &v4)
+    })
+    .context("the pod does not answer after a retried ADD")?;
     pod.ip(&["addr", "del", &format!("{v6}/128"), "dev", "eth0"])?;
     let (ok, v) = run(env("CHECK", &netns))?;
     ensure!(!ok, "CHECK passed with {v6} missing");
