@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,29 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a request line from the plugin.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the socket has served, for the metrics: requests by operation and outcome, and the
+/// releases not done yet (in progress, or queued until the datastore answers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CniCounts {
+    pub requests: BTreeMap<(&'static str, &'static str), u64>,
+    pub releases_pending: usize,
+}
+
+/// The running socket's handle.
+#[derive(Clone)]
+pub struct CniHandle {
+    svc: Arc<Service>,
+}
+
+impl CniHandle {
+    pub fn counts(&self) -> CniCounts {
+        CniCounts {
+            requests: self.svc.served.lock().expect("not poisoned").clone(),
+            releases_pending: self.svc.queue.lock().expect("not poisoned").len(),
+        }
+    }
+}
+
 struct Service {
     node: String,
     ipam: Arc<dyn NodeIpam>,
@@ -63,6 +86,8 @@ struct Service {
     /// (optimistic concurrency: every loser backs off and re-reads). In turn, each takes one
     /// read-modify-write. Reads do not take it.
     writes: tokio::sync::Mutex<()>,
+    /// Requests answered, by operation and outcome.
+    served: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 /// Binds `path` (mode 0600) and serves the plugin until the runtime stops.
@@ -72,7 +97,7 @@ pub fn spawn(
     ipam: Arc<dyn NodeIpam>,
     snaps: watch::Receiver<Arc<Snapshot>>,
     kube: Option<kube::Client>,
-) -> Result<PathBuf, GrpcError> {
+) -> Result<CniHandle, GrpcError> {
     let (listener, guard) = crate::grpc::server::bind_unix(path)?;
     info!(socket = %path.display(), "CNI plugin socket listening");
     let svc = Arc::new(Service {
@@ -84,7 +109,9 @@ pub fn spawn(
         queue: Mutex::default(),
         wake: tokio::sync::Notify::new(),
         writes: tokio::sync::Mutex::new(()),
+        served: Mutex::default(),
     });
+    let svc_handle = svc.clone();
     tokio::spawn(svc.clone().retry_queue());
     tokio::spawn(async move {
         let _guard = guard;
@@ -100,7 +127,7 @@ pub fn spawn(
             }
         }
     });
-    Ok(path.to_path_buf())
+    Ok(CniHandle { svc: svc_handle })
 }
 
 fn handle_of(container_id: &str) -> String {
@@ -113,6 +140,7 @@ impl Service {
         let mut line = Vec::new();
         let mut reader = BufReader::new(r).take(MAX_REQUEST as u64 + 1);
         let read = reader.read_until(b'\n', &mut line);
+        let mut op = "invalid";
         let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => Reply::failed("request: none within 10 s", false),
             Ok(Err(e)) => Reply::failed(format!("request: {e}"), false),
@@ -120,10 +148,30 @@ impl Service {
                 Reply::failed(format!("request: longer than {MAX_REQUEST} bytes"), false)
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => self.serve(req).await,
+                Ok(req) => {
+                    op = match &req {
+                        Request::Add { .. } => "add",
+                        Request::Del { .. } => "del",
+                        Request::Addresses { .. } => "addresses",
+                        Request::Status { .. } => "status",
+                        Request::Gc { .. } => "gc",
+                    };
+                    self.serve(req).await
+                }
                 Err(e) => Reply::failed(format!("request: {e}"), false),
             },
         };
+        let outcome = match (&reply.error, reply.queued) {
+            (Some(_), _) => "error",
+            (None, true) => "queued",
+            (None, false) => "ok",
+        };
+        *self
+            .served
+            .lock()
+            .expect("not poisoned")
+            .entry((op, outcome))
+            .or_default() += 1;
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
         let _ = w.write_all(&out).await;

@@ -279,6 +279,23 @@ fn node_metrics(m: &mut String, s: &NodeSnapshot, c: &Counters) {
         "# HELP calico_rs_policy_programming_total Policy inputs sent to the dataplane.\n# TYPE calico_rs_policy_programming_total counter\ncalico_rs_policy_programming_total {}",
         c.policy_inputs
     );
+    if let Some(cni) = &c.cni {
+        let _ = writeln!(
+            m,
+            "# HELP calico_rs_cni_requests_total CNI plugin requests the daemon's socket answered, by operation and outcome.\n# TYPE calico_rs_cni_requests_total counter"
+        );
+        for ((op, outcome), n) in &cni.requests {
+            let _ = writeln!(
+                m,
+                "calico_rs_cni_requests_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            m,
+            "# HELP calico_rs_cni_releases_pending Address releases of CNI DELs not done yet (in progress, or queued until the datastore answers).\n# TYPE calico_rs_cni_releases_pending gauge\ncalico_rs_cni_releases_pending {}",
+            cni.releases_pending
+        );
+    }
     let _ = writeln!(
         m,
         "# HELP calico_rs_nat_outgoing_repairs_total Times the natOutgoing table was restored after someone else changed it.\n# TYPE calico_rs_nat_outgoing_repairs_total counter\ncalico_rs_nat_outgoing_repairs_total {}",
@@ -326,5 +343,24 @@ mod tests {
         assert!(m.contains("calico_rs_nat_outgoing_pools 1"), "{m}");
         assert!(m.contains("calico_rs_nat_outgoing_repairs_total 2"), "{m}");
         assert!(m.contains("calico_rs_nat_outgoing_failing 1"), "{m}");
+        assert!(
+            !m.contains("calico_rs_cni_"),
+            "no socket, no CNI metrics: {m}"
+        );
+        let mut counts = super::super::cni::CniCounts::default();
+        counts.requests.insert(("add", "ok"), 3);
+        counts.requests.insert(("del", "queued"), 1);
+        counts.releases_pending = 1;
+        c.cni = Some(counts);
+        let (_, m, _) = respond("/metrics", &s, &c, &[]);
+        assert!(
+            m.contains("calico_rs_cni_requests_total{op=\"add\",outcome=\"ok\"} 3"),
+            "{m}"
+        );
+        assert!(
+            m.contains("calico_rs_cni_requests_total{op=\"del\",outcome=\"queued\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("calico_rs_cni_releases_pending 1"), "{m}");
     }
 }

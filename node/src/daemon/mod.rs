@@ -167,6 +167,8 @@ pub struct Counters {
     pub last_recompute: Duration,
     /// What the natOutgoing table's owner has done (read at each publish).
     pub nat: felix::nat::NatStatus,
+    /// What the CNI plugin's socket served (`None`: not served).
+    pub cni: Option<cni::CniCounts>,
 }
 
 struct Daemon {
@@ -204,6 +206,8 @@ struct Daemon {
     /// The natOutgoing table's owner, and the spec last sent to it.
     nat: felix::nat::NatHandle,
     nat_sent: Option<felix::nat::NatSpec>,
+    /// The CNI plugin's socket, when served.
+    cni: Option<cni::CniHandle>,
     /// Which local endpoints may have routes (see [`gate`]).
     gate: gate::PolicyGate,
     bgp_synced: bool,
@@ -412,10 +416,13 @@ impl Daemon {
         status: watch::Sender<Arc<NodeSnapshot>>,
     ) -> Result<(Daemon, Arc<dyn Datastore>), DaemonError> {
         let (ds, ipam, kube) = open_datastore(&cfg.datastore).await?;
-        if let Some(path) = &cfg.cni_socket {
-            cni::spawn(path, &cfg.nodename, ipam.clone(), ds.watch(), kube)
-                .map_err(DaemonError::CniSocket)?;
-        }
+        let cni = match &cfg.cni_socket {
+            Some(path) => Some(
+                cni::spawn(path, &cfg.nodename, ipam.clone(), ds.watch(), kube)
+                    .map_err(DaemonError::CniSocket)?,
+            ),
+            None => None,
+        };
         let live = Arc::new(live::Liveness::new(Instant::now()));
         let routes = RouteManager::start(RoutesCfg {
             protocol: cfg.route_protocol,
@@ -470,6 +477,7 @@ impl Daemon {
             policy,
             nat,
             nat_sent: None,
+            cni,
             gate: gate::PolicyGate::default(),
             bgp_synced: false,
             sync_deadline: None,

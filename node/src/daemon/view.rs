@@ -50,6 +50,7 @@ impl Daemon {
             }
         });
         self.counters.nat = self.nat.status();
+        self.counters.cni = self.cni.as_ref().map(|c| c.counts());
         let c = self.counters.clone();
         self.counters_tx.send_replace(c);
     }
