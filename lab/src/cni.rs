@@ -80,3 +80,33 @@ where
         took: t.elapsed(),
     })
 }
+
+/// Leases the stock `host-local` IPAM plugin holds in `dir` (its `dataDir/NETWORK`): files named
+/// by an address, not `last_reserved_ip.N` or `lock`. 0 if the directory does not exist.
+pub fn host_local_leases(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Pods `p0`..`p{n-1}` in `namespace` on node `node`, without addresses, as one multi-document
+/// YAML for `kubectl apply` (what the kubelet has before the CNI ADD).
+pub fn bare_pods_yaml(namespace: &str, n: usize, node: &str) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {namespace}}}\n\
+                 spec:\n  nodeName: {node}\n  containers: [{{name: c, image: busybox}}]\n"
+            )
+        })
+        .collect()
+}

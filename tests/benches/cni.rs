@@ -161,19 +161,7 @@ fn main() -> Result<()> {
             .iter()
             .map(|b| b.used)
             .sum();
-        let stock_leases = std::fs::read_dir(leases.join("stock"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    // A lease is a file named by its address (not `last_reserved_ip.N`, not `lock`).
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .parse::<std::net::IpAddr>()
-                            .is_ok()
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
+        let stock_leases = calico_lab::cni::host_local_leases(&leases.join("stock"));
         println!(
             "file datastore, after: {veths} veths, {used} calico-cni-rs allocations, {stock_leases} \
              host-local leases (want 0, 0, 0)"
@@ -192,14 +180,7 @@ fn main() -> Result<()> {
         let node = c.nodes[0].ns.clone();
         let api = c.kube().context("kube")?;
         api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")?;
-        let pod_docs: String = (0..SEQUENTIAL)
-            .map(|i| {
-                format!(
-                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: bench}}\n\
-                     spec:\n  nodeName: n1\n  containers: [{{name: c, image: busybox}}]\n"
-                )
-            })
-            .collect();
+        let pod_docs = calico_lab::cni::bare_pods_yaml("bench", SEQUENTIAL, "n1");
         api.apply(&pod_docs)?;
         let pods: Vec<Netns> = (0..SEQUENTIAL)
             .map(|i| c.lab().netns(&format!("b{i}")))

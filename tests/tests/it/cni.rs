@@ -341,14 +341,7 @@ fn fifty_at_once(kube: bool) -> Result<()> {
     c.wait_converged(Duration::from_secs(60))?;
     let node = c.nodes[0].ns.clone();
     let conf = if kube {
-        let pods: String = (0..N)
-            .map(|i| {
-                format!(
-                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: load}}\n\
-                     spec:\n  nodeName: n1\n  containers: [{{name: c, image: busybox}}]\n"
-                )
-            })
-            .collect();
+        let pods = calico_lab::cni::bare_pods_yaml("load", N, "n1");
         let api = c.kube().context("kube")?;
         api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: load}\n")?;
         api.apply(&pods)?;
@@ -834,12 +827,7 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
         std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
         std::fs::write(
             net_d.join("crsnet.conflist"),
-            format!(
-                r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
-                    {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
-                      "nodename": "{name}", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
-                c.dir().display()
-            ),
+            file_conflist("crsnet", c.dir(), name),
         )?;
         // Delegated IPAM: the stock host-local, its leases in the test directory.
         std::fs::write(
@@ -981,18 +969,7 @@ fn podman_runs_containers_through_the_plugin() -> Result<()> {
         "host-local kept no state in {}: it was not the IPAM plugin",
         lease_dir.display()
     );
-    let leases = std::fs::read_dir(&lease_dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0);
+    let leases = calico_lab::cni::host_local_leases(&lease_dir);
     ensure!(
         ours()? == (0, 0, 0) && leases == 0,
         "--rm (host-local) left veths/allocations/endpoints {:?}, {leases} leases",
@@ -1117,6 +1094,16 @@ fn need(bins: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// A conflist naming only our plugin on the file datastore in `dir`, for node `node`.
+fn file_conflist(name: &str, dir: &std::path::Path, node: &str) -> String {
+    format!(
+        r#"{{"cniVersion": "1.0.0", "name": "{name}", "plugins": [
+            {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
+              "nodename": "{node}", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
+        dir.display()
+    )
+}
+
 /// A container root filesystem at `dir`: busybox-static and the given applets linked to it.
 fn busybox_rootfs(dir: &std::path::Path, applets: &[&str]) -> Result<std::path::PathBuf> {
     for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
@@ -1161,12 +1148,7 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
     std::fs::copy(calico_lab::bins::cni_bin()?, cni_bin.join("calico-cni-rs"))?;
     std::fs::write(
         net_d.join("10-crsnet.conflist"),
-        format!(
-            r#"{{"cniVersion": "1.0.0", "name": "crsnet", "plugins": [
-                {{"type": "calico-cni-rs", "datastore_type": "file", "datastore_dir": "{}",
-                  "nodename": "n1", "ipam": {{"type": "calico-ipam"}}}}]}}"#,
-            c.dir().display()
-        ),
+        file_conflist("crsnet", c.dir(), "n1"),
     )?;
     let t = top.display();
     let sock = top.join("containerd.sock");
@@ -1191,14 +1173,30 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
-    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    // On the way out: containerd by PID, then any shim of ours it left (named by our socket).
+    struct KillOnDrop<'a>(&'a mut std::process::Child, String);
     impl Drop for KillOnDrop<'_> {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&self.1) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
         }
     }
-    let _guard = KillOnDrop(&mut containerd);
+    let _guard = KillOnDrop(&mut containerd, sock.display().to_string());
+    // A container ID of this run's own, and runc's state in the lab dir (its default is
+    // /run/containerd/runc, shared with every other run).
+    let id = format!("crs-ctr{}", std::process::id());
     calico_lab::wait::eventually(Duration::from_secs(20), || {
         ensure!(
             sock.exists(),
@@ -1218,7 +1216,7 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
              mkdir -p /etc/cni/net.d /opt/cni/bin\n\
              mount --bind {} /etc/cni/net.d\n\
              mount --bind {} /opt/cni/bin\n\
-             exec ctr --address {} run --rm --cni --rootfs {} crs-ctr1 \\\n  \
+             exec ctr --address {} run --rm --cni --runc-root {t}/runc --rootfs {} {id} \\\n  \
              /bin/sh -c 'ip -4 addr show eth0; ip -4 route; sleep 8'\n",
             net_d.display(),
             cni_bin.display(),
@@ -1237,7 +1235,9 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     let ipam = Ipam::new(c.dir())?;
-    let handle = "k8s-pod-network.default-crs-ctr1";
+    let handle = format!("k8s-pod-network.default-{id}");
+    let handle = handle.as_str();
+    let endpoint = c.dir().join(format!("cni-endpoint-default-{id}.yaml"));
     // While it runs: its address is held under Calico's handle, its endpoint is written, and the
     // daemon routes it (a ping from the node reaches the container).
     let ip = calico_lab::wait::eventually(Duration::from_secs(30), || {
@@ -1257,10 +1257,7 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
             );
         }
     };
-    ensure!(
-        c.dir().join("cni-endpoint-default-crs-ctr1.yaml").exists(),
-        "no endpoint for the container"
-    );
+    ensure!(endpoint.exists(), "no endpoint for the container");
     ensure!(
         links(&node)?
             .lines()
@@ -1296,10 +1293,7 @@ fn containerd_runs_a_container_through_the_plugin() -> Result<()> {
         ipam.addresses_of(handle)?.is_empty(),
         "{handle} still holds addresses"
     );
-    ensure!(
-        !c.dir().join("cni-endpoint-default-crs-ctr1.yaml").exists(),
-        "the endpoint is left"
-    );
+    ensure!(!endpoint.exists(), "the endpoint is left");
     Ok(())
 }
 
